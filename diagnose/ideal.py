@@ -25,10 +25,18 @@ class Ideal:
 
 def candidate_mask(cand_ids: torch.Tensor, vocab: int) -> torch.Tensor:
     """[N, K] token ids (padded with -1) -> boolean [N, V] mask."""
+    return scatter_candidates(cand_ids, torch.ones_like(cand_ids, dtype=torch.bool), vocab, False)
+
+
+def scatter_candidates(cand_ids: torch.Tensor, values: torch.Tensor, vocab: int, fill) -> torch.Tensor:
+    """Dense [N, V] tensor holding `values` at the candidate ids and `fill` elsewhere; -1 ids are dropped.
+
+    Padding is routed to a spare column V (then cut), so it can never overwrite a real id's value.
+    """
     ids = cand_ids.long()
-    valid = ids >= 0
-    mask = torch.zeros(ids.shape[0], vocab, dtype=torch.bool, device=ids.device)
-    return mask.scatter_(1, ids.clamp_min(0), valid)
+    ids = torch.where(ids >= 0, ids, torch.full_like(ids, vocab))
+    out = torch.full((ids.shape[0], vocab + 1), fill, dtype=values.dtype, device=ids.device)
+    return out.scatter_(1, ids, values)[:, :vocab]
 
 
 def ideal_gradient(student_logits: torch.Tensor, cand_ids: torch.Tensor, q_values: torch.Tensor) -> Ideal:
@@ -44,12 +52,13 @@ def ideal_gradient(student_logits: torch.Tensor, cand_ids: torch.Tensor, q_value
     n, vocab = student_logits.shape
     p = log_probs(student_logits).exp()
     mask = candidate_mask(cand_ids, vocab)
-    q_dense = torch.zeros(n, vocab, device=p.device).scatter_(
-        1, cand_ids.long().clamp_min(0), torch.where(cand_ids >= 0, q_values.float(), 0.0)
-    )
-    q_dense = torch.where(mask, q_dense, torch.zeros_like(q_dense))
+    q_dense = scatter_candidates(cand_ids, q_values.float().to(p.device), vocab, 0.0)
     p_c = torch.where(mask, p, torch.zeros_like(p))
     mass = p_c.sum(-1)
-    value = torch.where(mass > 0, (p_c * q_dense).sum(-1) / mass.clamp_min(1e-30), q_dense.sum(-1) * 0)
+    value = torch.where(mass > 0, (p_c * q_dense).sum(-1) / mass.clamp_min(1e-30), torch.zeros_like(mass))
+    # All candidates equal (or a single one): V is that Q exactly, so g* is exactly zero, not round-off.
+    q_max = torch.where(mask, q_dense, torch.full_like(q_dense, -1.0)).amax(-1)
+    q_min = torch.where(mask, q_dense, torch.full_like(q_dense, 2.0)).amin(-1)
+    value = torch.where(q_max == q_min, q_max, value)
     g = p_c * (q_dense - value[:, None])
     return Ideal(g=g, value=value, candidates=mask)

@@ -11,9 +11,14 @@ from .registry import register
 
 
 def rkl_from_logprobs(logp: torch.Tensor, logq: torch.Tensor) -> torch.Tensor:
-    """d = -p * (l - KL(p||q)), l = log p - log q; zero wherever p = 0."""
+    """d = -p * (l - KL(p||q)), l = log p - log q; zero wherever p = 0.
+
+    l is shifted by its value at the mode of p first (d is shift-invariant): on peaked rows l - KL then
+    comes out of small numbers instead of the difference of two large ones.
+    """
     p = logp.exp()
     l = logp - logq
+    l = l - l.gather(-1, logp.argmax(-1, keepdim=True))
     kl = (p * l).sum(-1, keepdim=True)
     return -p * (l - kl)
 
