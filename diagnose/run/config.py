@@ -1,0 +1,141 @@
+"""The run configuration: defaults < TOML file < command-line flags, validated up front, saved as config.toml.
+
+Everything that changes a number is in here, so a run directory's config.toml repeats the run exactly, and
+a rerun into the same directory with a different config is refused rather than silently mixed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from ..errors import DiagnoseError
+
+try:
+    import tomllib
+except ImportError:  # Python 3.10
+    import tomli as tomllib
+
+DEFAULT_TEACHERS = ["self:answer", "self:solution", "self:contrastive"]
+DEFAULT_OBJECTIVES = ["rkl", "fkl", "rkl_sampled", "jsd:beta=0.5", "rkl_topk"]
+# Keys that do not change any number (where the output goes, how it is shown): excluded from the identity.
+NON_IDENTITY = {"out", "progress"}
+
+
+@dataclass
+class RunConfig:
+    student: str = "embedded"
+    task: str = "arithmetic"
+    teachers: list[str] = field(default_factory=lambda: list(DEFAULT_TEACHERS))
+    objectives: list[str] = field(default_factory=lambda: list(DEFAULT_OBJECTIVES))
+    questions: int = 6
+    rollouts: int = 4  # student rollouts per question
+    continuations: int = 4  # per candidate (initial allocation)
+    top_k: int = 4  # candidates: student top-k ∪ each teacher's top-k ∪ observed token
+    budget: int = 96  # continuations per rollout across its selected nodes
+    nodes: str = "exponential"  # node selection strategy
+    engine: str = "hf"
+    seed: int = 0
+    temperature: float = 1.0
+    max_new_tokens: int = 96
+    continuation_tokens: int = 48
+    param_space: bool = False
+    out: str = "reports/run"
+    progress: bool = True
+
+    # ---- construction ----
+    @classmethod
+    def from_sources(cls, toml_path: str | Path | None = None, overrides: dict[str, Any] | None = None):
+        values: dict[str, Any] = {}
+        if toml_path is not None:
+            values.update(load_toml(toml_path))
+        for key, value in (overrides or {}).items():
+            if value is not None:
+                values[key] = value
+        known = {f.name for f in fields(cls)}
+        unknown = set(values) - known
+        if unknown:
+            raise DiagnoseError(f"unknown config keys: {', '.join(sorted(unknown))}")
+        cfg = cls(**values)
+        cfg.validate()
+        return cfg
+
+    def validate(self) -> None:
+        """Cheap checks that need no model: numbers in range, names registered, specs parseable."""
+        from .. import engines, objectives
+        from ..tasks import get as get_task
+        from ..teachers import parse_teacher
+
+        if self.budget <= 0:
+            raise DiagnoseError(f"--budget must be > 0, got {self.budget}")
+        for name in ("rollouts", "continuations", "questions", "top_k", "max_new_tokens", "continuation_tokens"):
+            if getattr(self, name) < 1:
+                raise DiagnoseError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
+        if not self.temperature > 0:
+            raise DiagnoseError(f"temperature must be > 0, got {self.temperature}")
+        if self.engine not in engines.available():
+            raise DiagnoseError(f"unknown engine {self.engine!r}; available: {', '.join(engines.available())}")
+        for spec in self.objectives:
+            try:
+                objectives.parse(spec)
+            except (KeyError, ValueError) as err:
+                raise DiagnoseError(str(err).strip("'\"")) from None
+        for spec in self.teachers:
+            parse_teacher(spec)
+        get_task(self.task)
+        if not self.teachers:
+            raise DiagnoseError("at least one --teacher is needed")
+        if not self.objectives:
+            raise DiagnoseError("at least one --objective is needed")
+
+    # ---- identity and persistence ----
+    def identity(self) -> dict[str, Any]:
+        return {k: v for k, v in asdict(self).items() if k not in NON_IDENTITY}
+
+    def digest(self) -> str:
+        return hashlib.sha256(json.dumps(self.identity(), sort_keys=True).encode()).hexdigest()[:16]
+
+    def to_toml(self) -> str:
+        lines = ["# diagnose run configuration (repeat with: diagnose run --config config.toml)"]
+        for key, value in asdict(self).items():
+            lines.append(f"{key} = {_toml_value(value)}")
+        return "\n".join(lines) + "\n"
+
+
+def _toml_value(value) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, list):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    return json.dumps(str(value))  # a JSON string literal is a valid TOML basic string
+
+
+def load_toml(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise DiagnoseError(f"config file not found: {path}")
+    try:
+        data = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as err:
+        raise DiagnoseError(f"malformed TOML in {path}: {err}") from None
+    # [[teacher]] tables and singular keys are accepted as in the CLI
+    if "teacher" in data:
+        data["teachers"] = [t if isinstance(t, str) else _teacher_table(t) for t in _as_list(data.pop("teacher"))]
+    if "objective" in data:
+        data["objectives"] = _as_list(data.pop("objective"))
+    return data
+
+
+def _as_list(value):
+    return value if isinstance(value, list) else [value]
+
+
+def _teacher_table(table: dict) -> str:
+    from ..teachers import parse_teacher
+
+    return parse_teacher(table).label

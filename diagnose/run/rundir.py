@@ -1,0 +1,50 @@
+"""The run directory: created (or reopened) safely. A rerun with the same config resumes; a different config
+there is refused; an unwritable location fails before any model is loaded."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from ..errors import DiagnoseError
+from .config import RunConfig, tomllib
+
+CONFIG_FILE = "config.toml"
+
+
+def write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    with open(tmp, "w") as fh:
+        fh.write(text)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+def open_run_dir(cfg: RunConfig) -> Path:
+    """Create/validate `cfg.out`; return it. Raises DiagnoseError when unwritable or holding another config."""
+    out = Path(cfg.out).expanduser()
+    if out.exists() and not out.is_dir():
+        raise DiagnoseError(f"output path {out} exists and is not a directory")
+    existing = out / CONFIG_FILE
+    if existing.exists():
+        try:
+            old = RunConfig(**{k: v for k, v in tomllib.loads(existing.read_text()).items()})
+        except Exception:
+            raise DiagnoseError(f"{existing} is unreadable; use another --out or delete the directory") from None
+        if old.digest() != cfg.digest():
+            diff = sorted(k for k, v in cfg.identity().items() if old.identity().get(k) != v)
+            raise DiagnoseError(
+                f"{out} holds a run with a different config (differs in: {', '.join(diff)}); "
+                "use another --out, or delete it to start over"
+            )
+        return out
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / f".write-probe-{os.getpid()}"
+        probe.write_text("ok")
+        probe.unlink()
+    except OSError as err:
+        raise DiagnoseError(f"cannot write to output directory {out}: {err.strerror or err}") from None
+    write_atomic(existing, cfg.to_toml())
+    return out
