@@ -63,7 +63,8 @@ atexit.register(shutdown, True)
 
 
 def _warm() -> None:
-    import math_verify  # noqa: F401  (import once per worker, not per item)
+    """Pay math-verify's import and first-parse set-up once per worker, not on the first items."""
+    _check_safely("1", "\\boxed{1}")
 
 
 @lru_cache(maxsize=4096)
