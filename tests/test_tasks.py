@@ -52,6 +52,10 @@ def test_arithmetic_is_deterministic_by_seed_and_answers_are_right():
         assert int(q.answer) == eval(expr)  # test-side reference only: the expression is digits and + - *
         assert expr in q.prompt and "Answer:" in q.prompt and "step by step" in q.prompt
     assert len(task.questions(seed=0)) == task.default_size
+    small = tasks.get("arithmetic:ops=+")  # 100 distinct problems: all of them before any repeat
+    assert len({q.prompt for q in small.questions(100, seed=0)}) == 100
+    assert [q.id for q in small.questions(120, seed=0)[:100]] == [q.id for q in small.questions(100, seed=0)]
+    assert len({q.id for q in a} | {q.id for q in small.questions(50, seed=7)}) == 100  # ids differ
 
 
 @pytest.mark.parametrize(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import random
 import re
 
@@ -11,21 +12,27 @@ from .base import Question, Task, numeric_prompt
 from .registry import register
 
 
-def _generate(task: Task, n: int | None, seed: int, make) -> list[Question]:
-    """n questions from `make(rng)`, distinct while the space allows; questions(k) prefixes questions(k+1)."""
+def _generate(task: Task, n: int | None, seed: int, make, attempts: int = 3000) -> list[Question]:
+    """n questions from `make(rng)`, distinct while the space allows (once `attempts` draws found nothing
+    new, repeats are allowed from then on); questions(k) is a prefix of questions(k+1). Ids hash the
+    content, so they differ between option settings."""
     if n is None:
         n = task.default_size
     if n < 0:
         raise ValueError("n must be >= 0")
     rng = random.Random(f"{task.name}:{seed}")
-    out, seen, tries = [], set(), 0
+    out: list[Question] = []
+    seen: set[str] = set()
     while len(out) < n:
-        prompt, answer, solution, meta = make(rng)
-        tries += 1
-        if prompt in seen and tries < 50 * (n + 10):
-            continue
+        for _ in range(attempts):
+            prompt, answer, solution, meta = make(rng)
+            if prompt not in seen:
+                break
+        else:
+            attempts = 1  # the space is exhausted
         seen.add(prompt)
-        out.append(Question(f"{task.name}-{seed}-{len(out)}", prompt, answer, solution, meta))
+        digest = hashlib.sha1(f"{prompt}\0{answer}".encode()).hexdigest()[:8]
+        out.append(Question(f"{task.name}-{seed}-{len(out)}-{digest}", prompt, answer, solution, meta))
     return out
 
 
