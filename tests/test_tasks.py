@@ -199,6 +199,7 @@ def test_gsm8k_reference_answers_verify_and_perturbed_ones_fail(shared_data):
     sample = task.questions(25, seed=1)
     assert sample == task.questions(25, seed=1) and sample != task.questions(25, seed=2)
     assert tasks.get(str(path)).name == "gsm8k"  # a bare path is recognised
+    assert tasks.get("gsm8k", path=str(path)).questions(3, seed=1) == task.questions(3, seed=1)
 
 
 # ------------------------------------------------------------------- MATH-500 (real file, process pool)
@@ -207,7 +208,7 @@ def test_gsm8k_reference_answers_verify_and_perturbed_ones_fail(shared_data):
 def test_math500_solutions_verify_through_the_pool_and_wrong_answers_fail(shared_data):
     path = shared_data / "math500" / "test.jsonl"
     task = tasks.get(f"math:path={path}")
-    assert len(task.questions()) == 500
+    assert len(task.questions()) == 500 and tasks.get(str(path)).name == "math"
     qs = task.questions(50, seed=0)
     assert qs == task.questions(50, seed=0) and all(q.solution and q.meta["level"] for q in qs)
     # The last \boxed{} of each solution (nested braces) is exactly the file's answer column.

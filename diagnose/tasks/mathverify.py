@@ -2,7 +2,8 @@
 
 math-verify enforces its timeouts with SIGALRM, which works only in a process's main thread: each check
 runs in the main thread of a worker process, and the parent also bounds the whole batch, killing and
-replacing the pool if a worker hangs (a hung item counts as wrong).
+replacing the pool if a worker hangs (a hung item counts as wrong). Workers start by forkserver (spawn
+where it is missing), so a script calling this needs the usual `if __name__ == "__main__":` guard.
 """
 
 from __future__ import annotations
