@@ -19,6 +19,17 @@ def ls_objectives():
         typer.echo(name + ("  " + " ".join(f"{k}={v}" for k, v in params.items()) if params else ""))
 
 
+@ls_app.command("tasks")
+def ls_tasks():
+    """Registered tasks and their options (file-backed ones need path=...)."""
+    from . import tasks
+
+    for name in tasks.available():
+        opts = tasks.defaults(name)
+        shown = " ".join(f"{k}={'...' if v is None else v}" for k, v in opts.items())
+        typer.echo(name + ("  " + shown if shown else ""))
+
+
 def main():
     app()
 
