@@ -1,0 +1,1 @@
+"""Outputs of a run: Parquet tables (schemas, atomic shards), the summary, the offline HTML report, RunResult."""
