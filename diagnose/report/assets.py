@@ -1,4 +1,5 @@
 """Static CSS and JavaScript of the HTML report (inlined: the report must work offline)."""
+# ruff: noqa: E501  (embedded CSS and JavaScript keep their natural line lengths)
 
 CSS = r"""
 :root { --ink:#1d232a; --muted:#5b6570; --line:#dfe3e8; --bg:#f6f7f9; --card:#fff; --accent:#2166ac; }

@@ -30,27 +30,38 @@ class Summary:
     """The summary table plus run-level conclusions (stored as the summary table's metadata)."""
 
     table: pd.DataFrame
-    recommendation: dict[str, Any] = field(default_factory=dict)  # metric -> {"overall": {...}, "bands": {...}}
+    recommendation: dict[str, Any] = field(
+        default_factory=dict
+    )  # metric -> {"overall": {...}, "bands": {...}}
     headroom: dict[str, Any] = field(default_factory=dict)  # metric -> {...}
     proxy_pooled: dict[str, Any] = field(default_factory=dict)  # metric -> {proxy: rho}
     settings: dict[str, Any] = field(default_factory=dict)
 
     def to_metadata(self) -> dict[str, Any]:
-        return {"recommendation": self.recommendation, "headroom": self.headroom,
-                "proxy_pooled": self.proxy_pooled, "settings": self.settings}
+        return {
+            "recommendation": self.recommendation,
+            "headroom": self.headroom,
+            "proxy_pooled": self.proxy_pooled,
+            "settings": self.settings,
+        }
 
     @classmethod
     def from_metadata(cls, table: pd.DataFrame, meta: dict[str, Any]) -> Summary:
         s = meta.get("summary", {})
-        return cls(table=table, recommendation=s.get("recommendation", {}), headroom=s.get("headroom", {}),
-                   proxy_pooled=s.get("proxy_pooled", {}), settings=s.get("settings", {}))
+        return cls(
+            table=table,
+            recommendation=s.get("recommendation", {}),
+            headroom=s.get("headroom", {}),
+            proxy_pooled=s.get("proxy_pooled", {}),
+            settings=s.get("settings", {}),
+        )
 
 
 # ---------------------------------------------------------------- statistics
 
 
 def spearman(x, y) -> float:
-    """Spearman rank correlation (average ranks for ties, then Pearson); NaN if undefined (n < 3 or constant)."""
+    """Spearman rank correlation (average ranks for ties, then Pearson); NaN if n < 3 or constant."""
     frame = pd.DataFrame({"x": np.asarray(x, dtype=float), "y": np.asarray(y, dtype=float)}).dropna()
     if len(frame) < 3:
         return float("nan")
@@ -84,9 +95,9 @@ def bootstrap_mean(values, rng: np.random.Generator, n_boot: int = 1000, level: 
         b = min(chunk, n_boot - start)
         idx = rng.integers(0, m, size=(b, m))
         if counts is None:
-            stats[start:start + b] = sums[idx].mean(1)
+            stats[start : start + b] = sums[idx].mean(1)
         else:
-            stats[start:start + b] = sums[idx].sum(1) / counts[idx].sum(1)
+            stats[start : start + b] = sums[idx].sum(1) / counts[idx].sum(1)
     alpha = (1 - level) / 2
     lo, hi = np.quantile(stats, [alpha, 1 - alpha])
     return mean, float(lo), float(hi)
@@ -99,20 +110,25 @@ def _prepare(alignment: pd.DataFrame, rollouts: pd.DataFrame, nodes: pd.DataFram
     need = {"correct", "pass_rate", "difficulty"}
     if not need <= set(rollouts.columns):
         raise DiagnoseError(f"rollouts table lacks {', '.join(sorted(need - set(rollouts.columns)))}")
-    df = alignment.merge(rollouts[ROLLOUT_KEY + sorted(need)], on=ROLLOUT_KEY, how="left", validate="many_to_one")
+    df = alignment.merge(
+        rollouts[ROLLOUT_KEY + sorted(need)], on=ROLLOUT_KEY, how="left", validate="many_to_one"
+    )
     if df["correct"].isna().any():
         missing = df.loc[df["correct"].isna(), ROLLOUT_KEY].iloc[0].to_dict()
-        raise DiagnoseError(f"alignment rows refer to a rollout missing from the rollouts table, e.g. {missing}")
+        raise DiagnoseError(
+            f"alignment rows refer to a rollout missing from the rollouts table, e.g. {missing}"
+        )
     if nodes is not None and {"g_sq", "g_sq_unbiased"} <= set(nodes.columns):
-        df = df.merge(nodes[NODE_KEY + ["g_sq", "g_sq_unbiased"]], on=NODE_KEY, how="left",
-                      validate="many_to_one")
+        df = df.merge(
+            nodes[NODE_KEY + ["g_sq", "g_sq_unbiased"]], on=NODE_KEY, how="left", validate="many_to_one"
+        )
     else:
         df["g_sq"] = np.nan
         df["g_sq_unbiased"] = np.nan
     df["correct"] = df["correct"].astype(bool)
     df["_rollout"] = df["question_id"].astype(str) + "#" + df["rollout_idx"].astype(str)
     df["_node"] = df["_rollout"] + "@" + df["position"].astype(str)
-    # Bias-corrected cosines on both supports: dot / sqrt(|g*|^2 corrected * |d|^2), where the correction is > 0.
+    # Bias-corrected cosines on both supports: dot / sqrt(|g*|^2 corrected * |d|^2), where that is > 0.
     unb = df["g_sq_unbiased"].to_numpy(dtype=float)
     for metric, dsq in (("cos_full", "d_sq"), ("cos_support", "d_sq_support")):
         with np.errstate(invalid="ignore", divide="ignore"):
@@ -139,8 +155,12 @@ def _rollout_level(group: pd.DataFrame, dsq: str):
         g_sq = r["g_sq"].to_numpy(float)
         if np.isnan(g_sq).any():  # no nodes table (|g*|^2 unknown): no rollout-level cosine
             return np.array([])
-        cos, deg = rollout_cosine(r["dot"].to_numpy(float, copy=True), g_sq.copy(),
-                                  r[dsq].to_numpy(float, copy=True), r["weight"].to_numpy(float, copy=True))
+        cos, deg = rollout_cosine(
+            r["dot"].to_numpy(float, copy=True),
+            g_sq.copy(),
+            r[dsq].to_numpy(float, copy=True),
+            r["weight"].to_numpy(float, copy=True),
+        )
         if not bool(deg):
             out.append(float(cos))
     return np.asarray(out)
@@ -152,10 +172,18 @@ def _row(group: pd.DataFrame, metric: str, rng, n_boot: int, level: float, clust
     clusters = ok["_rollout"].to_numpy() if cluster == "rollout" else None
     mean, lo, hi = bootstrap_mean(v, rng, n_boot, level, clusters)
     first = group.iloc[0]
-    row: dict[str, Any] = dict(config=first["config"], teacher=first["teacher"], objective=first["objective"],
-                               metric=metric, n_nodes=len(ok), n_degenerate=int(len(group) - len(ok)),
-                               mean=mean, ci_low=lo, ci_high=hi,
-                               frac_positive=float((v > 0).mean()) if v.size else float("nan"))
+    row: dict[str, Any] = dict(
+        config=first["config"],
+        teacher=first["teacher"],
+        objective=first["objective"],
+        metric=metric,
+        n_nodes=len(ok),
+        n_degenerate=int(len(group) - len(ok)),
+        mean=mean,
+        ci_low=lo,
+        ci_high=hi,
+        frac_positive=float((v > 0).mean()) if v.size else float("nan"),
+    )
     share = (ok["g_sq_unbiased"] / ok["g_sq"]).clip(0, 1)
     row["n_effective"] = float(share.sum()) if share.notna().any() else float(len(ok))
     bc = ok[f"_bc_{metric}"].dropna()
@@ -163,36 +191,59 @@ def _row(group: pd.DataFrame, metric: str, rng, n_boot: int, level: float, clust
     for split in SPLITS:
         mask = _split_mask(ok, split)
         m, l, h = bootstrap_mean(v[mask], rng, n_boot, level, None if clusters is None else clusters[mask])
-        row.update({f"mean_{split}": m, f"ci_low_{split}": l, f"ci_high_{split}": h, f"n_{split}": int(mask.sum())})
+        row.update(
+            {f"mean_{split}": m, f"ci_low_{split}": l, f"ci_high_{split}": h, f"n_{split}": int(mask.sum())}
+        )
     rc = _rollout_level(group, "d_sq" if metric == "cos_full" else "d_sq_support")
-    row["rollout_cos"], row["rollout_cos_ci_low"], row["rollout_cos_ci_high"] = bootstrap_mean(rc, rng, n_boot, level)
+    row["rollout_cos"], row["rollout_cos_ci_low"], row["rollout_cos_ci_high"] = bootstrap_mean(
+        rc, rng, n_boot, level
+    )
     row["n_rollouts"] = int(rc.size)
     row["teacher_advantage"], row["ta_ci_low"], row["ta_ci_high"] = bootstrap_mean(
-        ok["teacher_advantage"].to_numpy(float), rng, n_boot, level, clusters)
+        ok["teacher_advantage"].to_numpy(float), rng, n_boot, level, clusters
+    )
     for name in PROXIES + ("teacher_advantage",):
         row[f"rho_{name}"] = spearman(ok[name], v) if name in ok else float("nan")
     return row
 
 
-def _best(table: pd.DataFrame, wide: pd.DataFrame, split: str | None, rng, n_boot, level) -> dict[str, Any] | None:
+def _best(
+    table: pd.DataFrame, wide: pd.DataFrame, split: str | None, rng, n_boot, level
+) -> dict[str, Any] | None:
     """Best configuration by mean (within a band if `split`), its interval and its paired margin over #2."""
     col = "mean" if split is None else f"mean_{split}"
-    lo_col, hi_col, n_col = ("ci_low", "ci_high", "n_nodes") if split is None else (
-        f"ci_low_{split}", f"ci_high_{split}", f"n_{split}")
+    lo_col, hi_col, n_col = (
+        ("ci_low", "ci_high", "n_nodes")
+        if split is None
+        else (f"ci_low_{split}", f"ci_high_{split}", f"n_{split}")
+    )
     ranked = table.dropna(subset=[col]).sort_values([col, lo_col], ascending=False)
     if ranked.empty:
         return None
     top = ranked.iloc[0]
-    out = {"config": top["config"], "mean": _num(top[col]), "ci_low": _num(top[lo_col]),
-           "ci_high": _num(top[hi_col]), "n_nodes": int(top[n_col])}
+    out = {
+        "config": top["config"],
+        "mean": _num(top[col]),
+        "ci_low": _num(top[lo_col]),
+        "ci_high": _num(top[hi_col]),
+        "n_nodes": int(top[n_col]),
+    }
     if len(ranked) > 1:
         second = ranked.iloc[1]
         sub = wide if split is None else wide[wide["_split_" + split]]
         diff = (sub[top["config"]] - sub[second["config"]]).dropna().to_numpy(float)
         m, lo, hi = bootstrap_mean(diff, rng, n_boot, level)
-        out.update({"runner_up": second["config"], "runner_up_mean": _num(second[col]), "margin": _num(m),
-                    "margin_ci_low": _num(lo), "margin_ci_high": _num(hi), "margin_n": int(diff.size),
-                    "clear": bool(lo > 0)})
+        out.update(
+            {
+                "runner_up": second["config"],
+                "runner_up_mean": _num(second[col]),
+                "margin": _num(m),
+                "margin_ci_low": _num(lo),
+                "margin_ci_high": _num(hi),
+                "margin_n": int(diff.size),
+                "clear": bool(lo > 0),
+            }
+        )
     return out
 
 
@@ -212,16 +263,31 @@ def _headroom(wide: pd.DataFrame, configs: list[str], best: str, rng, n_boot, le
     om, olo, ohi = bootstrap_mean(oracle, rng, n_boot, level)
     gain, glo, ghi = bootstrap_mean(oracle - single, rng, n_boot, level)
     winners = pd.Series(np.asarray(configs)[values.argmax(1)]).value_counts(normalize=True)
-    return {"best_config": best, "best_mean": _num(single.mean()), "oracle_mean": _num(om), "oracle_ci_low": _num(olo),
-            "oracle_ci_high": _num(ohi), "headroom": _num(gain), "headroom_ci_low": _num(glo),
-            "headroom_ci_high": _num(ghi), "n_nodes": int(len(full)),
-            "winner_share": {k: float(v) for k, v in winners.head(5).items()},
-            "note": "per-node maximum of noisy estimates: optimistic (selection bias)"}
+    return {
+        "best_config": best,
+        "best_mean": _num(single.mean()),
+        "oracle_mean": _num(om),
+        "oracle_ci_low": _num(olo),
+        "oracle_ci_high": _num(ohi),
+        "headroom": _num(gain),
+        "headroom_ci_low": _num(glo),
+        "headroom_ci_high": _num(ghi),
+        "n_nodes": int(len(full)),
+        "winner_share": {k: float(v) for k, v in winners.head(5).items()},
+        "note": "per-node maximum of noisy estimates: optimistic (selection bias)",
+    }
 
 
-def summarize(alignment: pd.DataFrame, rollouts: pd.DataFrame, nodes: pd.DataFrame | None = None,
-              metrics=METRICS, n_boot: int = 1000, seed: int = 0, level: float = 0.95,
-              cluster: str = "node") -> Summary:
+def summarize(
+    alignment: pd.DataFrame,
+    rollouts: pd.DataFrame,
+    nodes: pd.DataFrame | None = None,
+    metrics=METRICS,
+    n_boot: int = 1000,
+    seed: int = 0,
+    level: float = 0.95,
+    cluster: str = "node",
+) -> Summary:
     """Compute the summary table and the run-level recommendation and headroom from the run's tables."""
     if cluster not in ("node", "rollout"):
         raise DiagnoseError(f"cluster must be 'node' or 'rollout', got {cluster!r}")
@@ -231,8 +297,9 @@ def summarize(alignment: pd.DataFrame, rollouts: pd.DataFrame, nodes: pd.DataFra
     df = _prepare(alignment, rollouts, nodes)
     rows, recommendation, headroom, pooled = [], {}, {}, {}
     for metric in metrics:
-        table = pd.DataFrame([_row(g, metric, rng, n_boot, level, cluster)
-                              for _, g in df.groupby("config", sort=True)])
+        table = pd.DataFrame(
+            [_row(g, metric, rng, n_boot, level, cluster) for _, g in df.groupby("config", sort=True)]
+        )
         order = table.sort_values(["mean", "ci_low"], ascending=False, na_position="last").index
         table.loc[order, "rank"] = np.arange(1, len(table) + 1)
         rows.append(table)
@@ -248,15 +315,18 @@ def summarize(alignment: pd.DataFrame, rollouts: pd.DataFrame, nodes: pd.DataFra
                 rec["bands"][band] = best
         recommendation[metric] = rec
         if rec["overall"] is not None:
-            headroom[metric] = _headroom(wide, sorted(df["config"].unique()), rec["overall"]["config"], rng,
-                                         n_boot, level)
-        pooled[metric] = {name: _num(spearman(valid[name], valid[metric])) for name in PROXIES + (
-            "teacher_advantage",)}
+            headroom[metric] = _headroom(
+                wide, sorted(df["config"].unique()), rec["overall"]["config"], rng, n_boot, level
+            )
+        pooled[metric] = {
+            name: _num(spearman(valid[name], valid[metric])) for name in PROXIES + ("teacher_advantage",)
+        }
     out = pd.concat(rows, ignore_index=True)
     out["rank"] = out["rank"].astype("int32")
     settings = {"n_boot": n_boot, "seed": seed, "level": level, "cluster": cluster, "metrics": list(metrics)}
-    return Summary(table=out, recommendation=recommendation, headroom=headroom, proxy_pooled=pooled,
-                   settings=settings)
+    return Summary(
+        table=out, recommendation=recommendation, headroom=headroom, proxy_pooled=pooled, settings=settings
+    )
 
 
 def summarize_run(run_dir, **kw) -> Summary:

@@ -35,8 +35,25 @@ _TEMPLATES = (
     "To solve this, I take {a} and combine it with {b} by {opw} {b}. That should give {ans}. "
     "I am fairly sure the answer is {ans}.\nAnswer: {ans}",
 )
-_FILLER = [" the", " so", " we", " is", " of", " and", " result", " number", " wait", " hmm", " maybe", ".",
-           ",", " =", " +", " *", "\n"]
+_FILLER = [
+    " the",
+    " so",
+    " we",
+    " is",
+    " of",
+    " and",
+    " result",
+    " number",
+    " wait",
+    " hmm",
+    " maybe",
+    ".",
+    ",",
+    " =",
+    " +",
+    " *",
+    "\n",
+]
 
 
 @dataclass(frozen=True)
@@ -76,7 +93,7 @@ def _windows(length: int, budget: int, rng) -> list[int]:
 
 
 def _latent_value(length: int, start: float, end: float, rng) -> np.ndarray:
-    """Success probability after each prefix length 0..T: a smooth move from `start` to `end` at a random spot."""
+    """Success probability after each prefix length 0..T: a smooth move from `start` to `end`."""
     tau = rng.uniform(0.3, 0.9) * length
     scale = max(1.0, length / rng.uniform(8, 20))
     t = np.arange(length + 1)
@@ -98,18 +115,40 @@ def generate_run(
     node_bootstrap: int = 40,
     n_shards: int = 2,
 ) -> Path:
-    """Write rollouts, nodes, candidates and alignment tables (plus cost.json and config.toml) to `run_dir`."""
+    """Write rollouts, nodes, candidates, alignment tables, cost.json and config.toml to `run_dir`."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # tiny tensors: one thread avoids spin-waiting on a busy machine
     try:
-        return _generate(run_dir, seed, n_questions, rollouts_per_question, nodes_per_rollout, n_continuations,
-                         top_k, teachers, objectives, node_bootstrap, n_shards)
+        return _generate(
+            run_dir,
+            seed,
+            n_questions,
+            rollouts_per_question,
+            nodes_per_rollout,
+            n_continuations,
+            top_k,
+            teachers,
+            objectives,
+            node_bootstrap,
+            n_shards,
+        )
     finally:
         torch.set_num_threads(threads)
 
 
-def _generate(run_dir, seed, n_questions, rollouts_per_question, nodes_per_rollout, n_continuations, top_k,
-              teachers, objectives, node_bootstrap, n_shards) -> Path:
+def _generate(
+    run_dir,
+    seed,
+    n_questions,
+    rollouts_per_question,
+    nodes_per_rollout,
+    n_continuations,
+    top_k,
+    teachers,
+    objectives,
+    node_bootstrap,
+    n_shards,
+) -> Path:
     rng = np.random.default_rng(seed)
     gen = torch.Generator().manual_seed(seed)
     run_dir = Path(run_dir)
@@ -120,9 +159,10 @@ def _generate(run_dir, seed, n_questions, rollouts_per_question, nodes_per_rollo
     questions = []
     for qi in range(n_questions):
         a, b = int(rng.integers(2, 10)), int(rng.integers(2, 10))
-        op, opw, ans = (("+", "adding", a + b) if rng.random() < 0.5 else ("*", "multiplying by", a * b))
-        questions.append(dict(question_id=f"q{qi:03d}", a=a, b=b, op=op, opw=opw, ans=ans,
-                              rate=float(rng.beta(0.7, 0.7))))
+        op, opw, ans = ("+", "adding", a + b) if rng.random() < 0.5 else ("*", "multiplying by", a * b)
+        questions.append(
+            dict(question_id=f"q{qi:03d}", a=a, b=b, op=op, opw=opw, ans=ans, rate=float(rng.beta(0.7, 0.7)))
+        )
     rollouts = []
     for q in questions:
         outcomes = rng.random(rollouts_per_question) < q["rate"]
@@ -130,9 +170,15 @@ def _generate(run_dir, seed, n_questions, rollouts_per_question, nodes_per_rollo
             ans = q["ans"] if ok else q["ans"] + int(rng.choice([-3, -2, -1, 1, 2, 10]))
             tmpl = _TEMPLATES[int(rng.integers(len(_TEMPLATES)))]
             text = tmpl.format(a=q["a"], b=q["b"], op=q["op"], opw=q["opw"], ans=ans)
-            rollouts.append(dict(q=q, rollout_idx=r, correct=bool(ok), answer=str(ans), tokens=_tokenize(text)))
-    vocab = sorted({t for ro in rollouts for t in ro["tokens"]} | set(_FILLER) | {str(d) for d in range(10)}
-                   | {" " + str(d) for d in range(10)})
+            rollouts.append(
+                dict(q=q, rollout_idx=r, correct=bool(ok), answer=str(ans), tokens=_tokenize(text))
+            )
+    vocab = sorted(
+        {t for ro in rollouts for t in ro["tokens"]}
+        | set(_FILLER)
+        | {str(d) for d in range(10)}
+        | {" " + str(d) for d in range(10)}
+    )
     tok_id = {t: i for i, t in enumerate(vocab)}
     V = len(vocab)
 
@@ -154,12 +200,23 @@ def _generate(run_dir, seed, n_questions, rollouts_per_question, nodes_per_rollo
         logp = torch.log_softmax(z, -1)
         pass_rate = float(np.mean(by_q[qid]))
         prompt = f"<|user|>What is {q['a']} {q['op']} {q['b']}? End with 'Answer: <number>'.<|assistant|>"
-        rows["rollouts"].append(dict(
-            question_id=qid, rollout_idx=ro["rollout_idx"], prompt=prompt, response="".join(ro["tokens"]),
-            token_ids=ids.numpy().astype(np.int32), tokens=list(ro["tokens"]),
-            student_logprobs=logp[torch.arange(T), ids].numpy(), n_tokens=T, correct=ro["correct"],
-            pass_rate=pass_rate, difficulty=str(difficulty_band(pass_rate)), reference=str(q["ans"]),
-            extracted_answer=ro["answer"]))
+        rows["rollouts"].append(
+            dict(
+                question_id=qid,
+                rollout_idx=ro["rollout_idx"],
+                prompt=prompt,
+                response="".join(ro["tokens"]),
+                token_ids=ids.numpy().astype(np.int32),
+                tokens=list(ro["tokens"]),
+                student_logprobs=logp[torch.arange(T), ids].numpy(),
+                n_tokens=T,
+                correct=ro["correct"],
+                pass_rate=pass_rate,
+                difficulty=str(difficulty_band(pass_rate)),
+                reference=str(q["ans"]),
+                extracted_answer=ro["answer"],
+            )
+        )
         cost["rollouts"] += 1
         cost["generated_tokens"] += T
 
@@ -171,14 +228,21 @@ def _generate(run_dir, seed, n_questions, rollouts_per_question, nodes_per_rollo
         # wider where the sampled token moved the value a lot.
         v_now, v_next = value[pos.numpy()], value[pos.numpy() + 1]
         spread = 0.12 + 0.8 * np.abs(v_next - v_now)
-        q_true = np.clip(v_now[:, None] + rng.normal(0, 1, size=(n, V)) * spread[:, None]
-                         - 0.5 * (v_next - v_now)[:, None], 0, 1)
+        q_true = np.clip(
+            v_now[:, None]
+            + rng.normal(0, 1, size=(n, V)) * spread[:, None]
+            - 0.5 * (v_next - v_now)[:, None],
+            0,
+            1,
+        )
         q_true[np.arange(n), tok.numpy()] = v_next
         q_true = torch.from_numpy(q_true).float()
         teacher_logits = {}
         for spec in teachers:
             signal = q_true - (logp[pos].exp() * q_true).sum(-1, keepdim=True)
-            teacher_logits[spec.label] = zn + spec.skill * signal + spec.noise * torch.randn(n, V, generator=gen)
+            teacher_logits[spec.label] = (
+                zn + spec.skill * signal + spec.noise * torch.randn(n, V, generator=gen)
+            )
         # Candidates: student top-k, each teacher's top-k, and the observed token.
         sources = [dict() for _ in range(n)]
         for name, logits in [("student", zn)] + [("teacher", t) for t in teacher_logits.values()]:
@@ -209,25 +273,52 @@ def _generate(run_dir, seed, n_questions, rollouts_per_question, nodes_per_rollo
         ent = -(p * logp[pos]).sum(-1)
         # Parametric bootstrap of the continuations for the per-node intervals.
         trials = nn.clamp_min(1).numpy()
-        boot_q = torch.from_numpy(rng.binomial(trials, q_hat.clamp(0, 1).numpy(), size=(node_bootstrap, n, K))
-                                  / trials).float()
-        boot_star = ideal_gradient(zn.repeat(node_bootstrap, 1), cand.repeat(node_bootstrap, 1),
-                                   torch.where(valid, boot_q, 0.0).reshape(-1, K))
-        q_dense = torch.where(star.candidates, torch.zeros(n, V).scatter(1, cand.clamp_min(0), q_hat),
-                              star.value[:, None].expand(n, V))
+        boot_q = torch.from_numpy(
+            rng.binomial(trials, q_hat.clamp(0, 1).numpy(), size=(node_bootstrap, n, K)) / trials
+        ).float()
+        boot_star = ideal_gradient(
+            zn.repeat(node_bootstrap, 1),
+            cand.repeat(node_bootstrap, 1),
+            torch.where(valid, boot_q, 0.0).reshape(-1, K),
+        )
+        q_dense = torch.where(
+            star.candidates,
+            torch.zeros(n, V).scatter(1, cand.clamp_min(0), q_hat),
+            star.value[:, None].expand(n, V),
+        )
 
         for i in range(n):
             key = dict(question_id=qid, rollout_idx=ro["rollout_idx"], position=int(pos[i]))
-            rows["nodes"].append(dict(
-                key, token_id=int(tok[i]), token=vocab[int(tok[i])], p_token=float(p[i, tok[i]]),
-                entropy_student=float(ent[i]), v_hat=float(star.value[i]), n_candidates=int(valid[i].sum()),
-                n_continuations=int(nn[i].sum()), degenerate=bool(degenerate_node[i]), g_sq=float(g_sq[i]),
-                g_sq_unbiased=float(g_sq_unb[i])))
+            rows["nodes"].append(
+                dict(
+                    key,
+                    token_id=int(tok[i]),
+                    token=vocab[int(tok[i])],
+                    p_token=float(p[i, tok[i]]),
+                    entropy_student=float(ent[i]),
+                    v_hat=float(star.value[i]),
+                    n_candidates=int(valid[i].sum()),
+                    n_continuations=int(nn[i].sum()),
+                    degenerate=bool(degenerate_node[i]),
+                    g_sq=float(g_sq[i]),
+                    g_sq_unbiased=float(g_sq_unb[i]),
+                )
+            )
             for j in range(int(valid[i].sum())):
                 k = int(cand[i, j])
-                rows["candidates"].append(dict(
-                    key, token_id=k, token=vocab[k], p=float(p[i, k]), q_hat=float(q_hat[i, j]), n=int(nn[i, j]),
-                    successes=int(succ[i, j]), observed=k == int(tok[i]), source="+".join(sorted(sources[i][k]))))
+                rows["candidates"].append(
+                    dict(
+                        key,
+                        token_id=k,
+                        token=vocab[k],
+                        p=float(p[i, k]),
+                        q_hat=float(q_hat[i, j]),
+                        n=int(nn[i, j]),
+                        successes=int(succ[i, j]),
+                        observed=k == int(tok[i]),
+                        source="+".join(sorted(sources[i][k])),
+                    )
+                )
             cost["continuations"] += int(nn[i].sum()) - 1
             cost["continuation_tokens"] += (int(nn[i].sum()) - 1) * (T - int(pos[i]))
 
@@ -235,13 +326,18 @@ def _generate(run_dir, seed, n_questions, rollouts_per_question, nodes_per_rollo
             cost["teacher_tokens"] += T
             prox = al.proxies(zn, zt)
             ta = al.teacher_advantage(zn, zt, q_dense, star.value)
-            boot_dense = torch.where(boot_star.candidates,
-                                     torch.zeros(n * node_bootstrap, V).scatter(
-                                         1, cand.repeat(node_bootstrap, 1).clamp_min(0),
-                                         torch.where(valid, boot_q, 0.0).reshape(-1, K)),
-                                     boot_star.value[:, None].expand(-1, V))
-            ta_boot = al.teacher_advantage(zn.repeat(node_bootstrap, 1), zt.repeat(node_bootstrap, 1),
-                                           boot_dense, boot_star.value).reshape(node_bootstrap, n)
+            boot_dense = torch.where(
+                boot_star.candidates,
+                torch.zeros(n * node_bootstrap, V).scatter(
+                    1,
+                    cand.repeat(node_bootstrap, 1).clamp_min(0),
+                    torch.where(valid, boot_q, 0.0).reshape(-1, K),
+                ),
+                boot_star.value[:, None].expand(-1, V),
+            )
+            ta_boot = al.teacher_advantage(
+                zn.repeat(node_bootstrap, 1), zt.repeat(node_bootstrap, 1), boot_dense, boot_star.value
+            ).reshape(node_bootstrap, n)
             qtok = torch.softmax(zt, -1)[torch.arange(n), tok]
             for obj in objective_list:
                 d = obj.direction(zn, zt, tok)
@@ -254,27 +350,53 @@ def _generate(run_dir, seed, n_questions, rollouts_per_question, nodes_per_rollo
                 bc = (dot / (g_sq_unb.clamp_min(1e-30) * d_sq).sqrt()).clamp(-1, 1).numpy()
                 bc = np.where((g_sq_unb > 0).numpy() & ~deg, bc, np.nan)
                 frame = dict(
-                    question_id=qid, rollout_idx=ro["rollout_idx"], position=pos.numpy(),
-                    config=config_label(tlabel, obj.label), teacher=tlabel, objective=obj.label,
-                    cos_full=cos.full.numpy(), cos_support=cos.support.numpy(),
+                    question_id=qid,
+                    rollout_idx=ro["rollout_idx"],
+                    position=pos.numpy(),
+                    config=config_label(tlabel, obj.label),
+                    teacher=tlabel,
+                    objective=obj.label,
+                    cos_full=cos.full.numpy(),
+                    cos_support=cos.support.numpy(),
                     **_interval("cos_full", cos_b.full.reshape(node_bootstrap, n), deg),
                     **_interval("cos_support", cos_b.support.reshape(node_bootstrap, n), deg),
-                    cos_bias_corrected=bc, teacher_advantage=ta.numpy(),
-                    **_interval("ta", ta_boot, np.zeros(n, dtype=bool)), q_token=qtok.numpy(),
-                    **{k: v.numpy() for k, v in prox.items()}, param_cos=np.full(n, np.nan),
-                    dot=dot.numpy(), d_sq=d_sq.numpy(), d_sq_support=d_sq_s.numpy(), weight=1.0, degenerate=deg)
+                    cos_bias_corrected=bc,
+                    teacher_advantage=ta.numpy(),
+                    **_interval("ta", ta_boot, np.zeros(n, dtype=bool)),
+                    q_token=qtok.numpy(),
+                    **{k: v.numpy() for k, v in prox.items()},
+                    param_cos=np.full(n, np.nan),
+                    dot=dot.numpy(),
+                    d_sq=d_sq.numpy(),
+                    d_sq_support=d_sq_s.numpy(),
+                    weight=1.0,
+                    degenerate=deg,
+                )
                 rows["alignment"].append(frame)
 
     meta = standard_metadata(
-        models={"student": "synthetic-student", "teachers": {t.label: f"skill={t.skill},noise={t.noise}"
-                                                             for t in teachers}},
-        seeds={"generator": seed}, config_hash=None, synthetic=True)
-    config_text = _config_toml(seed, n_questions, rollouts_per_question, nodes_per_rollout, n_continuations,
-                               top_k, teachers, objectives)
+        models={
+            "student": "synthetic-student",
+            "teachers": {t.label: f"skill={t.skill},noise={t.noise}" for t in teachers},
+        },
+        seeds={"generator": seed},
+        config_hash=None,
+        synthetic=True,
+    )
+    config_text = _config_toml(
+        seed,
+        n_questions,
+        rollouts_per_question,
+        nodes_per_rollout,
+        n_continuations,
+        top_k,
+        teachers,
+        objectives,
+    )
     meta["config_hash"] = hashlib.sha256(config_text.encode()).hexdigest()[:16]
     for name, recs in rows.items():
         df = _stack(recs) if name == "alignment" else pd.DataFrame.from_records(recs)
-        shards = [shard_of[key] for key in zip(df["question_id"], df["rollout_idx"])]
+        shards = [shard_of[key] for key in zip(df["question_id"], df["rollout_idx"], strict=True)]
         for shard, part in df.groupby(shards, sort=True):
             write_table(run_dir, name, part.reset_index(drop=True), shard=shard, metadata=meta)
     cost["wall_time_s"] = round(3.0 + cost["continuation_tokens"] / 2500.0, 1)
@@ -289,15 +411,20 @@ def _stack(frames: list[dict]) -> pd.DataFrame:
     sizes = [len(f["position"]) for f in frames]
     cols = {}
     for key in frames[0]:
-        parts = [np.broadcast_to(np.asarray(f[key]), (m,)) for f, m in zip(frames, sizes)]
+        parts = [np.broadcast_to(np.asarray(f[key]), (m,)) for f, m in zip(frames, sizes, strict=True)]
         cols[key] = np.concatenate(parts)
     return pd.DataFrame(cols)
 
 
 def _interval(prefix: str, samples: torch.Tensor, degenerate: np.ndarray) -> dict:
     """Percentile 95% interval over bootstrap replicates [B, n]; (0, 0) at degenerate nodes."""
-    lo, hi = torch.quantile(samples.double(), torch.tensor([0.025, 0.975], dtype=torch.float64), dim=0).numpy()
-    return {f"{prefix}_ci_low": np.where(degenerate, 0.0, lo), f"{prefix}_ci_high": np.where(degenerate, 0.0, hi)}
+    lo, hi = torch.quantile(
+        samples.double(), torch.tensor([0.025, 0.975], dtype=torch.float64), dim=0
+    ).numpy()
+    return {
+        f"{prefix}_ci_low": np.where(degenerate, 0.0, lo),
+        f"{prefix}_ci_high": np.where(degenerate, 0.0, hi),
+    }
 
 
 def _noise_of_g_sq(p: torch.Tensor, cand: torch.Tensor, q_hat: torch.Tensor, n: torch.Tensor) -> torch.Tensor:
@@ -315,10 +442,19 @@ def _noise_of_g_sq(p: torch.Tensor, cand: torch.Tensor, q_hat: torch.Tensor, n: 
 
 
 def _config_toml(seed, n_questions, rpq, nodes, n_cont, top_k, teachers, objectives) -> str:
-    lines = ["# synthetic run (diagnose.report.synthetic)", f"seed = {seed}", "[task]", 'name = "synthetic-arith"',
-             f"questions = {n_questions}", f"rollouts_per_question = {rpq}", "[estimate]",
-             f"nodes_per_rollout = {nodes}", f"continuations = {n_cont}", f"top_k = {top_k}",
-             f"objectives = {json.dumps(list(objectives))}"]
+    lines = [
+        "# synthetic run (diagnose.report.synthetic)",
+        f"seed = {seed}",
+        "[task]",
+        'name = "synthetic-arith"',
+        f"questions = {n_questions}",
+        f"rollouts_per_question = {rpq}",
+        "[estimate]",
+        f"nodes_per_rollout = {nodes}",
+        f"continuations = {n_cont}",
+        f"top_k = {top_k}",
+        f"objectives = {json.dumps(list(objectives))}",
+    ]
     for t in teachers:
         lines += ["[[teachers]]", f'label = "{t.label}"', f"skill = {t.skill}", f"noise = {t.noise}"]
     return "\n".join(lines) + "\n"

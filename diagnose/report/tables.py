@@ -41,119 +41,195 @@ _ROLLOUT_KEY = [
     _f("rollout_idx", _I, "Index of the student rollout for this question (0-based)."),
 ]
 _NODE_KEY = _ROLLOUT_KEY + [
-    _f("position", _I, "Index of the node's token in the response (`token_ids[position]`); the node is the "
-       "prefix prompt + response[:position]."),
+    _f(
+        "position",
+        _I,
+        "Index of the node's token in the response (`token_ids[position]`); the node is the "
+        "prefix prompt + response[:position].",
+    ),
 ]
 
 SCHEMAS: dict[str, pa.Schema] = {
-    "rollouts": pa.schema(_ROLLOUT_KEY + [
-        _f("prompt", _S, "Prompt text given to the student (chat template applied)."),
-        _f("response", _S, "The student's sampled response text."),
-        _f("token_ids", pa.list_(_I), "Response token ids."),
-        _f("tokens", pa.list_(_S), "Response token strings (decoded one by one; same length as token_ids)."),
-        _f("student_logprobs", pa.list_(_F), "Student log-probability of each sampled response token."),
-        _f("n_tokens", _I, "Number of response tokens."),
-        _f("correct", _B, "Verifier verdict on the final answer."),
-        _f("pass_rate", _F, "Fraction of this question's rollouts that are correct (in [0, 1])."),
-        _f("difficulty", _S, "Difficulty band from pass_rate: hard (< 1/3), medium, easy (> 2/3)."),
-        _f("reference", _S, "Reference answer, if the task has one.", nullable=True),
-        _f("extracted_answer", _S, "Answer the verifier extracted from the response.", nullable=True),
-    ]),
-    "nodes": pa.schema(_NODE_KEY + [
-        _f("token_id", _I, "Observed (sampled) token id at the node."),
-        _f("token", _S, "Observed token string."),
-        _f("p_token", _F, "Student probability of the observed token."),
-        _f("entropy_student", _F, "Student entropy at the node (nats, full vocabulary)."),
-        _f("v_hat", _F, "Estimated value V-hat = sum_C p Q-hat / p(C) (success probability from the prefix)."),
-        _f("n_candidates", _I, "Size of the candidate set C."),
-        _f("n_continuations", _I, "Continuations spent at this node (sum of n over candidates)."),
-        _f("degenerate", _B, "All Q-hat equal on C: g* = 0 and every cosine at this node is undefined."),
-        _f("g_sq", _D, "|g*-hat|^2 (squared norm of the estimated ideal gradient)."),
-        _f("g_sq_unbiased", _D, "|g*|^2 with the binomial noise of Q-hat subtracted (may be <= 0 when noise "
-           "dominates).", nullable=True),
-    ]),
-    "candidates": pa.schema(_NODE_KEY + [
-        _f("token_id", _I, "Candidate token id."),
-        _f("token", _S, "Candidate token string."),
-        _f("p", _F, "Student probability of the candidate."),
-        _f("q_hat", _F, "Q-hat: fraction of verified-correct continuations after forcing this token."),
-        _f("n", _I, "Continuations drawn after this token (the original rollout counts for the observed one)."),
-        _f("successes", _I, "Verified-correct continuations among n."),
-        _f("observed", _B, "This candidate is the token the rollout actually sampled."),
-        _f("source", _S, "Why it is a candidate: student / teacher / observed (joined by '+').", nullable=True),
-    ]),
-    "alignment": pa.schema(_NODE_KEY + [
-        _f("config", _S, "Configuration label 'teacher|objective' (e.g. 'self:solution|jsd:beta=0.5')."),
-        _f("teacher", _S, "Teacher label (model name, or self:<context>)."),
-        _f("objective", _S, "Objective label as the registry spells it (e.g. 'jsd:beta=0.5')."),
-        _f("cos_full", _F, "cos(g*, d) with d over the whole vocabulary (0 when degenerate)."),
-        _f("cos_full_ci_low", _F, "Lower end of the 95% interval of cos_full (bootstrap over continuations)."),
-        _f("cos_full_ci_high", _F, "Upper end of the 95% interval of cos_full."),
-        _f("cos_support", _F, "cos(g*, d restricted to the candidate set C)."),
-        _f("cos_support_ci_low", _F, "Lower end of the 95% interval of cos_support."),
-        _f("cos_support_ci_high", _F, "Upper end of the 95% interval of cos_support."),
-        _f("cos_bias_corrected", _F, "cos_full with |g*|^2 replaced by its noise-corrected estimate; null where "
-           "the corrected norm is not positive.", nullable=True),
-        _f("teacher_advantage", _F, "TA = sum_k (q_k - p_k)(Q_k - V)."),
-        _f("ta_ci_low", _F, "Lower end of the 95% interval of the teacher advantage."),
-        _f("ta_ci_high", _F, "Upper end of the 95% interval of the teacher advantage."),
-        _f("q_token", _F, "Teacher probability of the observed token."),
-        _f("kl_pq", _F, "KL(p || q), full vocabulary (nats)."),
-        _f("kl_qp", _F, "KL(q || p)."),
-        _f("js", _F, "Jensen-Shannon divergence of p and q."),
-        _f("tv", _F, "Total variation distance of p and q."),
-        _f("cos_pq", _F, "Cosine between the probability vectors p and q."),
-        _f("entropy_student", _F, "Student entropy (nats)."),
-        _f("entropy_teacher", _F, "Teacher entropy (nats)."),
-        _f("param_cos", _F, "Parameter-space cosine cos(J^T g*, J^T d), when computed.", nullable=True),
-        _f("dot", _D, "<g*, d> (the same on both supports, since g* is zero off C)."),
-        _f("d_sq", _D, "|d|^2 over the whole vocabulary."),
-        _f("d_sq_support", _D, "|d restricted to C|^2."),
-        _f("weight", _F, "Per-node weight w scaling d (1 unless a weighting scheme is configured)."),
-        _f("degenerate", _B, "Cosine undefined here (g* = 0 or d = 0)."),
-    ]),
-    "summary": pa.schema([
-        _f("config", _S, "Configuration label 'teacher|objective'."),
-        _f("teacher", _S, "Teacher label."),
-        _f("objective", _S, "Objective label."),
-        _f("metric", _S, "Which per-node cosine is summarised: cos_full or cos_support."),
-        _f("rank", _I, "Rank of the configuration by `mean` within the metric (1 = best)."),
-        _f("n_nodes", _I, "Non-degenerate nodes averaged over."),
-        _f("n_degenerate", _I, "Degenerate nodes left out (cosine undefined)."),
-        _f("n_effective", _F, "Effective node count: sum over nodes of the signal share of |g*-hat|^2, "
-           "clip(g_sq_unbiased / g_sq, 0, 1) (n_nodes when the correction is unavailable)."),
-        _f("mean", _F, "Mean per-node alignment."),
-        _f("ci_low", _F, "Lower end of the 95% bootstrap interval of `mean`.", nullable=True),
-        _f("ci_high", _F, "Upper end of the 95% bootstrap interval of `mean`.", nullable=True),
-        _f("frac_positive", _F, "Fraction of nodes with positive alignment."),
-        _f("mean_bias_corrected", _F, "Mean of cos_bias_corrected over the nodes where it is defined.",
-           nullable=True),
-    ] + [
-        field
-        for split in ("correct", "incorrect") + BANDS
-        for field in (
-            _f(f"mean_{split}", _F, f"Mean alignment over nodes of {split} rollouts." if split in (
-                "correct", "incorrect") else f"Mean alignment over nodes of questions in the {split} band.",
-               nullable=True),
-            _f(f"ci_low_{split}", _F, f"Lower end of the interval of mean_{split}.", nullable=True),
-            _f(f"ci_high_{split}", _F, f"Upper end of the interval of mean_{split}.", nullable=True),
-            _f(f"n_{split}", _I, f"Nodes behind mean_{split}."),
-        )
-    ] + [
-        _f("rollout_cos", _F, "Mean over rollouts of the rollout-level cosine (concatenated g* vs w*d).",
-           nullable=True),
-        _f("rollout_cos_ci_low", _F, "Lower end of the interval of rollout_cos (bootstrap over rollouts).",
-           nullable=True),
-        _f("rollout_cos_ci_high", _F, "Upper end of the interval of rollout_cos.", nullable=True),
-        _f("n_rollouts", _I, "Rollouts with a defined rollout-level cosine."),
-        _f("teacher_advantage", _F, "Mean teacher advantage over non-degenerate nodes."),
-        _f("ta_ci_low", _F, "Lower end of its interval.", nullable=True),
-        _f("ta_ci_high", _F, "Upper end of its interval.", nullable=True),
-    ] + [
-        _f(f"rho_{name}", _F, f"Spearman rank correlation of {name} with the alignment, over this "
-           "configuration's nodes.", nullable=True)
-        for name in PROXIES + ("teacher_advantage",)
-    ]),
+    "rollouts": pa.schema(
+        _ROLLOUT_KEY
+        + [
+            _f("prompt", _S, "Prompt text given to the student (chat template applied)."),
+            _f("response", _S, "The student's sampled response text."),
+            _f("token_ids", pa.list_(_I), "Response token ids."),
+            _f(
+                "tokens",
+                pa.list_(_S),
+                "Response token strings (decoded one by one; same length as token_ids).",
+            ),
+            _f("student_logprobs", pa.list_(_F), "Student log-probability of each sampled response token."),
+            _f("n_tokens", _I, "Number of response tokens."),
+            _f("correct", _B, "Verifier verdict on the final answer."),
+            _f("pass_rate", _F, "Fraction of this question's rollouts that are correct (in [0, 1])."),
+            _f("difficulty", _S, "Difficulty band from pass_rate: hard (< 1/3), medium, easy (> 2/3)."),
+            _f("reference", _S, "Reference answer, if the task has one.", nullable=True),
+            _f("extracted_answer", _S, "Answer the verifier extracted from the response.", nullable=True),
+        ]
+    ),
+    "nodes": pa.schema(
+        _NODE_KEY
+        + [
+            _f("token_id", _I, "Observed (sampled) token id at the node."),
+            _f("token", _S, "Observed token string."),
+            _f("p_token", _F, "Student probability of the observed token."),
+            _f("entropy_student", _F, "Student entropy at the node (nats, full vocabulary)."),
+            _f(
+                "v_hat",
+                _F,
+                "Estimated value V-hat = sum_C p Q-hat / p(C) (success probability from the prefix).",
+            ),
+            _f("n_candidates", _I, "Size of the candidate set C."),
+            _f("n_continuations", _I, "Continuations spent at this node (sum of n over candidates)."),
+            _f("degenerate", _B, "All Q-hat equal on C: g* = 0 and every cosine at this node is undefined."),
+            _f("g_sq", _D, "|g*-hat|^2 (squared norm of the estimated ideal gradient)."),
+            _f(
+                "g_sq_unbiased",
+                _D,
+                "|g*|^2 with the binomial noise of Q-hat subtracted (may be <= 0 when noise dominates).",
+                nullable=True,
+            ),
+        ]
+    ),
+    "candidates": pa.schema(
+        _NODE_KEY
+        + [
+            _f("token_id", _I, "Candidate token id."),
+            _f("token", _S, "Candidate token string."),
+            _f("p", _F, "Student probability of the candidate."),
+            _f("q_hat", _F, "Q-hat: fraction of verified-correct continuations after forcing this token."),
+            _f(
+                "n",
+                _I,
+                "Continuations drawn after this token (the original rollout counts for the observed one).",
+            ),
+            _f("successes", _I, "Verified-correct continuations among n."),
+            _f("observed", _B, "This candidate is the token the rollout actually sampled."),
+            _f(
+                "source",
+                _S,
+                "Why it is a candidate: student / teacher / observed (joined by '+').",
+                nullable=True,
+            ),
+        ]
+    ),
+    "alignment": pa.schema(
+        _NODE_KEY
+        + [
+            _f("config", _S, "Configuration label 'teacher|objective' (e.g. 'self:solution|jsd:beta=0.5')."),
+            _f("teacher", _S, "Teacher label (model name, or self:<context>)."),
+            _f("objective", _S, "Objective label as the registry spells it (e.g. 'jsd:beta=0.5')."),
+            _f("cos_full", _F, "cos(g*, d) with d over the whole vocabulary (0 when degenerate)."),
+            _f(
+                "cos_full_ci_low",
+                _F,
+                "Lower end of the 95% interval of cos_full (bootstrap over continuations).",
+            ),
+            _f("cos_full_ci_high", _F, "Upper end of the 95% interval of cos_full."),
+            _f("cos_support", _F, "cos(g*, d restricted to the candidate set C)."),
+            _f("cos_support_ci_low", _F, "Lower end of the 95% interval of cos_support."),
+            _f("cos_support_ci_high", _F, "Upper end of the 95% interval of cos_support."),
+            _f(
+                "cos_bias_corrected",
+                _F,
+                "cos_full with |g*|^2 replaced by its noise-corrected estimate; null where "
+                "the corrected norm is not positive.",
+                nullable=True,
+            ),
+            _f("teacher_advantage", _F, "TA = sum_k (q_k - p_k)(Q_k - V)."),
+            _f("ta_ci_low", _F, "Lower end of the 95% interval of the teacher advantage."),
+            _f("ta_ci_high", _F, "Upper end of the 95% interval of the teacher advantage."),
+            _f("q_token", _F, "Teacher probability of the observed token."),
+            _f("kl_pq", _F, "KL(p || q), full vocabulary (nats)."),
+            _f("kl_qp", _F, "KL(q || p)."),
+            _f("js", _F, "Jensen-Shannon divergence of p and q."),
+            _f("tv", _F, "Total variation distance of p and q."),
+            _f("cos_pq", _F, "Cosine between the probability vectors p and q."),
+            _f("entropy_student", _F, "Student entropy (nats)."),
+            _f("entropy_teacher", _F, "Teacher entropy (nats)."),
+            _f("param_cos", _F, "Parameter-space cosine cos(J^T g*, J^T d), when computed.", nullable=True),
+            _f("dot", _D, "<g*, d> (the same on both supports, since g* is zero off C)."),
+            _f("d_sq", _D, "|d|^2 over the whole vocabulary."),
+            _f("d_sq_support", _D, "|d restricted to C|^2."),
+            _f("weight", _F, "Per-node weight w scaling d (1 unless a weighting scheme is configured)."),
+            _f("degenerate", _B, "Cosine undefined here (g* = 0 or d = 0)."),
+        ]
+    ),
+    "summary": pa.schema(
+        [
+            _f("config", _S, "Configuration label 'teacher|objective'."),
+            _f("teacher", _S, "Teacher label."),
+            _f("objective", _S, "Objective label."),
+            _f("metric", _S, "Which per-node cosine is summarised: cos_full or cos_support."),
+            _f("rank", _I, "Rank of the configuration by `mean` within the metric (1 = best)."),
+            _f("n_nodes", _I, "Non-degenerate nodes averaged over."),
+            _f("n_degenerate", _I, "Degenerate nodes left out (cosine undefined)."),
+            _f(
+                "n_effective",
+                _F,
+                "Effective node count: sum over nodes of the signal share of |g*-hat|^2, "
+                "clip(g_sq_unbiased / g_sq, 0, 1) (n_nodes when the correction is unavailable).",
+            ),
+            _f("mean", _F, "Mean per-node alignment."),
+            _f("ci_low", _F, "Lower end of the 95% bootstrap interval of `mean`.", nullable=True),
+            _f("ci_high", _F, "Upper end of the 95% bootstrap interval of `mean`.", nullable=True),
+            _f("frac_positive", _F, "Fraction of nodes with positive alignment."),
+            _f(
+                "mean_bias_corrected",
+                _F,
+                "Mean of cos_bias_corrected over the nodes where it is defined.",
+                nullable=True,
+            ),
+        ]
+        + [
+            field
+            for split in ("correct", "incorrect") + BANDS
+            for field in (
+                _f(
+                    f"mean_{split}",
+                    _F,
+                    f"Mean alignment over nodes of {split} rollouts."
+                    if split in ("correct", "incorrect")
+                    else f"Mean alignment over nodes of questions in the {split} band.",
+                    nullable=True,
+                ),
+                _f(f"ci_low_{split}", _F, f"Lower end of the interval of mean_{split}.", nullable=True),
+                _f(f"ci_high_{split}", _F, f"Upper end of the interval of mean_{split}.", nullable=True),
+                _f(f"n_{split}", _I, f"Nodes behind mean_{split}."),
+            )
+        ]
+        + [
+            _f(
+                "rollout_cos",
+                _F,
+                "Mean over rollouts of the rollout-level cosine (concatenated g* vs w*d).",
+                nullable=True,
+            ),
+            _f(
+                "rollout_cos_ci_low",
+                _F,
+                "Lower end of the interval of rollout_cos (bootstrap over rollouts).",
+                nullable=True,
+            ),
+            _f("rollout_cos_ci_high", _F, "Upper end of the interval of rollout_cos.", nullable=True),
+            _f("n_rollouts", _I, "Rollouts with a defined rollout-level cosine."),
+            _f("teacher_advantage", _F, "Mean teacher advantage over non-degenerate nodes."),
+            _f("ta_ci_low", _F, "Lower end of its interval.", nullable=True),
+            _f("ta_ci_high", _F, "Upper end of its interval.", nullable=True),
+        ]
+        + [
+            _f(
+                f"rho_{name}",
+                _F,
+                f"Spearman rank correlation of {name} with the alignment, over this configuration's nodes.",
+                nullable=True,
+            )
+            for name in PROXIES + ("teacher_advantage",)
+        ]
+    ),
 }
 
 KEYS: dict[str, list[str]] = {
@@ -171,9 +247,21 @@ RANGES: dict[str, dict[str, tuple[float, float]]] = {
     "rollouts": {"pass_rate": _UNIT},
     "nodes": {"p_token": _UNIT, "v_hat": _UNIT},
     "candidates": {"p": _UNIT, "q_hat": _UNIT},
-    "alignment": {c: _COS for c in ("cos_full", "cos_full_ci_low", "cos_full_ci_high", "cos_support",
-                                    "cos_support_ci_low", "cos_support_ci_high", "cos_bias_corrected",
-                                    "cos_pq", "param_cos")} | {"q_token": _UNIT, "tv": _UNIT},
+    "alignment": {
+        c: _COS
+        for c in (
+            "cos_full",
+            "cos_full_ci_low",
+            "cos_full_ci_high",
+            "cos_support",
+            "cos_support_ci_low",
+            "cos_support_ci_high",
+            "cos_bias_corrected",
+            "cos_pq",
+            "param_cos",
+        )
+    }
+    | {"q_token": _UNIT, "tv": _UNIT},
     "summary": {c: _COS for c in ("mean", "ci_low", "ci_high")},
 }
 _CHOICES = {("rollouts", "difficulty"): BANDS, ("summary", "metric"): METRICS}
@@ -204,15 +292,20 @@ def config_label(teacher: str, objective: str) -> str:
 
 
 def standard_metadata(models=None, seeds=None, config_hash=None, **extra) -> dict[str, Any]:
-    """Run metadata for write_table: package versions (diagnose, torch, transformers, pyarrow) plus what is given."""
+    """Run metadata for write_table: package versions (diagnose, torch, transformers, ...) + what is given."""
     versions = {}
     for pkg in ("diagnose", "torch", "transformers", "pyarrow", "pandas"):
         try:
             versions[pkg] = _md.version(pkg)
         except _md.PackageNotFoundError:
             versions[pkg] = None
-    return {"versions": versions, "models": models or {}, "seeds": seeds or {}, "config_hash": config_hash,
-            **extra}
+    return {
+        "versions": versions,
+        "models": models or {},
+        "seeds": seeds or {},
+        "config_hash": config_hash,
+        **extra,
+    }
 
 
 # ---------------------------------------------------------------- validation
@@ -226,8 +319,10 @@ def validate(name: str, df: pd.DataFrame) -> pa.Table:
     cols = list(df.columns)
     unknown = [c for c in cols if c not in sch.names]
     if unknown:
-        raise DiagnoseError(f"table {name}: unknown column(s) {', '.join(map(str, unknown))}; "
-                            f"the schema has {', '.join(sch.names)}")
+        raise DiagnoseError(
+            f"table {name}: unknown column(s) {', '.join(map(str, unknown))}; "
+            f"the schema has {', '.join(sch.names)}"
+        )
     missing = [f.name for f in sch if f.name not in cols and not f.nullable]
     if missing:
         raise DiagnoseError(f"table {name}: missing column(s) {', '.join(missing)}")
@@ -241,11 +336,15 @@ def validate(name: str, df: pd.DataFrame) -> pa.Table:
             arr = pa.array(series, type=field.type, from_pandas=True)
         except (pa.ArrowException, TypeError, ValueError, OverflowError) as err:
             example = series.iloc[0] if len(series) else None
-            raise DiagnoseError(f"table {name}: column {field.name!r} must be {field.type} "
-                                f"(got dtype {series.dtype}, e.g. {example!r}): {err}") from None
+            raise DiagnoseError(
+                f"table {name}: column {field.name!r} must be {field.type} "
+                f"(got dtype {series.dtype}, e.g. {example!r}): {err}"
+            ) from None
         if not field.nullable and arr.null_count:
-            raise DiagnoseError(f"table {name}: column {field.name!r} has {arr.null_count} missing value(s) "
-                                "but may not be null")
+            raise DiagnoseError(
+                f"table {name}: column {field.name!r} has {arr.null_count} missing value(s) "
+                "but may not be null"
+            )
         arrays.append(arr)
     table = pa.Table.from_arrays(arrays, schema=sch)
     _check_values(name, table)
@@ -259,14 +358,18 @@ def _check_values(name: str, table: pa.Table) -> None:
         values = values[~np.isnan(values)]
         bad = values[(values < lo - 1e-4) | (values > hi + 1e-4)]
         if bad.size:
-            raise DiagnoseError(f"table {name}: column {col!r} must lie in [{lo}, {hi}], "
-                                f"found {bad.size} value(s) outside, e.g. {bad[0]!r}")
+            raise DiagnoseError(
+                f"table {name}: column {col!r} must lie in [{lo}, {hi}], "
+                f"found {bad.size} value(s) outside, e.g. {bad[0]!r}"
+            )
     for (tname, col), allowed in _CHOICES.items():
         if tname == name:
             bad = set(table.column(col).to_pylist()) - set(allowed)
             if bad:
-                raise DiagnoseError(f"table {name}: column {col!r} takes {', '.join(allowed)}; "
-                                    f"found {', '.join(sorted(map(str, bad)))}")
+                raise DiagnoseError(
+                    f"table {name}: column {col!r} takes {', '.join(allowed)}; "
+                    f"found {', '.join(sorted(map(str, bad)))}"
+                )
 
 
 def _check_keys(name: str, df: pd.DataFrame) -> None:
@@ -358,7 +461,7 @@ def _shard_files(run_dir, name: str) -> list[Path]:
 
 def completed_shards(run_dir, name: str) -> list[str]:
     """Shard ids of `name` that were completely written (for resuming a killed run)."""
-    return [p.name[len("part-"):-len(".parquet")] for p in _shard_files(run_dir, name)]
+    return [p.name[len("part-") : -len(".parquet")] for p in _shard_files(run_dir, name)]
 
 
 def has_table(run_dir, name: str) -> bool:
@@ -369,7 +472,9 @@ def read_arrow(run_dir, name: str) -> pa.Table:
     """All complete shards of `name` concatenated (shard order), as an Arrow table without run metadata."""
     files = _shard_files(run_dir, name)
     if not files:
-        raise DiagnoseError(f"no table {name!r} in {run_dir} (expected {Path(run_dir) / name}/part-*.parquet)")
+        raise DiagnoseError(
+            f"no table {name!r} in {run_dir} (expected {Path(run_dir) / name}/part-*.parquet)"
+        )
     parts = []
     for path in files:
         try:
@@ -384,7 +489,7 @@ def read_arrow(run_dir, name: str) -> pa.Table:
 
 
 def read_table(run_dir, name: str) -> pd.DataFrame:
-    """All complete shards of table `name` as one DataFrame (hidden temporaries of a killed writer ignored)."""
+    """All complete shards of table `name` as one DataFrame (a killed writer's temporaries are ignored)."""
     return read_arrow(run_dir, name).to_pandas()
 
 
