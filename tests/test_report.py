@@ -264,6 +264,34 @@ def test_summary_is_reproducible_and_cluster_bootstrap_is_wider(tables):
     assert hi_c - lo_c > 2 * (hi_n - lo_n) and lo_c < m < hi_c
 
 
+def test_rollout_level_cosine_is_alignment_rollout_cosine(tables):
+    from diagnose.alignment import rollout_cosine
+    from diagnose.report.summary import NODE_KEY, _prepare, _rollout_level
+
+    df = _prepare(tables["alignment"], tables["rollouts"], tables["nodes"])
+    config = df["config"].iloc[0]
+    g = df[df["config"] == config].copy()
+    g["weight"] = np.linspace(0.5, 2.0, len(g))  # non-trivial weights scale d
+    expected = []
+    for _, r in g.sort_values(NODE_KEY).groupby("_rollout", sort=True):
+        cos, deg = rollout_cosine(
+            *(r[c].to_numpy(copy=True) for c in ("dot", "g_sq", "d_sq", "weight"))
+        )
+        if not bool(deg):
+            expected.append(float(cos))
+    np.testing.assert_allclose(_rollout_level(g, "d_sq"), expected, rtol=1e-10)
+
+
+def test_large_samples_use_a_normal_interval_matching_the_bootstrap():
+    rng = np.random.default_rng(0)
+    values = rng.beta(0.5, 0.5, size=4000) * 2 - 1
+    clusters = np.repeat(np.arange(400), 10)
+    for kw in ({}, {"clusters": clusters}):
+        m1, lo1, hi1 = bootstrap_mean(values, np.random.default_rng(1), 2000, **kw)
+        m2, lo2, hi2 = bootstrap_mean(values, np.random.default_rng(1), 2000, exact_limit=10, **kw)
+        assert m1 == m2 and abs(lo1 - lo2) < 0.08 * (hi1 - lo1) and abs(hi1 - hi2) < 0.08 * (hi1 - lo1)
+
+
 def test_spearman_against_scipy():
     stats = pytest.importorskip("scipy.stats")
     rng = np.random.default_rng(0)

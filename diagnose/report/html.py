@@ -803,11 +803,8 @@ def render_report(
     tables = tables or load_tables(run_dir)
     if summary is None:
         summary = read_summary(run_dir) if has_table(run_dir, "summary") else summarize_run(run_dir)
-    meta = (
-        read_metadata(run_dir, "summary")
-        if has_table(run_dir, "summary")
-        else read_metadata(run_dir, "alignment")
-    )
+    meta_table = next((n for n in ("summary", "alignment") if has_table(run_dir, n)), None)
+    meta = read_metadata(run_dir, meta_table) if meta_table else {}
     other = next((m for m in METRIC_NAMES if m != metric), None)
     s_all = summary.table
     s = s_all[s_all["metric"] == metric].sort_values("rank").reset_index(drop=True)

@@ -10,12 +10,14 @@ resampling nodes (default) or whole rollouts (`cluster="rollout"`, wider: nodes 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from statistics import NormalDist
 from typing import Any
 
 import numpy as np
 import pandas as pd
+import torch
 
-from ..alignment import rollout_cosine
+from ..alignment import safe_cosine
 from ..errors import DiagnoseError
 from .tables import BANDS, METRICS, PROXIES, has_table, read_metadata, read_table, write_table
 
@@ -23,6 +25,7 @@ NODE_KEY = ["question_id", "rollout_idx", "position"]
 ROLLOUT_KEY = ["question_id", "rollout_idx"]
 SPLITS = ("correct", "incorrect") + BANDS
 _MAX_CELLS = 20_000_000  # bootstrap index matrix cells per chunk (bounds memory)
+EXACT_LIMIT = 20_000  # above this many resampling units, a normal interval replaces resampling
 
 
 @dataclass
@@ -62,19 +65,44 @@ class Summary:
 
 def spearman(x, y) -> float:
     """Spearman rank correlation (average ranks for ties, then Pearson); NaN if n < 3 or constant."""
-    frame = pd.DataFrame({"x": np.asarray(x, dtype=float), "y": np.asarray(y, dtype=float)}).dropna()
-    if len(frame) < 3:
-        return float("nan")
-    rx, ry = frame["x"].rank().to_numpy(), frame["y"].rank().to_numpy()
-    rx, ry = rx - rx.mean(), ry - ry.mean()
-    denom = np.sqrt((rx * rx).sum() * (ry * ry).sum())
-    return float((rx * ry).sum() / denom) if denom > 0 else float("nan")
+    return float(rank_correlations(pd.DataFrame({"x": np.asarray(x, dtype=float)}), y)["x"])
 
 
-def bootstrap_mean(values, rng: np.random.Generator, n_boot: int = 1000, level: float = 0.95, clusters=None):
+def rank_correlations(proxies: pd.DataFrame, y) -> pd.Series:
+    """Spearman rho of every column of `proxies` with `y` (pandas ranks, then Pearson; y is ranked once).
+
+    Rows with a missing value are dropped pairwise; NaN where fewer than 3 pairs remain or a side is constant.
+    """
+    y = pd.Series(np.asarray(y, dtype=float), index=proxies.index)
+    out = {}
+    ry_all = y.rank()
+    for name in proxies.columns:
+        x = pd.Series(np.asarray(proxies[name], dtype=float), index=proxies.index)
+        ok = x.notna() & y.notna()
+        if ok.sum() < 3:
+            out[name] = float("nan")
+            continue
+        rx = x[ok].rank().to_numpy()
+        ry = ry_all[ok].to_numpy() if ok.all() else y[ok].rank().to_numpy()
+        rx, ry = rx - rx.mean(), ry - ry.mean()
+        denom = np.sqrt((rx * rx).sum() * (ry * ry).sum())
+        out[name] = float((rx * ry).sum() / denom) if denom > 0 else float("nan")
+    return pd.Series(out, dtype=float)
+
+
+def bootstrap_mean(
+    values,
+    rng: np.random.Generator,
+    n_boot: int = 1000,
+    level: float = 0.95,
+    clusters=None,
+    exact_limit: int = EXACT_LIMIT,
+):
     """(mean, ci_low, ci_high) of `values` by percentile bootstrap; resamples whole clusters if given.
 
-    Returns (nan, nan, nan) for no values and a None interval (nan) for fewer than 2 values or clusters.
+    Above `exact_limit` resampling units the bootstrap distribution of a mean is normal to within
+    O(1/sqrt(n)), so the interval is mean +- z * sd / sqrt(n) (ratio estimator's delta method for clusters)
+    instead of resampling. Returns nan for no values, and a nan interval for fewer than 2 units.
     """
     v = np.asarray(values, dtype=float)
     if v.size == 0:
@@ -89,16 +117,24 @@ def bootstrap_mean(values, rng: np.random.Generator, n_boot: int = 1000, level: 
     m = sums.size
     if m < 2 or n_boot <= 0:
         return mean, float("nan"), float("nan")
+    alpha = (1 - level) / 2
+    if m > exact_limit:
+        if counts is None:
+            se = v.std(ddof=1) / np.sqrt(m)
+        else:  # ratio estimator sum/count over clusters
+            resid = sums - mean * counts
+            se = np.sqrt((resid**2).sum() * m / (m - 1)) / counts.sum()
+        z = NormalDist().inv_cdf(1 - alpha)
+        return mean, mean - z * float(se), mean + z * float(se)
     stats = np.empty(n_boot)
     chunk = max(1, _MAX_CELLS // m)
     for start in range(0, n_boot, chunk):
         b = min(chunk, n_boot - start)
-        idx = rng.integers(0, m, size=(b, m))
+        idx = rng.integers(0, m, size=(b, m), dtype=np.int32 if m < 2**31 else np.int64)
         if counts is None:
             stats[start : start + b] = sums[idx].mean(1)
         else:
             stats[start : start + b] = sums[idx].sum(1) / counts[idx].sum(1)
-    alpha = (1 - level) / 2
     lo, hi = np.quantile(stats, [alpha, 1 - alpha])
     return mean, float(lo), float(hi)
 
@@ -148,22 +184,27 @@ def _split_mask(df: pd.DataFrame, split: str) -> np.ndarray:
     return (df["difficulty"] == split).to_numpy(bool)
 
 
-def _rollout_level(group: pd.DataFrame, dsq: str):
-    """Per-rollout cosines of one configuration via alignment.rollout_cosine (degenerate rollouts dropped)."""
-    out = []
-    for _, r in group.groupby("_rollout", sort=True):
-        g_sq = r["g_sq"].to_numpy(float)
-        if np.isnan(g_sq).any():  # no nodes table (|g*|^2 unknown): no rollout-level cosine
-            return np.array([])
-        cos, deg = rollout_cosine(
-            r["dot"].to_numpy(float, copy=True),
-            g_sq.copy(),
-            r[dsq].to_numpy(float, copy=True),
-            r["weight"].to_numpy(float, copy=True),
-        )
-        if not bool(deg):
-            out.append(float(cos))
-    return np.asarray(out)
+def _rollout_level(group: pd.DataFrame, dsq: str) -> np.ndarray:
+    """Per-rollout cosines of one configuration (degenerate rollouts dropped).
+
+    The same quantity as alignment.rollout_cosine(dot, g_sq, d_sq, weight) on each rollout's nodes (tested),
+    computed for all rollouts at once from per-rollout sums with the same alignment.safe_cosine.
+    """
+    if group["g_sq"].isna().any():  # no nodes table (|g*|^2 unknown): no rollout-level cosine
+        return np.array([])
+    w = group["weight"].to_numpy(float)
+    parts = pd.DataFrame(
+        {
+            "r": group["_rollout"].to_numpy(),
+            "dot": w * group["dot"].to_numpy(float),
+            "g_sq": group["g_sq"].to_numpy(float),
+            "d_sq": w * w * group[dsq].to_numpy(float),
+        }
+    )
+    sums = parts.groupby("r", sort=True)[["dot", "g_sq", "d_sq"]].sum()
+    dot, g_sq, d_sq = (torch.tensor(sums[c].to_numpy(), dtype=torch.float64) for c in ("dot", "g_sq", "d_sq"))
+    cos, deg = safe_cosine(dot, g_sq, d_sq)
+    return cos.numpy()[~deg.numpy()]
 
 
 def _row(group: pd.DataFrame, metric: str, rng, n_boot: int, level: float, cluster: str) -> dict[str, Any]:
@@ -202,8 +243,10 @@ def _row(group: pd.DataFrame, metric: str, rng, n_boot: int, level: float, clust
     row["teacher_advantage"], row["ta_ci_low"], row["ta_ci_high"] = bootstrap_mean(
         ok["teacher_advantage"].to_numpy(float), rng, n_boot, level, clusters
     )
+    names = [name for name in PROXIES + ("teacher_advantage",) if name in ok]
+    rho = rank_correlations(ok[names], v) if len(names) else pd.Series(dtype=float)
     for name in PROXIES + ("teacher_advantage",):
-        row[f"rho_{name}"] = spearman(ok[name], v) if name in ok else float("nan")
+        row[f"rho_{name}"] = float(rho.get(name, float("nan")))
     return row
 
 
@@ -318,12 +361,18 @@ def summarize(
             headroom[metric] = _headroom(
                 wide, sorted(df["config"].unique()), rec["overall"]["config"], rng, n_boot, level
             )
-        pooled[metric] = {
-            name: _num(spearman(valid[name], valid[metric])) for name in PROXIES + ("teacher_advantage",)
-        }
+        names = [name for name in PROXIES + ("teacher_advantage",) if name in valid]
+        pooled[metric] = {k: _num(x) for k, x in rank_correlations(valid[names], valid[metric]).items()}
     out = pd.concat(rows, ignore_index=True)
     out["rank"] = out["rank"].astype("int32")
-    settings = {"n_boot": n_boot, "seed": seed, "level": level, "cluster": cluster, "metrics": list(metrics)}
+    settings = {
+        "n_boot": n_boot,
+        "seed": seed,
+        "level": level,
+        "cluster": cluster,
+        "metrics": list(metrics),
+        "exact_limit": EXACT_LIMIT,
+    }
     return Summary(
         table=out, recommendation=recommendation, headroom=headroom, proxy_pooled=pooled, settings=settings
     )
