@@ -17,8 +17,8 @@ section { background:var(--card); border:1px solid var(--line); border-radius:8p
           margin:18px 0; }
 section h2 { margin:0 0 4px; font-size:18px; font-weight:600; }
 p.caption { margin:2px 0 12px; color:var(--muted); font-size:13.5px; max-width:980px; }
-.grid2 { display:grid; grid-template-columns: 1fr 1fr; gap:18px; }
-@media (max-width: 1000px) { .grid2 { grid-template-columns: 1fr; } }
+.grid2 { display:grid; grid-template-columns: minmax(0,1fr) minmax(0,1fr); gap:18px; }
+@media (max-width: 1000px) { .grid2 { grid-template-columns: minmax(0,1fr); } }
 .bottomline { border-left:5px solid var(--accent); }
 .rec { font-size:17px; margin:6px 0 10px; }
 .rec code { font-size:16px; background:#eef3f9; padding:2px 6px; border-radius:4px; }
@@ -53,6 +53,7 @@ table.t td.wrap { white-space:normal; font-size:13px; }
 code.tk { background:#f1f3f5; border-radius:3px; padding:0 3px; font-size:12.5px; }
 #tooltip code.tk { background:#38424d; color:#fff; }
 details summary { cursor:pointer; color:var(--muted); }
+details.qtable { max-height:460px; overflow:auto; margin-top:8px; }
 pre.cfg { background:#fafbfc; border:1px solid var(--line); padding:10px; font-size:12.5px; overflow:auto; }
 """
 

@@ -195,9 +195,9 @@ def fig_splits(s: pd.DataFrame, splits, title: str, names=None) -> go.Figure:
     fig.update_layout(
         **_layout(
             title=dict(text=title, font=dict(size=15), x=0, xanchor="left"),
-            height=150 + 30 * len(s),
+            height=150 + (18 + 11 * len(splits)) * len(s),
             scattermode="group",
-            scattergap=0.4,
+            scattergap=0.25,
             legend=dict(orientation="h", y=1.0, yanchor="bottom", x=0),
             margin=dict(l=10, r=20, t=80, b=50),
             xaxis=dict(title=dict(text="mean alignment (95% interval)"), zeroline=False),
@@ -720,20 +720,17 @@ def _questions_table(rollouts: pd.DataFrame, a: pd.DataFrame, config: str, metri
     q = q.sort_values(["pass_rate", "mean"])
     rows = []
     for qid, r in q.head(limit).iterrows():
-        prompt = html.escape(str(r["prompt"])[:110] + ("…" if len(str(r["prompt"])) > 110 else ""))
+        prompt = html.escape(str(r["prompt"]), quote=True)
         rows.append(
-            f"<tr><td>{html.escape(str(qid))}</td><td class='num'>{r['pass_rate']:.2f}</td>"
+            f"<tr><td title='{prompt}'>{html.escape(str(qid))}</td><td class='num'>{r['pass_rate']:.2f}</td>"
             f"<td>{r['band']}</td><td class='num'>{int(r['correct'])}/{int(r['rollouts'])}</td>"
-            f"<td class='num'>{_f(r['mean'])}</td>"
-            f"<td class='muted'>{prompt}</td></tr>"
+            f"<td class='num'>{_f(r['mean'])}</td></tr>"
         )
     more = f"<p class='muted'>First {limit} of {len(q)} questions.</p>" if len(q) > limit else ""
     return (
-        "<table class='t'><tr><th>question</th><th>pass rate</th><th>band</th><th>correct</th>"
-        f"<th>mean alignment ({html.escape(config)})</th><th>prompt</th></tr>"
-        + "".join(rows)
-        + "</table>"
-        + more
+        f"<p class='muted'>Mean alignment under <code>{html.escape(config)}</code>; hover a question id for its "
+        "prompt.</p><table class='t'><tr><th>question</th><th>pass rate</th><th>band</th><th>correct</th>"
+        "<th>mean alignment</th></tr>" + "".join(rows) + "</table>" + more
     )
 
 
@@ -894,11 +891,11 @@ succeeded? On correct rollouts Q̂ ≈ 1 at most tokens, so g* is small and nois
 <p class="caption">A question's pass rate is the fraction of its student rollouts that are correct;
 bands: hard
 (&lt; 1/3), medium, easy (&gt; 2/3).</p>
-<div class="grid2"><div>{_div(fig_pass_rates(rollouts), "fig-passrate")}</div>
-<div>{_div(fig_splits(s, BANDS, "Mean alignment by question difficulty"), "fig-bands")}</div></div>
-<details><summary>Questions (hardest first)</summary>{
+<div class="grid2"><div>{_div(fig_pass_rates(rollouts), "fig-passrate")}
+<details class="qtable"><summary>Questions, hardest first (click to open)</summary>{
         _questions_table(rollouts, alignment, best, metric)
-    }</details>
+    }</details></div>
+<div>{_div(fig_splits(s, BANDS, "Mean alignment by question difficulty"), "fig-bands")}</div></div>
 </section>
 <section id="positions"><h2>Configurations × token positions</h2>
 <p class="caption">Mean alignment of each configuration by where the token lies in the response (buttons:
