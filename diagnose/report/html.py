@@ -728,7 +728,8 @@ def _questions_table(rollouts: pd.DataFrame, a: pd.DataFrame, config: str, metri
         )
     more = f"<p class='muted'>First {limit} of {len(q)} questions.</p>" if len(q) > limit else ""
     return (
-        f"<p class='muted'>Mean alignment under <code>{html.escape(config)}</code>; hover a question id for its "
+        f"<p class='muted'>Mean alignment under <code>{html.escape(config)}</code>; hover a question id "
+        "for its "
         "prompt.</p><table class='t'><tr><th>question</th><th>pass rate</th><th>band</th><th>correct</th>"
         "<th>mean alignment</th></tr>" + "".join(rows) + "</table>" + more
     )
