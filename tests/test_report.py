@@ -274,9 +274,7 @@ def test_rollout_level_cosine_is_alignment_rollout_cosine(tables):
     g["weight"] = np.linspace(0.5, 2.0, len(g))  # non-trivial weights scale d
     expected = []
     for _, r in g.sort_values(NODE_KEY).groupby("_rollout", sort=True):
-        cos, deg = rollout_cosine(
-            *(r[c].to_numpy(copy=True) for c in ("dot", "g_sq", "d_sq", "weight"))
-        )
+        cos, deg = rollout_cosine(*(r[c].to_numpy(copy=True) for c in ("dot", "g_sq", "d_sq", "weight")))
         if not bool(deg):
             expected.append(float(cos))
     np.testing.assert_allclose(_rollout_level(g, "d_sq"), expected, rtol=1e-10)
@@ -431,3 +429,38 @@ def test_report_renders_in_headless_chromium(report_html):
             browser.close()
     assert not problems, problems
     assert all(u.startswith(("file:", "data:", "blob:", "about:")) for u in requests), requests
+
+
+def test_degenerate_and_partial_runs_still_report(tmp_path):
+    """One configuration, no nodes/candidates tables, no cost.json, then every node degenerate."""
+    from diagnose.report import load, render_report
+    from diagnose.report.synthetic import TeacherSpec
+
+    run = generate_run(
+        tmp_path / "r",
+        seed=1,
+        n_questions=3,
+        rollouts_per_question=2,
+        nodes_per_rollout=4,
+        objectives=("rkl",),
+        teachers=(TeacherSpec("only", 1.0, 1.0),),
+        node_bootstrap=5,
+    )
+    for extra in ("nodes", "candidates"):
+        shutil.rmtree(run / extra)
+    (run / "cost.json").unlink()
+    res = load(run)
+    assert (
+        res.recommendation["overall"]["config"] == "only|rkl"
+        and "runner_up" not in res.recommendation["overall"]
+    )
+    assert res.summary["rollout_cos"].isna().all()  # |g*|^2 lives in the nodes table
+    text = render_report(run).read_text(encoding="utf-8")
+    assert "No cost.json" in text
+    for shard in T.completed_shards(run, "alignment"):
+        part = pd.read_parquet(run / "alignment" / f"part-{shard}.parquet").assign(degenerate=True)
+        T.write_table(run, "alignment", part, shard=shard)
+    summ = write_summary(run, n_boot=20)
+    assert summ.table["mean"].isna().all() and (summ.table["n_nodes"] == 0).all()
+    assert summ.recommendation["cos_full"]["overall"] is None
+    assert "No configuration has a defined alignment" in render_report(run).read_text(encoding="utf-8")

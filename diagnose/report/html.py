@@ -102,6 +102,11 @@ def _err(df: pd.DataFrame, mean: str, lo: str, hi: str) -> dict:
     )
 
 
+def _cell_text(z: np.ndarray) -> list[list[str]]:
+    """Heatmap cell labels: the value to 2 decimals, blank where missing."""
+    return [["" if np.isnan(v) else f"{v:.2f}" for v in row] for row in np.asarray(z, dtype=float)]
+
+
 def _zero_line(fig: go.Figure) -> None:
     fig.add_vline(x=0, line=dict(color="#555", width=1, dash="dot"))
 
@@ -275,7 +280,7 @@ def fig_position_heatmap(a: pd.DataFrame, configs: list[str], metric: str) -> go
                 xgap=1,
                 ygap=1,
                 visible=i == 0,
-                text=np.vectorize(lambda v: "" if np.isnan(v) else f"{v:.2f}")(z.to_numpy()),
+                text=_cell_text(z.to_numpy()),
                 texttemplate="%{text}",
                 textfont=dict(size=10),
                 colorbar=dict(title=dict(text="mean cos", side="right"), thickness=12),
@@ -426,7 +431,7 @@ def fig_rho(s: pd.DataFrame, pooled: dict) -> go.Figure:
             colorscale=COLORSCALE,
             xgap=1,
             ygap=1,
-            text=np.vectorize(lambda v: "" if np.isnan(v) else f"{v:.2f}")(z),
+            text=_cell_text(z),
             texttemplate="%{text}",
             textfont=dict(size=10),
             colorbar=dict(title=dict(text="ρ", side="right"), thickness=12),

@@ -173,10 +173,10 @@ SCHEMAS: dict[str, pa.Schema] = {
                 "Effective node count: sum over nodes of the signal share of |g*-hat|^2, "
                 "clip(g_sq_unbiased / g_sq, 0, 1) (n_nodes when the correction is unavailable).",
             ),
-            _f("mean", _F, "Mean per-node alignment."),
+            _f("mean", _F, "Mean per-node alignment (null when every node is degenerate).", nullable=True),
             _f("ci_low", _F, "Lower end of the 95% bootstrap interval of `mean`.", nullable=True),
             _f("ci_high", _F, "Upper end of the 95% bootstrap interval of `mean`.", nullable=True),
-            _f("frac_positive", _F, "Fraction of nodes with positive alignment."),
+            _f("frac_positive", _F, "Fraction of nodes with positive alignment.", nullable=True),
             _f(
                 "mean_bias_corrected",
                 _F,
@@ -216,7 +216,7 @@ SCHEMAS: dict[str, pa.Schema] = {
             ),
             _f("rollout_cos_ci_high", _F, "Upper end of the interval of rollout_cos.", nullable=True),
             _f("n_rollouts", _I, "Rollouts with a defined rollout-level cosine."),
-            _f("teacher_advantage", _F, "Mean teacher advantage over non-degenerate nodes."),
+            _f("teacher_advantage", _F, "Mean teacher advantage over non-degenerate nodes.", nullable=True),
             _f("ta_ci_low", _F, "Lower end of its interval.", nullable=True),
             _f("ta_ci_high", _F, "Upper end of its interval.", nullable=True),
         ]
