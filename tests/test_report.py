@@ -464,3 +464,15 @@ def test_degenerate_and_partial_runs_still_report(tmp_path):
     assert summ.table["mean"].isna().all() and (summ.table["n_nodes"] == 0).all()
     assert summ.recommendation["cos_full"]["overall"] is None
     assert "No configuration has a defined alignment" in render_report(run).read_text(encoding="utf-8")
+
+
+def test_cli_report(run, tmp_path):
+    from typer.testing import CliRunner
+
+    from diagnose.cli import app
+
+    result = CliRunner().invoke(app, ["report", str(run), "--out", str(tmp_path / "r.html")])
+    assert result.exit_code == 0, result.output
+    assert "recommended: self:solution|" in result.output and (tmp_path / "r.html").stat().st_size > 3_000_000
+    bad = CliRunner().invoke(app, ["report", str(tmp_path / "missing")])
+    assert bad.exit_code == 1 and "no table 'alignment'" in bad.output
