@@ -358,6 +358,14 @@ def test_report_is_self_contained(report_html):
         assert needle in text
 
 
+def test_embedded_data_cannot_close_the_script():
+    from diagnose.report.html import _json_script
+
+    obj = {"tokens": ["</script><script>alert(1)</script>", "&amp;", "\n"], "x": [1.5, None]}
+    text = _json_script(obj)
+    assert "<" not in text and ">" not in text and "&" not in text and json.loads(text) == obj
+
+
 CHROMIUM = shutil.which("chromium") or ("/usr/bin/chromium" if os.path.exists("/usr/bin/chromium") else None)
 CHROMIUM_ARGS = [
     "--headless",

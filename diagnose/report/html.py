@@ -635,8 +635,18 @@ def _bottom_line(summary: Summary, metric: str, other: str | None) -> str:
             f"{_f(hr['best_mean'])} for <code>{e(hr['best_config'])}</code> alone: headroom "
             f"<b>{_f(hr['headroom'])}</b> {_ci(hr['headroom_ci_low'], hr['headroom_ci_high'])} over "
             f"{hr['n_nodes']} nodes. <span class='muted'>An upper bound: the per-token maximum of noisy "
-            "estimates "
-            "is biased upward.</span></p>"
+            "estimates is biased upward.</span>"
+            + (
+                " Configurations most often best per token: "
+                + ", ".join(
+                    f"<code>{e(k)}</code> {100 * v:.0f}%"
+                    for k, v in sorted(hr["winner_share"].items(), key=lambda kv: -kv[1])
+                )
+                + "."
+                if hr.get("winner_share")
+                else ""
+            )
+            + "</p>"
         )
     if other and summary.recommendation.get(other, {}).get("overall"):
         o = summary.recommendation[other]["overall"]

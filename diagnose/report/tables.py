@@ -418,7 +418,7 @@ def write_table(run_dir, name: str, df: pd.DataFrame, shard="0", metadata: dict 
     the Parquet schema metadata. Rewriting a shard replaces it atomically.
     """
     table = validate(name, df)
-    meta = {"table": name, "schema_version": SCHEMA_VERSION, **(metadata or {})}
+    meta = {**(metadata or {}), "table": name, "schema_version": SCHEMA_VERSION}
     try:
         blob = json.dumps(meta, default=_json_default, sort_keys=True).encode()
     except TypeError as err:
