@@ -61,15 +61,22 @@ def run(
     typer.echo(f"report: {Path(cfg.out) / 'report.html'}")
 
 
-@app.command()
-def report(run_dir: Path = typer.Argument(..., help="A run directory written by `diagnose run`.")):
-    """Re-render report.html (and the summary table) of an existing run."""
-    from .report import render_report, write_summary
+@app.command("report")
+def report_cmd(
+    run_dir: Path = typer.Argument(..., help="Run directory holding the Parquet tables."),
+    out: Optional[Path] = typer.Option(None, help="HTML file to write (default: RUN_DIR/report.html)."),
+    metric: str = typer.Option("cos_full", help="Per-token cosine to report: cos_full or cos_support."),
+    resummarize: bool = typer.Option(False, "--resummarize", help="Recompute the summary table if present."),
+):
+    """Write a run's summary table (if missing) and re-render its offline HTML report; print the bottom line."""
+    from . import report
 
-    if not (run_dir / "alignment").is_dir():
-        raise DiagnoseError(f"{run_dir} is not a run directory (no alignment table)")
-    write_summary(run_dir)
-    typer.echo(f"report: {render_report(run_dir)}")
+    if resummarize or not report.has_table(run_dir, "summary"):
+        report.write_summary(run_dir)
+    res = report.load(run_dir, metric=metric)
+    path = res.report(out)
+    typer.echo(res.describe())
+    typer.echo(f"report: {path}")
 
 
 @app.command()

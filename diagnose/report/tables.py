@@ -1,0 +1,519 @@
+"""Parquet tables of a run directory: schemas, validation, atomic per-shard writes, reads and resume.
+
+Layout: `<run_dir>/<table>/part-<shard>.parquet`. A shard is written to a hidden temporary file in the same
+folder, fsynced, then renamed over its final name (os.replace), so a killed writer leaves either the old
+complete shard or the new one, never a partial file; readers skip the hidden temporaries.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import uuid
+from importlib import metadata as _md
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from ..errors import DiagnoseError
+
+SCHEMA_VERSION = 1
+META_KEY = b"diagnose"  # schema-metadata key holding the run metadata as JSON
+BANDS = ("hard", "medium", "easy")
+DEFAULT_BAND_EDGES = (1 / 3, 2 / 3)
+PROXIES = ("kl_pq", "kl_qp", "js", "tv", "cos_pq", "entropy_student", "entropy_teacher")
+METRICS = ("cos_full", "cos_support")
+_SHARD_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
+
+
+def _f(name, type_, doc, nullable=False):
+    return pa.field(name, type_, nullable=nullable, metadata={"doc": doc})
+
+
+_S, _I, _F, _D, _B = pa.string(), pa.int32(), pa.float32(), pa.float64(), pa.bool_()
+_ROLLOUT_KEY = [
+    _f("question_id", _S, "Question identifier (stable across runs of the same task)."),
+    _f("rollout_idx", _I, "Index of the student rollout for this question (0-based)."),
+]
+_NODE_KEY = _ROLLOUT_KEY + [
+    _f(
+        "position",
+        _I,
+        "Index of the node's token in the response (`token_ids[position]`); the node is the "
+        "prefix prompt + response[:position].",
+    ),
+]
+
+SCHEMAS: dict[str, pa.Schema] = {
+    "rollouts": pa.schema(
+        _ROLLOUT_KEY
+        + [
+            _f("prompt", _S, "Prompt text given to the student (chat template applied)."),
+            _f("response", _S, "The student's sampled response text."),
+            _f("token_ids", pa.list_(_I), "Response token ids."),
+            _f(
+                "tokens",
+                pa.list_(_S),
+                "Response token strings (decoded one by one; same length as token_ids).",
+            ),
+            _f("student_logprobs", pa.list_(_F), "Student log-probability of each sampled response token."),
+            _f("n_tokens", _I, "Number of response tokens."),
+            _f("correct", _B, "Verifier verdict on the final answer."),
+            _f("pass_rate", _F, "Fraction of this question's rollouts that are correct (in [0, 1])."),
+            _f("difficulty", _S, "Difficulty band from pass_rate: hard (< 1/3), medium, easy (> 2/3)."),
+            _f("reference", _S, "Reference answer, if the task has one.", nullable=True),
+            _f("extracted_answer", _S, "Answer the verifier extracted from the response.", nullable=True),
+        ]
+    ),
+    "nodes": pa.schema(
+        _NODE_KEY
+        + [
+            _f("token_id", _I, "Observed (sampled) token id at the node."),
+            _f("token", _S, "Observed token string."),
+            _f("p_token", _F, "Student probability of the observed token."),
+            _f("entropy_student", _F, "Student entropy at the node (nats, full vocabulary)."),
+            _f(
+                "v_hat",
+                _F,
+                "Estimated value V-hat = sum_C p Q-hat / p(C) (success probability from the prefix).",
+            ),
+            _f("n_candidates", _I, "Size of the candidate set C."),
+            _f("n_continuations", _I, "Continuations spent at this node (sum of n over candidates)."),
+            _f("degenerate", _B, "All Q-hat equal on C: g* = 0 and every cosine at this node is undefined."),
+            _f("g_sq", _D, "|g*-hat|^2 (squared norm of the estimated ideal gradient)."),
+            _f(
+                "g_sq_unbiased",
+                _D,
+                "|g*|^2 with the binomial noise of Q-hat subtracted (may be <= 0 when noise dominates).",
+                nullable=True,
+            ),
+        ]
+    ),
+    "candidates": pa.schema(
+        _NODE_KEY
+        + [
+            _f("token_id", _I, "Candidate token id."),
+            _f("token", _S, "Candidate token string."),
+            _f("p", _F, "Student probability of the candidate."),
+            _f("q_hat", _F, "Q-hat: fraction of verified-correct continuations after forcing this token."),
+            _f(
+                "n",
+                _I,
+                "Continuations drawn after this token (the original rollout counts for the observed one).",
+            ),
+            _f("successes", _I, "Verified-correct continuations among n."),
+            _f("observed", _B, "This candidate is the token the rollout actually sampled."),
+            _f(
+                "source",
+                _S,
+                "Why it is a candidate: student / teacher / observed (joined by '+').",
+                nullable=True,
+            ),
+        ]
+    ),
+    "alignment": pa.schema(
+        _NODE_KEY
+        + [
+            _f("config", _S, "Configuration label 'teacher|objective' (e.g. 'self:solution|jsd:beta=0.5')."),
+            _f("teacher", _S, "Teacher label (model name, or self:<context>)."),
+            _f("objective", _S, "Objective label as the registry spells it (e.g. 'jsd:beta=0.5')."),
+            _f("cos_full", _F, "cos(g*, d) with d over the whole vocabulary (0 when degenerate)."),
+            _f(
+                "cos_full_ci_low",
+                _F,
+                "Lower end of the 95% interval of cos_full (bootstrap over continuations).",
+            ),
+            _f("cos_full_ci_high", _F, "Upper end of the 95% interval of cos_full."),
+            _f("cos_support", _F, "cos(g*, d restricted to the candidate set C)."),
+            _f("cos_support_ci_low", _F, "Lower end of the 95% interval of cos_support."),
+            _f("cos_support_ci_high", _F, "Upper end of the 95% interval of cos_support."),
+            _f(
+                "cos_bias_corrected",
+                _F,
+                "cos_full with |g*|^2 replaced by its noise-corrected estimate; null where "
+                "the corrected norm is not positive.",
+                nullable=True,
+            ),
+            _f("teacher_advantage", _F, "TA = sum_k (q_k - p_k)(Q_k - V)."),
+            _f("ta_ci_low", _F, "Lower end of the 95% interval of the teacher advantage."),
+            _f("ta_ci_high", _F, "Upper end of the 95% interval of the teacher advantage."),
+            _f("q_token", _F, "Teacher probability of the observed token."),
+            _f("kl_pq", _F, "KL(p || q), full vocabulary (nats)."),
+            _f("kl_qp", _F, "KL(q || p)."),
+            _f("js", _F, "Jensen-Shannon divergence of p and q."),
+            _f("tv", _F, "Total variation distance of p and q."),
+            _f("cos_pq", _F, "Cosine between the probability vectors p and q."),
+            _f("entropy_student", _F, "Student entropy (nats)."),
+            _f("entropy_teacher", _F, "Teacher entropy (nats)."),
+            _f("param_cos", _F, "Parameter-space cosine cos(J^T g*, J^T d), when computed.", nullable=True),
+            _f("dot", _D, "<g*, d> (the same on both supports, since g* is zero off C)."),
+            _f("d_sq", _D, "|d|^2 over the whole vocabulary."),
+            _f("d_sq_support", _D, "|d restricted to C|^2."),
+            _f("weight", _F, "Per-node weight w scaling d (1 unless a weighting scheme is configured)."),
+            _f("degenerate", _B, "Cosine undefined here (g* = 0 or d = 0)."),
+        ]
+    ),
+    "summary": pa.schema(
+        [
+            _f("config", _S, "Configuration label 'teacher|objective'."),
+            _f("teacher", _S, "Teacher label."),
+            _f("objective", _S, "Objective label."),
+            _f("metric", _S, "Which per-node cosine is summarised: cos_full or cos_support."),
+            _f("rank", _I, "Rank of the configuration by `mean` within the metric (1 = best)."),
+            _f("n_nodes", _I, "Non-degenerate nodes averaged over."),
+            _f("n_degenerate", _I, "Degenerate nodes left out (cosine undefined)."),
+            _f(
+                "n_effective",
+                _F,
+                "Effective node count: sum over nodes of the signal share of |g*-hat|^2, "
+                "clip(g_sq_unbiased / g_sq, 0, 1) (n_nodes when the correction is unavailable).",
+            ),
+            _f("mean", _F, "Mean per-node alignment (null when every node is degenerate).", nullable=True),
+            _f("ci_low", _F, "Lower end of the 95% bootstrap interval of `mean`.", nullable=True),
+            _f("ci_high", _F, "Upper end of the 95% bootstrap interval of `mean`.", nullable=True),
+            _f("frac_positive", _F, "Fraction of nodes with positive alignment.", nullable=True),
+            _f(
+                "mean_bias_corrected",
+                _F,
+                "Mean of cos_bias_corrected over the nodes where it is defined.",
+                nullable=True,
+            ),
+        ]
+        + [
+            field
+            for split in ("correct", "incorrect") + BANDS
+            for field in (
+                _f(
+                    f"mean_{split}",
+                    _F,
+                    f"Mean alignment over nodes of {split} rollouts."
+                    if split in ("correct", "incorrect")
+                    else f"Mean alignment over nodes of questions in the {split} band.",
+                    nullable=True,
+                ),
+                _f(f"ci_low_{split}", _F, f"Lower end of the interval of mean_{split}.", nullable=True),
+                _f(f"ci_high_{split}", _F, f"Upper end of the interval of mean_{split}.", nullable=True),
+                _f(f"n_{split}", _I, f"Nodes behind mean_{split}."),
+            )
+        ]
+        + [
+            _f(
+                "rollout_cos",
+                _F,
+                "Mean over rollouts of the rollout-level cosine (concatenated g* vs w*d).",
+                nullable=True,
+            ),
+            _f(
+                "rollout_cos_ci_low",
+                _F,
+                "Lower end of the interval of rollout_cos (bootstrap over rollouts).",
+                nullable=True,
+            ),
+            _f("rollout_cos_ci_high", _F, "Upper end of the interval of rollout_cos.", nullable=True),
+            _f("n_rollouts", _I, "Rollouts with a defined rollout-level cosine."),
+            _f("teacher_advantage", _F, "Mean teacher advantage over non-degenerate nodes.", nullable=True),
+            _f("ta_ci_low", _F, "Lower end of its interval.", nullable=True),
+            _f("ta_ci_high", _F, "Upper end of its interval.", nullable=True),
+        ]
+        + [
+            _f(
+                f"rho_{name}",
+                _F,
+                f"Spearman rank correlation of {name} with the alignment, over this configuration's nodes.",
+                nullable=True,
+            )
+            for name in PROXIES + ("teacher_advantage",)
+        ]
+    ),
+}
+
+KEYS: dict[str, list[str]] = {
+    "rollouts": ["question_id", "rollout_idx"],
+    "nodes": ["question_id", "rollout_idx", "position"],
+    "candidates": ["question_id", "rollout_idx", "position", "token_id"],
+    "alignment": ["question_id", "rollout_idx", "position", "config"],
+    "summary": ["config", "metric"],
+}
+
+# Value ranges checked on write (a tolerance absorbs float32 rounding).
+_UNIT = (0.0, 1.0)
+_COS = (-1.0, 1.0)
+RANGES: dict[str, dict[str, tuple[float, float]]] = {
+    "rollouts": {"pass_rate": _UNIT},
+    "nodes": {"p_token": _UNIT, "v_hat": _UNIT},
+    "candidates": {"p": _UNIT, "q_hat": _UNIT},
+    "alignment": {
+        c: _COS
+        for c in (
+            "cos_full",
+            "cos_full_ci_low",
+            "cos_full_ci_high",
+            "cos_support",
+            "cos_support_ci_low",
+            "cos_support_ci_high",
+            "cos_bias_corrected",
+            "cos_pq",
+            "param_cos",
+        )
+    }
+    | {"q_token": _UNIT, "tv": _UNIT},
+    "summary": {c: _COS for c in ("mean", "ci_low", "ci_high")},
+}
+_CHOICES = {("rollouts", "difficulty"): BANDS, ("summary", "metric"): METRICS}
+
+
+def table_names() -> list[str]:
+    return list(SCHEMAS)
+
+
+def schema(name: str) -> pa.Schema:
+    if name not in SCHEMAS:
+        raise DiagnoseError(f"unknown table {name!r}; tables are: {', '.join(SCHEMAS)}")
+    return SCHEMAS[name]
+
+
+def difficulty_band(pass_rate, edges=DEFAULT_BAND_EDGES):
+    """Band of a question's pass rate: 'hard' below edges[0], 'easy' above edges[1], else 'medium'."""
+    r = np.asarray(pass_rate, dtype=float)
+    out = np.where(r < edges[0], "hard", np.where(r > edges[1], "easy", "medium"))
+    return out.item() if out.ndim == 0 else out
+
+
+def config_label(teacher: str, objective: str) -> str:
+    """The 'teacher|objective' label used as the `config` key."""
+    if "|" in teacher or "|" in objective:
+        raise DiagnoseError(f"'|' is reserved as the separator of config labels: {teacher!r}, {objective!r}")
+    return f"{teacher}|{objective}"
+
+
+def standard_metadata(models=None, seeds=None, config_hash=None, **extra) -> dict[str, Any]:
+    """Run metadata for write_table: package versions (diagnose, torch, transformers, ...) + what is given."""
+    versions = {}
+    for pkg in ("diagnose", "torch", "transformers", "pyarrow", "pandas"):
+        try:
+            versions[pkg] = _md.version(pkg)
+        except _md.PackageNotFoundError:
+            versions[pkg] = None
+    return {
+        "versions": versions,
+        "models": models or {},
+        "seeds": seeds or {},
+        "config_hash": config_hash,
+        **extra,
+    }
+
+
+# ---------------------------------------------------------------- validation
+
+
+def validate(name: str, df: pd.DataFrame) -> pa.Table:
+    """Check `df` against table `name`'s schema and convert it; raise DiagnoseError naming the bad column."""
+    sch = schema(name)
+    if not isinstance(df, pd.DataFrame):
+        raise DiagnoseError(f"table {name}: expected a pandas DataFrame, got {type(df).__name__}")
+    cols = list(df.columns)
+    unknown = [c for c in cols if c not in sch.names]
+    if unknown:
+        raise DiagnoseError(
+            f"table {name}: unknown column(s) {', '.join(map(str, unknown))}; "
+            f"the schema has {', '.join(sch.names)}"
+        )
+    missing = [f.name for f in sch if f.name not in cols and not f.nullable]
+    if missing:
+        raise DiagnoseError(f"table {name}: missing column(s) {', '.join(missing)}")
+    arrays = []
+    for field in sch:
+        if field.name not in cols:
+            arrays.append(pa.nulls(len(df), field.type))
+            continue
+        series = df[field.name]
+        try:
+            arr = pa.array(series, type=field.type, from_pandas=True)
+        except (pa.ArrowException, TypeError, ValueError, OverflowError) as err:
+            example = series.iloc[0] if len(series) else None
+            raise DiagnoseError(
+                f"table {name}: column {field.name!r} must be {field.type} "
+                f"(got dtype {series.dtype}, e.g. {example!r}): {err}"
+            ) from None
+        if not field.nullable and arr.null_count:
+            raise DiagnoseError(
+                f"table {name}: column {field.name!r} has {arr.null_count} missing value(s) "
+                "but may not be null"
+            )
+        arrays.append(arr)
+    table = pa.Table.from_arrays(arrays, schema=sch)
+    _check_values(name, table)
+    _check_keys(name, df)
+    return table
+
+
+def _check_values(name: str, table: pa.Table) -> None:
+    for col, (lo, hi) in RANGES.get(name, {}).items():
+        values = table.column(col).to_numpy(zero_copy_only=False).astype(float)
+        values = values[~np.isnan(values)]
+        bad = values[(values < lo - 1e-4) | (values > hi + 1e-4)]
+        if bad.size:
+            raise DiagnoseError(
+                f"table {name}: column {col!r} must lie in [{lo}, {hi}], "
+                f"found {bad.size} value(s) outside, e.g. {bad[0]!r}"
+            )
+    for (tname, col), allowed in _CHOICES.items():
+        if tname == name:
+            bad = set(table.column(col).to_pylist()) - set(allowed)
+            if bad:
+                raise DiagnoseError(
+                    f"table {name}: column {col!r} takes {', '.join(allowed)}; "
+                    f"found {', '.join(sorted(map(str, bad)))}"
+                )
+
+
+def _check_keys(name: str, df: pd.DataFrame) -> None:
+    dup = df.duplicated(KEYS[name], keep=False)
+    if dup.any():
+        example = df.loc[dup, KEYS[name]].iloc[0].to_dict()
+        raise DiagnoseError(f"table {name}: {int(dup.sum())} rows share a key {KEYS[name]}, e.g. {example}")
+
+
+# ---------------------------------------------------------------- writing
+
+
+def _table_dir(run_dir, name: str) -> Path:
+    schema(name)
+    return Path(run_dir) / name
+
+
+def _shard_path(run_dir, name: str, shard) -> Path:
+    shard = str(shard)
+    if not _SHARD_RE.match(shard):
+        raise DiagnoseError(f"shard id {shard!r}: use letters, digits, '_', '.', '-' (not starting with '.')")
+    return _table_dir(run_dir, name) / f"part-{shard}.parquet"
+
+
+def _fsync(fd: int) -> None:
+    os.fsync(fd)
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:  # directories cannot be opened on some platforms
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def write_table(run_dir, name: str, df: pd.DataFrame, shard="0", metadata: dict | None = None) -> Path:
+    """Validate `df` and write it as shard `shard` of table `name`, atomically; returns the shard's path.
+
+    `metadata` (JSON-serialisable: versions, models, seeds, config hash; see standard_metadata) is stored in
+    the Parquet schema metadata. Rewriting a shard replaces it atomically.
+    """
+    table = validate(name, df)
+    meta = {**(metadata or {}), "table": name, "schema_version": SCHEMA_VERSION}
+    try:
+        blob = json.dumps(meta, default=_json_default, sort_keys=True).encode()
+    except TypeError as err:
+        raise DiagnoseError(f"table {name}: metadata is not JSON-serialisable: {err}") from None
+    table = table.replace_schema_metadata({**(table.schema.metadata or {}), META_KEY: blob})
+    final = _shard_path(run_dir, name, shard)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = final.parent / f".{final.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp"
+    try:
+        with open(tmp, "wb") as fh:
+            pq.write_table(table, fh, compression="zstd")
+            fh.flush()
+            _fsync(fh.fileno())
+        os.replace(tmp, final)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    _fsync_dir(final.parent)
+    return final
+
+
+def _json_default(obj):
+    if isinstance(obj, (np.integer, np.floating, np.bool_)):
+        return obj.item()
+    if isinstance(obj, (Path,)):
+        return str(obj)
+    raise TypeError(f"{type(obj).__name__} is not JSON-serialisable")
+
+
+# ---------------------------------------------------------------- reading
+
+
+def _shard_files(run_dir, name: str) -> list[Path]:
+    folder = _table_dir(run_dir, name)
+    if not folder.is_dir():
+        return []
+    # Temporaries are hidden (".part-...tmp"): the glob never matches them.
+    return sorted(p for p in folder.glob("part-*.parquet") if p.is_file())
+
+
+def completed_shards(run_dir, name: str) -> list[str]:
+    """Shard ids of `name` that were completely written (for resuming a killed run)."""
+    return [p.name[len("part-") : -len(".parquet")] for p in _shard_files(run_dir, name)]
+
+
+def has_table(run_dir, name: str) -> bool:
+    return bool(_shard_files(run_dir, name))
+
+
+def read_arrow(run_dir, name: str) -> pa.Table:
+    """All complete shards of `name` concatenated (shard order), as an Arrow table without run metadata."""
+    files = _shard_files(run_dir, name)
+    if not files:
+        raise DiagnoseError(
+            f"no table {name!r} in {run_dir} (expected {Path(run_dir) / name}/part-*.parquet)"
+        )
+    parts = []
+    for path in files:
+        try:
+            t = pq.read_table(path)
+        except (pa.ArrowException, OSError) as err:
+            raise DiagnoseError(f"cannot read {path}: {err}") from None
+        parts.append(t.replace_schema_metadata(None))
+    try:
+        return pa.concat_tables(parts, promote_options="default")
+    except pa.ArrowException as err:
+        raise DiagnoseError(f"table {name}: shards have incompatible schemas: {err}") from None
+
+
+def read_table(run_dir, name: str) -> pd.DataFrame:
+    """All complete shards of table `name` as one DataFrame (a killed writer's temporaries are ignored)."""
+    return read_arrow(run_dir, name).to_pandas()
+
+
+def read_metadata(run_dir, name: str) -> dict[str, Any]:
+    """The run metadata stored with `name` (from its most recently written shard)."""
+    files = _shard_files(run_dir, name)
+    if not files:
+        raise DiagnoseError(f"no table {name!r} in {run_dir}")
+    latest = max(files, key=lambda p: p.stat().st_mtime_ns)
+    raw = (pq.read_schema(latest).metadata or {}).get(META_KEY)
+    return json.loads(raw) if raw else {}
+
+
+# ---------------------------------------------------------------- documentation
+
+
+def describe_markdown() -> str:
+    """Markdown tables of every schema's columns (docs/tables.md embeds this text verbatim)."""
+    out = []
+    for name, sch in SCHEMAS.items():
+        out.append(f"### `{name}`\n\nKey: {', '.join(f'`{k}`' for k in KEYS[name])}\n")
+        out.append("| column | type | null | meaning |\n|---|---|---|---|")
+        for field in sch:
+            doc = field.metadata[b"doc"].decode().replace("|", "\\|")
+            out.append(f"| `{field.name}` | {field.type} | {'yes' if field.nullable else ''} | {doc} |")
+        out.append("")
+    return "\n".join(out)

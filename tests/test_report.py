@@ -1,0 +1,486 @@
+"""The output layer: Parquet tables (schemas, atomic shards, resume), summary, RunResult, HTML report.
+
+Data come from the seeded synthetic run generator (real ideal_gradient / objectives / cosines on toy logits),
+in which the teacher `self:solution` knows the true Q best and `self:hint` not at all.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from diagnose.errors import DiagnoseError
+from diagnose.report import tables as T
+from diagnose.report.summary import bootstrap_mean, spearman, summarize, write_summary
+from diagnose.report.synthetic import generate_run
+
+ROOT = Path(__file__).resolve().parents[1]
+N_BOOT = 300
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory) -> Path:
+    run_dir = tmp_path_factory.mktemp("run") / "synthetic-run"
+    generate_run(
+        run_dir,
+        seed=3,
+        n_questions=10,
+        rollouts_per_question=4,
+        nodes_per_rollout=10,
+        objectives=("rkl", "fkl"),
+        node_bootstrap=20,
+    )
+    write_summary(run_dir, n_boot=N_BOOT, seed=1)
+    return run_dir
+
+
+@pytest.fixture(scope="module")
+def tables(run):
+    return {
+        name: T.read_table(run, name) for name in ("rollouts", "nodes", "candidates", "alignment", "summary")
+    }
+
+
+def _small_rollouts(n=3, offset=0) -> pd.DataFrame:
+    return pd.DataFrame(
+        {
+            "question_id": [f"q{i + offset}" for i in range(n)],
+            "rollout_idx": list(range(n)),
+            "prompt": ["What is 2+2?"] * n,
+            "response": ["4"] * n,
+            "token_ids": [np.array([5, 6], dtype=np.int32)] * n,
+            "tokens": [["4", "\n"]] * n,
+            "student_logprobs": [[-0.1, -2.0]] * n,
+            "n_tokens": [2] * n,
+            "correct": [True, False, True][:n],
+            "pass_rate": [0.5] * n,
+            "difficulty": ["medium"] * n,
+        }
+    )
+
+
+# ---------------------------------------------------------------- tables
+
+
+def test_tables_round_trip_with_metadata(tmp_path, tables):
+    meta = T.standard_metadata(
+        models={"student": "s", "teachers": ["t"]},
+        seeds={"rollouts": 7},
+        config_hash="abc123",
+        cost={"rollouts": 3},
+    )
+    df = tables["alignment"].iloc[:50]
+    T.write_table(tmp_path, "alignment", df.iloc[:20], shard="b", metadata=meta)
+    T.write_table(tmp_path, "alignment", df.iloc[20:], shard="a", metadata=meta)
+    back = T.read_table(tmp_path, "alignment")
+    expected = pd.concat([df.iloc[20:], df.iloc[:20]], ignore_index=True)  # shard-id order
+    pd.testing.assert_frame_equal(back, expected, check_dtype=True)
+    assert T.completed_shards(tmp_path, "alignment") == ["a", "b"]
+    got = T.read_metadata(tmp_path, "alignment")
+    assert (
+        got["models"] == meta["models"] and got["seeds"] == {"rollouts": 7} and got["config_hash"] == "abc123"
+    )
+    assert got["versions"]["torch"] and got["versions"]["transformers"] and got["versions"]["diagnose"]
+    assert got["table"] == "alignment" and got["schema_version"] == T.SCHEMA_VERSION
+    # list columns and nullable columns survive; an omitted nullable column reads back as nulls
+    r = _small_rollouts()
+    T.write_table(tmp_path, "rollouts", r)
+    rb = T.read_table(tmp_path, "rollouts")
+    assert list(rb["tokens"][0]) == ["4", "\n"] and rb["token_ids"][0].dtype == np.int32
+    assert rb["reference"].isna().all() and rb["correct"].dtype == bool
+
+
+@pytest.mark.parametrize(
+    "mutate, column",
+    [
+        (lambda d: d.drop(columns=["correct"]), "correct"),
+        (lambda d: d.assign(correct=["yes", "no", "yes"]), "correct"),
+        (lambda d: d.assign(pass_rate=[0.5, 1.5, 0.5]), "pass_rate"),
+        (lambda d: d.assign(n_tokens=[2.5, 2.0, 2.0]), "n_tokens"),
+        (lambda d: d.assign(difficulty=["medium", "trivial", "easy"]), "difficulty"),
+        (lambda d: d.assign(prompt=[None, "x", "y"]), "prompt"),
+        (lambda d: d.assign(extra_col=1), "extra_col"),
+        (lambda d: d.assign(rollout_idx=[0, 0, 1], question_id=["q", "q", "q"]), "question_id"),
+    ],
+)
+def test_validation_names_the_bad_column(tmp_path, mutate, column):
+    with pytest.raises(DiagnoseError, match=re.escape(column)):
+        T.write_table(tmp_path, "rollouts", mutate(_small_rollouts()))
+    assert not T.has_table(tmp_path, "rollouts") and not list(tmp_path.rglob("*.tmp"))
+
+
+def test_failed_write_keeps_previous_shard_and_leaves_no_partial_file(tmp_path, monkeypatch):
+    T.write_table(tmp_path, "rollouts", _small_rollouts(), shard="0")
+    before = T.read_table(tmp_path, "rollouts")
+
+    def broken(table, where, **kw):
+        where.write(b"PAR1 partial bytes")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(T.pq, "write_table", broken)
+    with pytest.raises(OSError, match="disk full"):
+        T.write_table(tmp_path, "rollouts", _small_rollouts(offset=10), shard="0")
+    with pytest.raises(OSError):
+        T.write_table(tmp_path, "rollouts", _small_rollouts(offset=20), shard="1")
+    monkeypatch.undo()
+    assert sorted(p.name for p in (tmp_path / "rollouts").iterdir()) == ["part-0.parquet"]
+    pd.testing.assert_frame_equal(T.read_table(tmp_path, "rollouts"), before)
+
+
+def test_writer_killed_mid_write_loses_nothing(tmp_path):
+    """SIGKILL a writer between its temporary and the rename: old shards intact, strays ignored."""
+    T.write_table(tmp_path, "rollouts", _small_rollouts(), shard="a")
+    before = T.read_table(tmp_path, "rollouts")
+    script = textwrap.dedent(f"""
+        import sys, time
+        import numpy as np, pandas as pd
+        from diagnose.report import tables as T
+        def hang(fd):
+            print("ready", flush=True)
+            time.sleep(120)
+        T._fsync = hang
+        n = 20000
+        df = pd.DataFrame({{"question_id": [f"k{{i}}" for i in range(n)],
+            "rollout_idx": np.zeros(n, np.int32),
+            "prompt": "p" * 200, "response": "r" * 200, "token_ids": [np.arange(5, dtype=np.int32)] * n,
+            "tokens": [list("abcde")] * n, "student_logprobs": [np.zeros(5, np.float32)] * n, "n_tokens": 5,
+            "correct": True, "pass_rate": 1.0, "difficulty": "easy"}})
+        T.write_table({str(tmp_path)!r}, "rollouts", df, shard=sys.argv[1])
+    """)
+    for shard in ("a", "b"):  # rewrite of a complete shard, then a new shard
+        proc = subprocess.Popen([sys.executable, "-c", script, shard], stdout=subprocess.PIPE, cwd=ROOT)
+        try:
+            assert proc.stdout.readline().strip() == b"ready"
+        finally:
+            os.kill(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=30)
+        assert proc.returncode == -signal.SIGKILL
+    strays = sorted(p.name for p in (tmp_path / "rollouts").glob(".*.tmp"))
+    assert len(strays) == 2 and all(s.startswith((".part-a.parquet.", ".part-b.parquet.")) for s in strays)
+    assert T.completed_shards(tmp_path, "rollouts") == ["a"]
+    pd.testing.assert_frame_equal(T.read_table(tmp_path, "rollouts"), before)
+    # the stray temporaries do not block a resumed writer
+    T.write_table(tmp_path, "rollouts", _small_rollouts(offset=5), shard="b")
+    assert (
+        T.completed_shards(tmp_path, "rollouts") == ["a", "b"]
+        and len(T.read_table(tmp_path, "rollouts")) == 6
+    )
+
+
+def test_docs_list_every_column():
+    doc = (ROOT / "docs" / "tables.md").read_text()
+    assert T.describe_markdown() in doc, "docs/tables.md is out of date: paste describe_markdown() into it"
+
+
+# ---------------------------------------------------------------- summary
+
+
+def test_summary_matches_independent_pandas(tables):
+    a, r, nodes, s = tables["alignment"], tables["rollouts"], tables["nodes"], tables["summary"]
+    ok = a[~a["degenerate"]].merge(r[["question_id", "rollout_idx", "correct", "difficulty"]])
+    for metric in ("cos_full", "cos_support"):
+        sm = s[s["metric"] == metric].set_index("config")
+        mean = ok.groupby("config")[metric].mean()
+        np.testing.assert_allclose(sm.loc[mean.index, "mean"], mean, rtol=1e-5)
+        assert (sm.loc[mean.index, "n_nodes"] == ok.groupby("config").size()).all()
+        for flag, split in ((True, "correct"), (False, "incorrect")):
+            m = ok[ok["correct"] == flag].groupby("config")[metric].mean()
+            np.testing.assert_allclose(sm.loc[m.index, f"mean_{split}"], m, rtol=1e-5)
+        for band in T.BANDS:
+            m = ok[ok["difficulty"] == band].groupby("config")[metric].mean()
+            np.testing.assert_allclose(sm.loc[m.index, f"mean_{band}"], m, rtol=1e-5)
+        # ranks follow the means; every interval contains its mean
+        assert list(sm.sort_values("rank").index) == list(mean.sort_values(ascending=False).index)
+        assert (sm["ci_low"] <= sm["mean"] + 1e-7).all() and (sm["mean"] <= sm["ci_high"] + 1e-7).all()
+    full = s[s["metric"] == "cos_full"].set_index("config")
+    # the teacher that knows Q ranks first; it beats the uninformed teacher with separated intervals
+    assert full.sort_values("rank").index[0].startswith("self:solution|")
+    good = full[full.index.str.startswith("self:solution|")]
+    bad = full[full.index.str.startswith("self:hint|")]
+    assert good["ci_low"].min() > bad["ci_high"].max()
+    # rollout-level cosine: concatenated g* and w*d per rollout, averaged over rollouts
+    x = a.merge(nodes[["question_id", "rollout_idx", "position", "g_sq"]])
+    x["wdot"], x["wd_sq"] = x["weight"] * x["dot"], x["weight"] ** 2 * x["d_sq"]
+    per = x.groupby(["config", "question_id", "rollout_idx"])[["wdot", "g_sq", "wd_sq"]].sum()
+    per = per[(per["g_sq"] * per["wd_sq"]) > 1e-20]
+    rc = (per["wdot"] / np.sqrt(per["g_sq"] * per["wd_sq"])).groupby("config").mean()
+    np.testing.assert_allclose(full.loc[rc.index, "rollout_cos"], rc, rtol=1e-4, atol=1e-6)
+    # effective node count: signal share of |g*-hat|^2
+    y = ok.merge(nodes[["question_id", "rollout_idx", "position", "g_sq", "g_sq_unbiased"]])
+    n_eff = (y["g_sq_unbiased"] / y["g_sq"]).clip(0, 1).groupby(y["config"]).sum()
+    np.testing.assert_allclose(full.loc[n_eff.index, "n_effective"], n_eff, rtol=1e-4)
+    assert (full["n_effective"] < full["n_nodes"]).all()
+
+
+def test_recommendation_and_headroom(run, tables):
+    from diagnose.report.summary import read_summary
+
+    summ = read_summary(run)
+    a, r = tables["alignment"], tables["rollouts"]
+    ok = a[~a["degenerate"]]
+    rec = summ.recommendation["cos_full"]
+    means = ok.groupby("config")["cos_full"].mean().sort_values(ascending=False)
+    assert rec["overall"]["config"] == means.index[0] and rec["overall"]["runner_up"] == means.index[1]
+    wide = ok.pivot_table(
+        index=["question_id", "rollout_idx", "position"], columns="config", values="cos_full"
+    )
+    diff = (wide[means.index[0]] - wide[means.index[1]]).dropna()
+    assert rec["overall"]["margin"] == pytest.approx(diff.mean(), rel=1e-6)
+    assert rec["overall"]["margin_ci_low"] <= rec["overall"]["margin"] <= rec["overall"]["margin_ci_high"]
+    ok_b = ok.merge(r[["question_id", "rollout_idx", "difficulty"]])
+    for band, best in rec["bands"].items():
+        m = ok_b[ok_b["difficulty"] == band].groupby("config")["cos_full"].mean()
+        assert best["config"] == m.idxmax() and best["mean"] == pytest.approx(m.max(), rel=1e-6)
+    hr = summ.headroom["cos_full"]
+    complete = wide.dropna()
+    oracle = complete.max(axis=1)
+    assert hr["oracle_mean"] == pytest.approx(oracle.mean(), rel=1e-6)
+    assert hr["headroom"] == pytest.approx((oracle - complete[means.index[0]]).mean(), rel=1e-6)
+    assert hr["headroom"] >= 0 and hr["n_nodes"] == len(complete)
+
+
+def test_summary_is_reproducible_and_cluster_bootstrap_is_wider(tables):
+    a, r, nodes = tables["alignment"], tables["rollouts"], tables["nodes"]
+    sub = a[a["config"].str.startswith("self:solution|")]
+    one = summarize(sub, r, nodes, n_boot=200, seed=5)
+    two = summarize(sub, r, nodes, n_boot=200, seed=5)
+    pd.testing.assert_frame_equal(one.table, two.table)
+    rng = np.random.default_rng(0)
+    clusters = np.repeat(np.arange(20), 15)
+    values = np.repeat(rng.normal(size=20), 15) + 0.1 * rng.normal(size=300)  # strongly clustered
+    _, lo_n, hi_n = bootstrap_mean(values, np.random.default_rng(1), 500)
+    m, lo_c, hi_c = bootstrap_mean(values, np.random.default_rng(1), 500, clusters=clusters)
+    assert hi_c - lo_c > 2 * (hi_n - lo_n) and lo_c < m < hi_c
+
+
+def test_rollout_level_cosine_is_alignment_rollout_cosine(tables):
+    from diagnose.alignment import rollout_cosine
+    from diagnose.report.summary import NODE_KEY, _prepare, _rollout_level
+
+    df = _prepare(tables["alignment"], tables["rollouts"], tables["nodes"])
+    config = df["config"].iloc[0]
+    g = df[df["config"] == config].copy()
+    g["weight"] = np.linspace(0.5, 2.0, len(g))  # non-trivial weights scale d
+    expected = []
+    for _, r in g.sort_values(NODE_KEY).groupby("_rollout", sort=True):
+        cos, deg = rollout_cosine(*(r[c].to_numpy(copy=True) for c in ("dot", "g_sq", "d_sq", "weight")))
+        if not bool(deg):
+            expected.append(float(cos))
+    np.testing.assert_allclose(_rollout_level(g, "d_sq"), expected, rtol=1e-10)
+
+
+def test_large_samples_use_a_normal_interval_matching_the_bootstrap():
+    rng = np.random.default_rng(0)
+    values = rng.beta(0.5, 0.5, size=4000) * 2 - 1
+    clusters = np.repeat(np.arange(400), 10)
+    for kw in ({}, {"clusters": clusters}):
+        m1, lo1, hi1 = bootstrap_mean(values, np.random.default_rng(1), 2000, **kw)
+        m2, lo2, hi2 = bootstrap_mean(values, np.random.default_rng(1), 2000, exact_limit=10, **kw)
+        assert m1 == m2 and abs(lo1 - lo2) < 0.08 * (hi1 - lo1) and abs(hi1 - hi2) < 0.08 * (hi1 - lo1)
+
+
+def test_spearman_against_scipy():
+    stats = pytest.importorskip("scipy.stats")
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 6, size=200).astype(float)  # many ties
+    y = x + rng.normal(size=200)
+    assert spearman(x, y) == pytest.approx(stats.spearmanr(x, y).statistic, abs=1e-12)
+    assert np.isnan(spearman([1, 1, 1, 1], [1, 2, 3, 4])) and np.isnan(spearman([1, 2], [2, 1]))
+
+
+# ---------------------------------------------------------------- RunResult and the report
+
+
+def test_run_result(run, tmp_path, monkeypatch):
+    from diagnose import report
+
+    res = report.load(run)
+    assert isinstance(res.summary, pd.DataFrame) and set(res.summary["metric"]) == {"cos_full", "cos_support"}
+    best = res.recommendation["overall"]["config"]
+    assert best in res.describe() and best in repr(res) and best in res._repr_html_()
+    top = res.top(3)
+    assert list(top["rank"]) == [1, 2, 3] and top["config"][0] == best
+    assert len(res.rollouts) == 40 and {"pooled"} <= set(res.proxy_correlations.index)
+    assert res.cost["rollouts"] == 40 and res.metadata["seeds"] == {"generator": 3}
+    # a stray temporary in the run is not copied; the copy has its own report
+    (run / "nodes" / ".part-00000.parquet.123.dead.tmp").write_bytes(b"junk")
+    dest = res.save(tmp_path / "copy")
+    assert (dest / "report.html").is_file() and not list(dest.rglob("*.tmp"))
+    pd.testing.assert_frame_equal(report.load(dest).summary, res.summary)
+    shown = []
+    import IPython.display
+
+    monkeypatch.setattr(IPython.display, "display", lambda obj: shown.append(obj))
+    assert report.load(dest).show() is None and "<iframe srcdoc=" in shown[0].data
+    with pytest.raises(DiagnoseError):
+        report.load(tmp_path / "nowhere")
+
+
+@pytest.fixture(scope="module")
+def report_html(run) -> Path:
+    from diagnose.report import render_report
+
+    return render_report(run)
+
+
+def test_report_is_self_contained(report_html):
+    text = report_html.read_text(encoding="utf-8")
+    assert not re.search(r"<script[^>]+src\s*=", text, re.I), "a script is fetched instead of inlined"
+    assert not re.search(r"<link[^>]+href\s*=\s*[\"']?https?:", text, re.I)
+    assert "Plotly.newPlot" in text and len(text) > 3_000_000  # plotly.js inlined
+    data = json.loads(re.search(r"id='diagnose-data'>(.*?)</script>", text, re.S).group(1))
+    assert data["configs"][data["default_config"]].startswith("self:solution|")
+    assert len(data["rollouts"]) == 40 and all(len(r["lp"]) == len(r["tokens"]) for r in data["rollouts"])
+    for needle in (
+        "Bottom line",
+        "Headroom",
+        "Cost of this run",
+        "heatmap-positions",
+        "fig-ranking",
+        "fig-correctness",
+        "fig-bands",
+        "fig-passrate",
+        "fig-proxy-scatter",
+        "fig-rho",
+        "What alignment means",
+    ):
+        assert needle in text
+
+
+def test_embedded_data_cannot_close_the_script():
+    from diagnose.report.html import _json_script
+
+    obj = {"tokens": ["</script><script>alert(1)</script>", "&amp;", "\n"], "x": [1.5, None]}
+    text = _json_script(obj)
+    assert "<" not in text and ">" not in text and "&" not in text and json.loads(text) == obj
+
+
+CHROMIUM = shutil.which("chromium") or ("/usr/bin/chromium" if os.path.exists("/usr/bin/chromium") else None)
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed (make browser)")
+def test_report_renders_in_headless_chromium(report_html):
+    sync_api = pytest.importorskip("playwright.sync_api")
+    problems, requests = [], []
+    with sync_api.sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 1000})
+            page.on(
+                "console",
+                lambda m: problems.append(f"console {m.type}: {m.text}") if m.type == "error" else None,
+            )
+            page.on("pageerror", lambda e: problems.append(f"page error: {e}"))
+            page.on("request", lambda req: requests.append(req.url))
+            page.goto(report_html.as_uri())
+            page.wait_for_selector("#heatmap-positions .main-svg .heatmaplayer", timeout=30_000)
+            page.wait_for_selector("#heatmap-rollout .main-svg .heatmaplayer", timeout=30_000)
+            for fig in (
+                "fig-ranking",
+                "fig-correctness",
+                "fig-bands",
+                "fig-passrate",
+                "fig-proxy-scatter",
+                "fig-rho",
+            ):
+                assert page.locator(f"#{fig} .main-svg").count() >= 1, fig
+            # the heatmap actually drew cells (plotly paints heatmaps as an image inside the layer)
+            assert page.locator("#heatmap-positions .heatmaplayer image").count() >= 1
+            first = page.evaluate(
+                "JSON.parse(document.getElementById('diagnose-data').textContent).rollouts[0]"
+            )
+            assert page.locator("#rollout-text span.tok").count() == len(first["tokens"])
+            nodes = page.locator("#rollout-text span.node:not(.deg)")
+            before = nodes.first.get_attribute("style")
+            nodes.first.hover()
+            tip = page.locator("#tooltip")
+            assert tip.is_visible() and "V̂" in tip.inner_text() and "cos (full)" in tip.inner_text()
+            nodes.first.click()
+            assert "Candidates at position" in page.locator("#candidates").inner_text()
+            page.select_option(
+                "#sel-config",
+                str(
+                    len(
+                        page.evaluate(
+                            "JSON.parse(document.getElementById('diagnose-data').textContent).configs"
+                        )
+                    )
+                    - 1
+                ),
+            )
+            assert page.locator("#rollout-text span.node:not(.deg)").first.get_attribute("style") != before
+            page.select_option("#sel-rollout", "1")
+            page.check("input[name=metric][value=support]")
+            assert "support" in page.locator("#rollout-info").inner_text()
+        finally:
+            browser.close()
+    assert not problems, problems
+    assert all(u.startswith(("file:", "data:", "blob:", "about:")) for u in requests), requests
+
+
+def test_degenerate_and_partial_runs_still_report(tmp_path):
+    """One configuration, no nodes/candidates tables, no cost.json, then every node degenerate."""
+    from diagnose.report import load, render_report
+    from diagnose.report.synthetic import TeacherSpec
+
+    run = generate_run(
+        tmp_path / "r",
+        seed=1,
+        n_questions=3,
+        rollouts_per_question=2,
+        nodes_per_rollout=4,
+        objectives=("rkl",),
+        teachers=(TeacherSpec("only", 1.0, 1.0),),
+        node_bootstrap=5,
+    )
+    for extra in ("nodes", "candidates"):
+        shutil.rmtree(run / extra)
+    (run / "cost.json").unlink()
+    res = load(run)
+    assert (
+        res.recommendation["overall"]["config"] == "only|rkl"
+        and "runner_up" not in res.recommendation["overall"]
+    )
+    assert res.summary["rollout_cos"].isna().all()  # |g*|^2 lives in the nodes table
+    text = render_report(run).read_text(encoding="utf-8")
+    assert "No cost.json" in text
+    for shard in T.completed_shards(run, "alignment"):
+        part = pd.read_parquet(run / "alignment" / f"part-{shard}.parquet").assign(degenerate=True)
+        T.write_table(run, "alignment", part, shard=shard)
+    summ = write_summary(run, n_boot=20)
+    assert summ.table["mean"].isna().all() and (summ.table["n_nodes"] == 0).all()
+    assert summ.recommendation["cos_full"]["overall"] is None
+    assert "No configuration has a defined alignment" in render_report(run).read_text(encoding="utf-8")
+
+
+def test_cli_report(run, tmp_path):
+    from typer.testing import CliRunner
+
+    from diagnose.cli import app
+
+    result = CliRunner().invoke(app, ["report", str(run), "--out", str(tmp_path / "r.html")])
+    assert result.exit_code == 0, result.output
+    assert "recommended: self:solution|" in result.output and (tmp_path / "r.html").stat().st_size > 3_000_000
+    bad = CliRunner().invoke(app, ["report", str(tmp_path / "missing")])
+    assert bad.exit_code == 1 and "no table 'alignment'" in bad.output
