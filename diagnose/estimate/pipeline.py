@@ -14,7 +14,7 @@ from ..engines.base import SamplingParams
 from ..errors import DiagnoseError
 from ..ideal import ideal_gradient
 from ..objectives.base import NEEDS_NONE, log_probs
-from .adaptive import allocate, half_widths
+from .adaptive import allocate, finished, half_widths, uniform_allocate
 from .cache import open_cache
 from .candidates import candidate_sets
 from .generate import Generator
@@ -51,6 +51,7 @@ class EstimateConfig:
     round_size: int = 256
     adaptive_step: int = 2
     max_per_candidate: int = 1024
+    g_tolerance: float = 0.01  # adaptive: a node whose |g*| is confidently below this needs no more samples
     free_sample: bool = True
     n_boot: int = 1000
     level: float = 0.95
@@ -278,8 +279,12 @@ class Estimator:
             out.append((key, d, torch.tensor(dirn.d_sq_full, dtype=torch.float64), tp))
         return out
 
-    def adapt(self) -> None:
-        """Adaptive rounds until the budget is spent or every node meets the target half-width."""
+    def adapt(self, mode: str = "adaptive") -> None:
+        """Extra rounds until the budget is spent or every node meets the target half-width.
+
+        mode="adaptive": `allocate` (widest intervals, most informative candidates first); mode="uniform": the
+        baseline that gives every candidate of every unfinished node the same number of extra continuations.
+        """
         cfg = self.cfg
         dirs = [d for _, d, _, _ in self.direction_tensors()]
         while True:
@@ -291,8 +296,13 @@ class Estimator:
             size = int(min(cfg.round_size, math.floor(left / per)))
             if size < cfg.adaptive_step:
                 break
-            alloc = allocate(p, s, c, mask, dirs, size, cfg.adaptive_step, cfg.target_half_width,
-                             max_per_candidate=cfg.max_per_candidate)
+            if mode == "adaptive":
+                alloc = allocate(p, s, c, mask, dirs, size, cfg.adaptive_step, cfg.target_half_width,
+                                 max_per_candidate=cfg.max_per_candidate, g_tolerance=cfg.g_tolerance)
+            else:
+                alloc = uniform_allocate(c, mask, half_widths(p, s, c, mask, dirs), size, cfg.adaptive_step,
+                                         cfg.target_half_width, cfg.max_per_candidate,
+                                         done=finished(p, s, c, mask, cfg.g_tolerance))
             if not alloc:
                 break
             self.spend.add(run_continuations(self.gen, self.questions, self.rollouts, self.estimates, alloc))
