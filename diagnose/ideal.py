@@ -26,9 +26,10 @@ class Ideal:
 def candidate_mask(cand_ids: torch.Tensor, vocab: int) -> torch.Tensor:
     """[N, K] token ids (padded with -1) -> boolean [N, V] mask."""
     ids = cand_ids.long()
-    valid = ids >= 0
-    mask = torch.zeros(ids.shape[0], vocab, dtype=torch.bool, device=ids.device)
-    return mask.scatter_(1, ids.clamp_min(0), valid)
+    # Padding goes to a spare column: scattering it onto token 0 would erase a real candidate 0.
+    ids = torch.where(ids >= 0, ids, vocab)
+    mask = torch.zeros(ids.shape[0], vocab + 1, dtype=torch.bool, device=ids.device)
+    return mask.scatter_(1, ids, True)[:, :vocab]
 
 
 def ideal_gradient(student_logits: torch.Tensor, cand_ids: torch.Tensor, q_values: torch.Tensor) -> Ideal:
@@ -44,9 +45,9 @@ def ideal_gradient(student_logits: torch.Tensor, cand_ids: torch.Tensor, q_value
     n, vocab = student_logits.shape
     p = log_probs(student_logits).exp()
     mask = candidate_mask(cand_ids, vocab)
-    q_dense = torch.zeros(n, vocab, device=p.device).scatter_(
-        1, cand_ids.long().clamp_min(0), torch.where(cand_ids >= 0, q_values.float(), 0.0)
-    )
+    q_dense = torch.zeros(n, vocab + 1, device=p.device).scatter_(
+        1, torch.where(cand_ids >= 0, cand_ids.long(), vocab), q_values.float()
+    )[:, :vocab]
     q_dense = torch.where(mask, q_dense, torch.zeros_like(q_dense))
     p_c = torch.where(mask, p, torch.zeros_like(p))
     mass = p_c.sum(-1)

@@ -27,7 +27,15 @@ from .cache import MemoryCache, SampleCache, open_cache, sample_key
 from .candidates import candidate_sets
 from .generate import Generator, Request, derive_seed
 from .nodes import STRATEGIES, Node, refine_nodes, select_nodes
-from .pipeline import EstimateConfig, EstimateResult, Estimator, TeacherFn, engine_teacher, estimate
+from .pipeline import (
+    EstimateConfig,
+    EstimateResult,
+    Estimator,
+    TeacherFn,
+    compare_allocations,
+    engine_teacher,
+    estimate,
+)
 from .q import NodeEstimate, Spend, new_estimates, pack, run_continuations
 from .rollouts import Question, Rollout, sample_rollouts
 from .stats import (
@@ -44,7 +52,7 @@ from .stats import (
 )
 
 __all__ = [
-    "EstimateConfig", "EstimateResult", "Estimator", "TeacherFn", "engine_teacher", "estimate",
+    "EstimateConfig", "EstimateResult", "Estimator", "TeacherFn", "engine_teacher", "estimate", "compare_allocations",
     "Question", "Rollout", "sample_rollouts",
     "Node", "STRATEGIES", "select_nodes", "refine_nodes",
     "candidate_sets",

@@ -23,11 +23,8 @@ from ..engines.base import Sample, SamplingParams
 
 def sample_key(model_id: str, prefix: Sequence[int], token: int, params: SamplingParams, index: int) -> str:
     """The cache key of one sample: a hash of what determines it."""
-    payload = json.dumps(
-        [str(model_id), [int(i) for i in prefix], int(token), list(params.key()), int(index)],
-        separators=(",", ":"),
-    )
-    return hashlib.sha256(payload.encode()).hexdigest()
+    payload = repr((str(model_id), tuple(int(i) for i in prefix), int(token), tuple(params.key()), int(index)))
+    return hashlib.blake2b(payload.encode(), digest_size=20).hexdigest()
 
 
 def _encode(sample: Sample) -> str:

@@ -181,7 +181,7 @@ def node_stats_many(
         q_b = draws / nc.clamp_min(1)
         g_b, v_b = sparse_ideal(pc, q_b, mc)
         gsq_b = (g_b * g_b).sum(-1)
-        noise_b = noise_term(pc, draws, nc.expand_as(draws), mc)
+        noise_b = (noise_weights(p[sl], mask[sl]) * q_variance(draws, nc)).sum(-1)
         for (d, _, tp), st in zip(directions, outs):
             dc = torch.where(mask[sl], _f64(d[sl]), 0.0)
             dot_b = (dc * g_b).sum(-1)
