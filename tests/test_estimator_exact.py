@@ -35,8 +35,10 @@ def exact(**kw):
 
 
 def questions_for(eng, texts=("21", "3", "12", "0")):
-    return [Question(id=f"q{i}", prompt_ids=eng.prompt(t), verify=eng.verifier(eng.prompt(t)))
-            for i, t in enumerate(texts)]
+    return [
+        Question(id=f"q{i}", prompt_ids=eng.prompt(t), verify=eng.verifier(eng.prompt(t)))
+        for i, t in enumerate(texts)
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -44,7 +46,9 @@ def world():
     """Every node of 8 rollouts, candidates, the rkl direction toward a second exact model, and the truth."""
     eng, teacher = exact(seed=1), exact(seed=2)
     qs = questions_for(eng)
-    cfg = EstimateConfig(rollouts_per_question=2, nodes="every", budget=1e9, continuations=1, free_sample=False)
+    cfg = EstimateConfig(
+        rollouts_per_question=2, nodes="every", budget=1e9, continuations=1, free_sample=False
+    )
     est = Estimator(eng, qs, {"t": engine_teacher(teacher)}, ["rkl"], cfg)
     est.sample()
     est.select()
@@ -57,11 +61,26 @@ def world():
         q_true[i, : len(e.cand_ids)] = q[torch.tensor(e.cand_ids)]
     mask = ids >= 0
     g, v = sparse_ideal(p, q_true, mask)
-    true_cos, _, deg = corrected_cosine((d * g).sum(-1), (g * g).sum(-1), torch.zeros(len(p)), (d * d).sum(-1))
+    true_cos, _, deg = corrected_cosine(
+        (d * g).sum(-1), (g * g).sum(-1), torch.zeros(len(p)), (d * d).sum(-1)
+    )
     true_ta = ((tp - p) * torch.where(mask, q_true - v[:, None], 0.0)).sum(-1)
     informative = ~deg & ((g * g).sum(-1).sqrt() > 0.02)
-    return dict(eng=eng, qs=qs, est=est, ids=ids, p=p, d=d, d_sq=d_sq, tp=tp, q=q_true, g=g,
-                cos=true_cos, ta=true_ta, informative=informative)
+    return dict(
+        eng=eng,
+        qs=qs,
+        est=est,
+        ids=ids,
+        p=p,
+        d=d,
+        d_sq=d_sq,
+        tp=tp,
+        q=q_true,
+        g=g,
+        cos=true_cos,
+        ta=true_ta,
+        informative=informative,
+    )
 
 
 def draw(world, n, seed, nodes=None):
@@ -70,12 +89,18 @@ def draw(world, n, seed, nodes=None):
     idx = list(range(len(est.estimates))) if nodes is None else nodes
     base = [est.estimates[i] for i in idx]
     gen = Generator(world["eng"], SamplingParams(seed=seed))
-    ests = new_estimates([b.node for b in base], est.rollouts, world["ids"][idx], torch.zeros(len(idx), 7),
-                         free=False)
-    for e, b in zip(ests, base):
+    ests = new_estimates(
+        [b.node for b in base], est.rollouts, world["ids"][idx], torch.zeros(len(idx), 7), free=False
+    )
+    for e, b in zip(ests, base, strict=False):
         e.p = list(b.p)
-    run_continuations(gen, world["qs"], est.rollouts, ests,
-                      {(i, k): n for i, e in enumerate(ests) for k in range(len(e.cand_ids))})
+    run_continuations(
+        gen,
+        world["qs"],
+        est.rollouts,
+        ests,
+        {(i, k): n for i, e in enumerate(ests) for k in range(len(e.cand_ids))},
+    )
     return ests
 
 
@@ -98,8 +123,10 @@ def test_node_records_use_the_ideal_gradient(world):
     res = est.results()
     i = 3
     rec, e = res.node_records[i], est.estimates[i]
-    z = est.engine.score([est.rollouts[e.node.rollout].prompt_ids + est.rollouts[e.node.rollout].token_ids],
-                         [[len(est.rollouts[e.node.rollout].prompt_ids) + e.node.position]])[0].logits
+    z = est.engine.score(
+        [est.rollouts[e.node.rollout].prompt_ids + est.rollouts[e.node.rollout].token_ids],
+        [[len(est.rollouts[e.node.rollout].prompt_ids) + e.node.position]],
+    )[0].logits
     ideal = ideal_gradient(z, torch.tensor([e.cand_ids]), torch.tensor([e.q_hat]))
     g_rec = torch.tensor([c["g"] for c in rec["candidates"]], dtype=torch.float32)
     assert torch.allclose(g_rec, ideal.g[0, torch.tensor(e.cand_ids)], atol=1e-6)
@@ -116,8 +143,9 @@ def test_noise_term_is_unbiased():
     n = torch.tensor([[3.0, 5, 4, 8, 2, 6]]).double()
     mask = torch.ones(1, 6, dtype=torch.bool)
     reps = 200_000
-    s = torch.binomial(n.expand(reps, 6).float().contiguous(), q.expand(reps, 6).float().contiguous(),
-                       generator=gen).double()
+    s = torch.binomial(
+        n.expand(reps, 6).float().contiguous(), q.expand(reps, 6).float().contiguous(), generator=gen
+    ).double()
     g_hat, _ = sparse_ideal(p.expand(reps, 6), s / n, mask.expand(reps, 6))
     g, _ = sparse_ideal(p, q, mask)
     inflation = float((g_hat**2).sum(-1).mean() - (g**2).sum())
@@ -144,8 +172,12 @@ def test_intervals_cover_the_truth(world):
     cover, cover_ta = [], []
     for seed in range(50):
         _, p, s, c, mask = pack(draw(world, 8, seed=500 + seed))
-        st = node_stats(p, s, c, mask, world["d"], world["d_sq"], teacher_p=world["tp"], n_boot=200, seed=seed)
-        cover.append(((st.cos_support_lo <= world["cos"] + 1e-9) & (world["cos"] <= st.cos_support_hi + 1e-9))[keep])
+        st = node_stats(
+            p, s, c, mask, world["d"], world["d_sq"], teacher_p=world["tp"], n_boot=200, seed=seed
+        )
+        cover.append(
+            ((st.cos_support_lo <= world["cos"] + 1e-9) & (world["cos"] <= st.cos_support_hi + 1e-9))[keep]
+        )
         cover_ta.append(((st.ta_lo <= world["ta"] + 1e-9) & (world["ta"] <= st.ta_hi + 1e-9))[keep])
     assert torch.stack(cover).double().mean() >= 0.90
     assert torch.stack(cover_ta).double().mean() >= 0.90
@@ -155,8 +187,9 @@ def test_cost_is_set_by_the_budget_not_rollout_length():
     spent = {}
     for horizon in (8, 64):
         eng = exact(seed=4, horizon=horizon, eos_bias=-6.0)
-        cfg = EstimateConfig(rollouts_per_question=6, budget=600, continuations=4, k_student=2, k_teacher=0,
-                             n_boot=50)
+        cfg = EstimateConfig(
+            rollouts_per_question=6, budget=600, continuations=4, k_student=2, k_teacher=0, n_boot=50
+        )
         res = estimate(eng, questions_for(eng, ("1", "2")), {}, ["rkl"], cfg)
         lengths = [len(r.token_ids) for r in res.rollouts]
         assert min(lengths) >= horizon // 2
@@ -168,8 +201,15 @@ def test_cost_is_set_by_the_budget_not_rollout_length():
     assert abs(spent[8] - spent[64]) <= 0.2 * 600
     # A token budget: spent tokens stay near the budget whatever the length.
     eng = exact(seed=4, horizon=64, eos_bias=-6.0)
-    cfg = EstimateConfig(rollouts_per_question=2, budget=20000, budget_unit="tokens", continuations=4,
-                         k_student=2, k_teacher=0, n_boot=50)
+    cfg = EstimateConfig(
+        rollouts_per_question=2,
+        budget=20000,
+        budget_unit="tokens",
+        continuations=4,
+        k_student=2,
+        k_teacher=0,
+        n_boot=50,
+    )
     res = estimate(eng, questions_for(eng, ("1", "2")), {}, ["rkl"], cfg)
     assert 0.5 * 20000 <= res.summary["continuation_tokens"] <= 1.2 * 20000
 
@@ -179,7 +219,12 @@ class Flaky:
 
     def __init__(self, inner, calls):
         self.inner, self.calls = inner, calls
-        self.name, self.model_id, self.vocab_size, self.tokenizer = inner.name, inner.model_id, inner.vocab_size, inner.tokenizer
+        self.name, self.model_id, self.vocab_size, self.tokenizer = (
+            inner.name,
+            inner.model_id,
+            inner.vocab_size,
+            inner.tokenizer,
+        )
 
     def sample(self, *a, **k):
         return self.inner.sample(*a, **k)
@@ -197,8 +242,16 @@ class Flaky:
 def test_cache_resumes_and_reuses(tmp_path):
     eng, teacher = exact(seed=1), exact(seed=2)
     qs = questions_for(eng)
-    cfg = EstimateConfig(rollouts_per_question=2, budget=800, continuations=4, allocation="adaptive",
-                         adaptive_initial=2, round_size=64, n_boot=100, max_batch=8)
+    cfg = EstimateConfig(
+        rollouts_per_question=2,
+        budget=800,
+        continuations=4,
+        allocation="adaptive",
+        adaptive_initial=2,
+        round_size=64,
+        n_boot=100,
+        max_batch=8,
+    )
     teachers = {"t": engine_teacher(teacher)}
     with pytest.raises(RuntimeError, match="killed"):
         estimate(Flaky(eng, 5), qs, teachers, ["rkl"], cfg, cache=tmp_path / "a.sqlite")
@@ -208,8 +261,14 @@ def test_cache_resumes_and_reuses(tmp_path):
     assert resumed.summary["cache_hits"] > 0
     assert resumed.summary["generated"] < fresh.summary["generated"]
     # Adding a teacher and an objective reuses every rollout and continuation already on disk.
-    more = estimate(eng, qs, {**teachers, "u": engine_teacher(exact(seed=3))}, ["rkl", "fkl"],
-                    EstimateConfig(**{**cfg.__dict__, "allocation": "uniform"}), cache=tmp_path / "b.sqlite")
+    more = estimate(
+        eng,
+        qs,
+        {**teachers, "u": engine_teacher(exact(seed=3))},
+        ["rkl", "fkl"],
+        EstimateConfig(**{**cfg.__dict__, "allocation": "uniform"}),
+        cache=tmp_path / "b.sqlite",
+    )
     assert more.summary["cache_hits"] >= len(more.rollouts)
     assert {r["teacher"] for r in more.scores} == {"t", "u"}
 
@@ -221,8 +280,9 @@ def test_node_selection_strategies():
     assert len(nodes) == 30 and len(set(nodes)) == 30
     per_window = {}
     for n in nodes:
-        per_window[window_index(n.position, lengths[n.rollout])] = per_window.get(
-            window_index(n.position, lengths[n.rollout]), 0) + 1
+        per_window[window_index(n.position, lengths[n.rollout])] = (
+            per_window.get(window_index(n.position, lengths[n.rollout]), 0) + 1
+        )
     # Budget 30 over 6 windows: window 0 holds only 3 positions and passes the rest on; the others share it.
     assert per_window[0] == 3 and all(5 <= v <= 6 for w, v in per_window.items() if w > 0)
     end = select_nodes(lengths, 18, cost, "windows_end", seed=0)
@@ -255,8 +315,16 @@ def test_adaptive_allocation_needs_fewer_continuations(world):
     qs = questions_for(eng)
 
     def make():
-        cfg = EstimateConfig(rollouts_per_question=2, budget=1e7, nodes="every", allocation="adaptive",
-                             adaptive_initial=2, round_size=4096, max_per_candidate=512, seed=3)
+        cfg = EstimateConfig(
+            rollouts_per_question=2,
+            budget=1e7,
+            nodes="every",
+            allocation="adaptive",
+            adaptive_initial=2,
+            round_size=4096,
+            max_per_candidate=512,
+            seed=3,
+        )
         return Estimator(eng, qs, {"t": engine_teacher(teacher)}, ["rkl"], cfg)
 
     out = compare_allocations(make, 0.2)

@@ -55,8 +55,11 @@ def test_exact_values_match_monte_carlo():
     eng = make(seed=1)
     p = eng.prompt("21")
     q, v = eng.exact_values(p)
-    assert math.isclose(v, float((torch.softmax(eng.score([p], [[len(p)]])[0].logits[0].double(), -1) * q).sum()),
-                        rel_tol=1e-6)
+    assert math.isclose(
+        v,
+        float((torch.softmax(eng.score([p], [[len(p)]])[0].logits[0].double(), -1) * q).sum()),
+        rel_tol=1e-6,
+    )
     n = 8000
     rollouts = eng.sample([p], n, SamplingParams(seed=5))[0]
     verify = eng.verifier(p)

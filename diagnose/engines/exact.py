@@ -86,7 +86,9 @@ class ExactTokenizer:
             if ch.isspace():
                 continue
             if ch not in self._pieces:
-                raise DiagnoseError(f"exact tokenizer: no token for {ch!r} (digits 0-{self.digits - 1}, '.', '=')")
+                raise DiagnoseError(
+                    f"exact tokenizer: no token for {ch!r} (digits 0-{self.digits - 1}, '.', '=')"
+                )
             ids.append(self._pieces.index(ch))
         return ids
 
@@ -104,7 +106,7 @@ class _Policy:
 
 
 class ExactEngine:
-    """Engine over a finite Markov language model with exactly computable Q and V (for validating estimators)."""
+    """Engine over a finite Markov language model with exact Q and V (to validate estimators)."""
 
     name = "exact"
 
@@ -204,7 +206,7 @@ class ExactEngine:
         return self._split(prompt_ids)[0]
 
     def exact_values(self, prefix: Sequence[int], temperature: float = 1.0, top_p: float = 1.0):
-        """Exact (Q [V] over every token, V) at the node `prefix` = prompt + response so far (float64 tensors).
+        """Exact (Q [V] over every token, V) at node `prefix` = prompt + response so far (float64).
 
         Assumes max_new_tokens covers the horizon and no stop strings (as `sample` does by default).
         """
@@ -216,7 +218,9 @@ class ExactEngine:
             float(pol.values[target, t, last, s]),
         )
 
-    def exact_q(self, prefix: Sequence[int], token: int, temperature: float = 1.0, top_p: float = 1.0) -> float:
+    def exact_q(
+        self, prefix: Sequence[int], token: int, temperature: float = 1.0, top_p: float = 1.0
+    ) -> float:
         """Exact Q(u, k): success probability after forcing `token` at node `prefix`."""
         return float(self.exact_values(prefix, temperature, top_p)[0][int(token)])
 
@@ -288,8 +292,12 @@ class ExactEngine:
             if params.stop:
                 ids, lps, finish = self._apply_stop(ids, lps, params.stop, finish)
             samples.append(
-                Sample(token_ids=ids, logprobs=lps, text=self.tokenizer.decode(ids, skip_special_tokens=True),
-                       finish_reason=finish)
+                Sample(
+                    token_ids=ids,
+                    logprobs=lps,
+                    text=self.tokenizer.decode(ids, skip_special_tokens=True),
+                    finish_reason=finish,
+                )
             )
         return samples
 
@@ -333,7 +341,7 @@ class ExactEngine:
     ) -> list[Scores]:
         """Raw (temperature 1) logits; prompt positions get uniform logits over the digits and '='."""
         out = []
-        for i, (seq, pos) in enumerate(zip(sequences, positions)):
+        for i, (seq, pos) in enumerate(zip(sequences, positions, strict=False)):
             seq = [int(x) for x in seq]
             cut = seq.index(self.tokenizer.sep_id) if self.tokenizer.sep_id in seq else len(seq)
             rows = []

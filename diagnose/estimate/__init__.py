@@ -4,11 +4,12 @@ One call does it all::
 
     from diagnose.estimate import EstimateConfig, Question, estimate
     questions = [Question(id="q0", prompt_ids=ids, verify=lambda text: ...)]     # verify(response text)
-    teachers = {"hint": lambda rollouts, nodes: logits}   # float [N, V] at each node's prefix, or int top-k ids
+    teachers = {"hint": lambda rollouts, nodes: logits}  # float [N, V] per node, or int top-k ids
     res = estimate(engine, questions, teachers, objectives=["rkl", "fkl"],
                    config=EstimateConfig(budget=4000, nodes="windows", allocation="adaptive"),
                    cache="runs/x/samples.sqlite")
-    res.node_records   # per node: node_id, position, v_hat, candidates [{token, p, successes, count, q_hat, g, outcomes}]
+    res.node_records   # per node: node_id, position, v_hat, candidates
+                       # [{token, p, successes, count, q_hat, g, outcomes}]
     res.scores         # per node x teacher x objective: cos_full / cos_support raw, *_corrected, *_lo/*_hi,
                        # ta / ta_lo / ta_hi, degenerate, and the per-node sums dot, g_sq, noise, d_sq_*
     res.summary        # spend, cache hits, effective node counts per direction
@@ -40,11 +41,11 @@ from .q import NodeEstimate, Spend, new_estimates, pack, run_continuations
 from .rollouts import Question, Rollout, sample_rollouts
 from .stats import (
     NodeStats,
+    bootstrap_q,
     corrected_cosine,
     effective_nodes,
     node_stats,
     node_stats_many,
-    bootstrap_q,
     noise_term,
     noise_weights,
     rollout_cosine,
@@ -52,14 +53,44 @@ from .stats import (
 )
 
 __all__ = [
-    "EstimateConfig", "EstimateResult", "Estimator", "TeacherFn", "engine_teacher", "estimate", "compare_allocations",
-    "Question", "Rollout", "sample_rollouts",
-    "Node", "STRATEGIES", "select_nodes", "refine_nodes",
+    "EstimateConfig",
+    "EstimateResult",
+    "Estimator",
+    "TeacherFn",
+    "engine_teacher",
+    "estimate",
+    "compare_allocations",
+    "Question",
+    "Rollout",
+    "sample_rollouts",
+    "Node",
+    "STRATEGIES",
+    "select_nodes",
+    "refine_nodes",
     "candidate_sets",
-    "Generator", "Request", "derive_seed",
-    "MemoryCache", "SampleCache", "open_cache", "sample_key",
-    "NodeEstimate", "Spend", "new_estimates", "pack", "run_continuations",
-    "NodeStats", "node_stats", "node_stats_many", "bootstrap_q", "corrected_cosine", "noise_term", "noise_weights", "sparse_ideal",
-    "effective_nodes", "rollout_cosine",
-    "allocate", "uniform_allocate", "half_widths",
+    "Generator",
+    "Request",
+    "derive_seed",
+    "MemoryCache",
+    "SampleCache",
+    "open_cache",
+    "sample_key",
+    "NodeEstimate",
+    "Spend",
+    "new_estimates",
+    "pack",
+    "run_continuations",
+    "NodeStats",
+    "node_stats",
+    "node_stats_many",
+    "bootstrap_q",
+    "corrected_cosine",
+    "noise_term",
+    "noise_weights",
+    "sparse_ideal",
+    "effective_nodes",
+    "rollout_cosine",
+    "allocate",
+    "uniform_allocate",
+    "half_widths",
 ]

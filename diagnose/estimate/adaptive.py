@@ -44,12 +44,12 @@ def sensitivities(p, successes, counts, mask, d) -> tuple[torch.Tensor, torch.Te
 
 
 def structural(p, mask) -> torch.Tensor:
-    """Nodes whose g* is zero whatever Q is (fewer than two candidates with student mass): never resolvable."""
+    """Nodes whose g* is zero whatever Q is (< 2 candidates with student mass)."""
     return (mask & (_f64(p) > 1e-12)).sum(-1) < 2
 
 
 def g_upper(p, successes, counts, mask, z: float = 1.96) -> torch.Tensor:
-    """An upper confidence bound on |g*| per node: |g-hat| + z sqrt(sum_k w_k sigma~_k^2 / n_k) (smoothed Q~)."""
+    """An upper confidence bound on |g*| per node: |g-hat| + z sqrt(sum_k w_k sigma~_k^2 / n_k)"""
     p, s, n = torch.where(mask, _f64(p), 0.0), _f64(successes), _f64(counts)
     g, _ = sparse_ideal(p, s / n.clamp_min(1), mask)
     q_s = (s + 1) / (n + 2)
@@ -84,9 +84,18 @@ def half_widths(p, successes, counts, mask, directions, z: float = 1.96) -> torc
 
 
 def allocate(
-    p, successes, counts, mask, directions, round_size: int, step: int = 2,
-    target_half_width: float | None = None, z: float = 1.96, max_per_candidate: int = 1024,
-    g_tolerance: float = 0.01, growth: float = 1.0,
+    p,
+    successes,
+    counts,
+    mask,
+    directions,
+    round_size: int,
+    step: int = 2,
+    target_half_width: float | None = None,
+    z: float = 1.96,
+    max_per_candidate: int = 1024,
+    g_tolerance: float = 0.01,
+    growth: float = 1.0,
 ) -> dict[tuple[int, int], int]:
     """{(node, candidate): extra continuations} for one round (empty when every node meets the target)."""
     counts = _f64(counts)
@@ -98,6 +107,12 @@ def allocate(
         variances.append(predicted_variance(jac, sig, counts, mask))
     if not jacs:
         return {}
+    # Where the signal is not yet detected (corrected |g|^2 within its noise), the cosine's delta method is
+    # meaningless: spend on the candidates that sharpen |g| itself (weights w_k of stats.noise_weights).
+    s_, n_ = _f64(successes), counts
+    g_hat, _ = sparse_ideal(torch.where(mask, _f64(p), 0.0), s_ / n_.clamp_min(1), mask)
+    undetected = (g_hat * g_hat).sum(-1) - noise_term(p, s_, n_, mask) <= noise_term(p, s_, n_, mask)
+    w_noise = noise_weights(p, mask)
     jac = torch.stack(jacs)  # [D, N, K]
     sig = torch.stack(sigs)
     var = torch.stack(variances)  # [D, N]
@@ -123,7 +138,11 @@ def allocate(
         room = (n[i] + step <= max_per_candidate) & mask[i]
         if not room.any():
             continue
-        gain = jac[worst, i] ** 2 * sig[worst, i] * (1 / n[i].clamp_min(1) - 1 / (n[i] + step))
+        shrink = 1 / n[i].clamp_min(1) - 1 / (n[i] + step)
+        if undetected[i]:
+            gain = w_noise[i] * sig[worst, i] * shrink
+        else:
+            gain = jac[worst, i] ** 2 * sig[worst, i] * shrink
         gain = torch.where(room, gain, -1.0)
         k = int(gain.argmax())
         # Update every direction's predicted variance at node i for the extra samples on k.
@@ -139,8 +158,14 @@ def allocate(
 
 
 def uniform_allocate(
-    counts, mask, half_width, round_size: int, step: int = 1,
-    target_half_width: float | None = None, max_per_candidate: int = 1024, done=None,
+    counts,
+    mask,
+    half_width,
+    round_size: int,
+    step: int = 1,
+    target_half_width: float | None = None,
+    max_per_candidate: int = 1024,
+    done=None,
 ) -> dict[tuple[int, int], int]:
     """Baseline: `step` more continuations on every candidate of the nodes still above the target."""
     counts = _f64(counts)
@@ -150,7 +175,9 @@ def uniform_allocate(
     for i in order:
         if bool(done[i]) or (target_half_width is not None and float(half_width[i]) <= target_half_width):
             continue
-        ks = [k for k in range(mask.shape[1]) if bool(mask[i, k]) and counts[i, k] + step <= max_per_candidate]
+        ks = [
+            k for k in range(mask.shape[1]) if bool(mask[i, k]) and counts[i, k] + step <= max_per_candidate
+        ]
         if not ks or given + step * len(ks) > round_size:
             continue
         for k in ks:

@@ -23,7 +23,9 @@ from ..engines.base import Sample, SamplingParams
 
 def sample_key(model_id: str, prefix: Sequence[int], token: int, params: SamplingParams, index: int) -> str:
     """The cache key of one sample: a hash of what determines it."""
-    payload = repr((str(model_id), tuple(int(i) for i in prefix), int(token), tuple(params.key()), int(index)))
+    payload = repr(
+        (str(model_id), tuple(int(i) for i in prefix), int(token), tuple(params.key()), int(index))
+    )
     return hashlib.blake2b(payload.encode(), digest_size=20).hexdigest()
 
 

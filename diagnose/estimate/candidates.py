@@ -26,7 +26,7 @@ def candidate_sets(
     k_student: int = 4,
     k_teacher: int = 4,
 ) -> torch.Tensor:
-    """[N, K] candidate ids (observed first, then student top-k, then each teacher's), deduplicated, -1 padded."""
+    """[N, K] candidate ids (observed, student top-k, each teacher's top-k), deduplicated, -1 pad."""
     n = student_logits.shape[0]
     parts = [torch.as_tensor(observed, dtype=torch.long).reshape(n, 1)]
     if k_student > 0:

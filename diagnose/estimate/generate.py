@@ -54,7 +54,7 @@ class Generator:
         found = self.cache.get_many(k for ks in keys for k in ks)
         # Missing samples, as contiguous runs per request, grouped by (token kind, run start, run length).
         groups: dict[tuple[bool, int, int], list[tuple[int, int]]] = {}
-        for ri, (r, ks) in enumerate(zip(requests, keys)):
+        for ri, (r, ks) in enumerate(zip(requests, keys, strict=False)):
             j = 0
             while j < r.count:
                 if ks[j] in found:
@@ -71,11 +71,13 @@ class Generator:
                 if is_rollout:
                     out = self.engine.sample([list(requests[ri].prefix) for ri, _ in chunk], length, params)
                 else:
-                    reqs = [Continuation(prefix=requests[ri].prefix, token=requests[ri].token) for ri, _ in chunk]
+                    reqs = [
+                        Continuation(prefix=requests[ri].prefix, token=requests[ri].token) for ri, _ in chunk
+                    ]
                     out = self.engine.continue_from(reqs, length, params)
                 self.engine_calls += 1
                 new: dict[str, Sample] = {}
-                for (ri, s0), samples in zip(chunk, out):
+                for (ri, s0), samples in zip(chunk, out, strict=False):
                     r = requests[ri]
                     for j, smp in enumerate(samples):
                         new[self.key(r.prefix, r.token, s0 + j)] = smp

@@ -3,7 +3,8 @@
 A node's cost comes from `cost_fn(rollout, position)` in budget units (continuations, or tokens). Strategies:
 
 - `windows` (default): windows of width 1, 2, 4, 8, ... over positions from the start of the response; each
-  window gets an equal share of the budget and nodes are drawn at random inside it (round-robin over rollouts).
+  window gets an equal share of the budget and nodes are drawn at random inside it (round-robin over
+  rollouts).
   A window that cannot spend its share (too few positions) passes the rest on to the windows still open,
   so the whole budget is spent unless every position is taken. The number of windows grows like log T but
   their total share stays B: cost is set by the budget, not by rollout length.
@@ -68,12 +69,17 @@ def select_nodes(
     seed: int = 0,
     exclude: Iterable[Node] = (),
 ) -> list[Node]:
-    """Nodes whose total cost fits `budget` (None: no limit, only for `every`), sorted by (rollout, position)."""
+    """Nodes whose total cost fits `budget` (None: no limit, `every` only), sorted."""
     if strategy not in STRATEGIES:
         raise DiagnoseError(f"unknown node strategy {strategy!r}; available: {', '.join(STRATEGIES)}")
     excluded = set(exclude)
     if strategy == "every":
-        nodes = [Node(r, t) for r, length in enumerate(lengths) for t in range(length) if Node(r, t) not in excluded]
+        nodes = [
+            Node(r, t)
+            for r, length in enumerate(lengths)
+            for t in range(length)
+            if Node(r, t) not in excluded
+        ]
         total = sum(cost_fn(n.rollout, n.position) for n in nodes)
         if budget is not None and total > budget * (1 + 1e-9):
             raise DiagnoseError(
@@ -123,7 +129,7 @@ def refine_nodes(
     gaps = []
     for r, pts in by_r.items():
         pts = sorted(pts) + [(lengths[r], float(final_values[r]))]
-        for (a, va), (b, vb) in zip(pts, pts[1:]):
+        for (a, va), (b, vb) in zip(pts, pts[1:], strict=False):
             inner = [t for t in range(a + 1, b) if Node(r, t) not in taken]
             if inner:
                 mid = min(inner, key=lambda t: abs(t - (a + b) / 2))

@@ -1,4 +1,4 @@
-"""The estimate pipeline: rollouts -> nodes under a budget -> candidates -> continuations -> Q, V, g* -> scores."""
+"""The estimate pipeline: rollouts -> nodes (budget) -> candidates -> continuations -> Q, V, g*, scores."""
 
 from __future__ import annotations
 
@@ -61,8 +61,11 @@ class EstimateConfig:
 
     def sampling(self) -> SamplingParams:
         return SamplingParams(
-            temperature=self.temperature, top_p=self.top_p, max_new_tokens=self.max_new_tokens,
-            stop=tuple(self.stop), seed=self.seed,
+            temperature=self.temperature,
+            top_p=self.top_p,
+            max_new_tokens=self.max_new_tokens,
+            stop=tuple(self.stop),
+            seed=self.seed,
         )
 
 
@@ -93,9 +96,18 @@ class EstimateResult:
         import pandas as pd
 
         rollouts = pd.DataFrame([{**asdict(r), "rollout_id": r.id} for r in self.rollouts])
-        nodes = pd.DataFrame([{k: v for k, v in rec.items() if k != "candidates"} for rec in self.node_records])
-        cands = pd.DataFrame([{"node_id": rec["node_id"], **c} for rec in self.node_records for c in rec["candidates"]])
-        return {"rollouts": rollouts, "nodes": nodes, "candidates": cands, "alignment": pd.DataFrame(self.scores)}
+        nodes = pd.DataFrame(
+            [{k: v for k, v in rec.items() if k != "candidates"} for rec in self.node_records]
+        )
+        cands = pd.DataFrame(
+            [{"node_id": rec["node_id"], **c} for rec in self.node_records for c in rec["candidates"]]
+        )
+        return {
+            "rollouts": rollouts,
+            "nodes": nodes,
+            "candidates": cands,
+            "alignment": pd.DataFrame(self.scores),
+        }
 
 
 def engine_teacher(engine, temperature: float = 1.0) -> TeacherFn:
@@ -148,8 +160,10 @@ class Estimator:
     # ---- steps -----------------------------------------------------------------------------------------
 
     def sample(self, rollouts: Sequence[Rollout] | None = None) -> list[Rollout]:
-        self.rollouts = list(rollouts) if rollouts is not None else sample_rollouts(
-            self.gen, self.questions, self.cfg.rollouts_per_question
+        self.rollouts = (
+            list(rollouts)
+            if rollouts is not None
+            else sample_rollouts(self.gen, self.questions, self.cfg.rollouts_per_question)
         )
         return self.rollouts
 
@@ -170,7 +184,7 @@ class Estimator:
         return self.spend.tokens if self.cfg.budget_unit == "tokens" else self.spend.continuations
 
     def add_nodes(self, nodes: Sequence[Node]) -> list[NodeEstimate]:
-        """Score the student and teachers at new nodes, build candidate sets and directions, run continuations."""
+        """Score the student and teachers at new nodes, build candidates and directions, run continuations."""
         nodes = [n for n in nodes if n not in {e.node for e in self.estimates}]
         if not nodes:
             return []
@@ -193,7 +207,7 @@ class Estimator:
         rs = sorted(by_r)
         seqs = [self.rollouts[r].prompt_ids + self.rollouts[r].token_ids for r in rs]
         pos = [[len(self.rollouts[r].prompt_ids) + nodes[i].position for i in by_r[r]] for r in rs]
-        for r, sc in zip(rs, self.engine.score(seqs, pos, topk=None)):
+        for r, sc in zip(rs, self.engine.score(seqs, pos, topk=None), strict=False):
             for j, i in enumerate(by_r[r]):
                 out[i] = sc.logits[j].float()
         return torch.stack(out) / self.cfg.temperature
@@ -202,8 +216,12 @@ class Estimator:
         z = self._student(nodes)
         teach = {name: fn(self.rollouts, nodes) for name, fn in self.teachers.items()}
         for name, payload in teach.items():
-            if payload.shape[0] != len(nodes) or (payload.dtype.is_floating_point and payload.shape != z.shape):
-                raise DiagnoseError(f"teacher {name!r} returned shape {tuple(payload.shape)} for {len(nodes)} nodes")
+            if payload.shape[0] != len(nodes) or (
+                payload.dtype.is_floating_point and payload.shape != z.shape
+            ):
+                raise DiagnoseError(
+                    f"teacher {name!r} returned shape {tuple(payload.shape)} for {len(nodes)} nodes"
+                )
         observed = [self.rollouts[n.rollout].token_ids[n.position] for n in nodes]
         cand = candidate_sets(z, observed, teach, self.cfg.k_student, self.cfg.k_teacher)
         probs = log_probs(z).exp()
@@ -237,8 +255,11 @@ class Estimator:
         for r in self.rollouts:
             by_q.setdefault(r.question, []).append(float(r.correct))
         return torch.tensor(
-            [float(self.rollouts[n.rollout].correct) - sum(by_q[self.rollouts[n.rollout].question])
-             / len(by_q[self.rollouts[n.rollout].question]) for n in nodes]
+            [
+                float(self.rollouts[n.rollout].correct)
+                - sum(by_q[self.rollouts[n.rollout].question]) / len(by_q[self.rollouts[n.rollout].question])
+                for n in nodes
+            ]
         )
 
     def select(self) -> None:
@@ -252,8 +273,14 @@ class Estimator:
         first = node_budget * (cfg.refine_fraction if cfg.nodes == "refine" else 1.0)
         for p in range(4):
             left = first - self._spent()
-            nodes = select_nodes(lengths, left, self.cost, "windows" if cfg.nodes == "refine" else cfg.nodes,
-                                 seed=cfg.seed + p, exclude=[e.node for e in self.estimates])
+            nodes = select_nodes(
+                lengths,
+                left,
+                self.cost,
+                "windows" if cfg.nodes == "refine" else cfg.nodes,
+                seed=cfg.seed + p,
+                exclude=[e.node for e in self.estimates],
+            )
             if not self.add_nodes(nodes):
                 break
         if cfg.nodes == "refine":
@@ -297,18 +324,35 @@ class Estimator:
             if size < cfg.adaptive_step:
                 break
             if mode == "adaptive":
-                alloc = allocate(p, s, c, mask, dirs, size, cfg.adaptive_step, cfg.target_half_width,
-                                 max_per_candidate=cfg.max_per_candidate, g_tolerance=cfg.g_tolerance)
+                alloc = allocate(
+                    p,
+                    s,
+                    c,
+                    mask,
+                    dirs,
+                    size,
+                    cfg.adaptive_step,
+                    cfg.target_half_width,
+                    max_per_candidate=cfg.max_per_candidate,
+                    g_tolerance=cfg.g_tolerance,
+                )
             else:
-                alloc = uniform_allocate(c, mask, half_widths(p, s, c, mask, dirs), size, cfg.adaptive_step,
-                                         cfg.target_half_width, cfg.max_per_candidate,
-                                         done=finished(p, s, c, mask, cfg.g_tolerance))
+                alloc = uniform_allocate(
+                    c,
+                    mask,
+                    half_widths(p, s, c, mask, dirs),
+                    size,
+                    cfg.adaptive_step,
+                    cfg.target_half_width,
+                    cfg.max_per_candidate,
+                    done=finished(p, s, c, mask, cfg.g_tolerance),
+                )
             if not alloc:
                 break
             self.spend.add(run_continuations(self.gen, self.questions, self.rollouts, self.estimates, alloc))
 
     def results(self) -> EstimateResult:
-        """Per-node records (candidates, Q-hat, counts, V-hat, g*) and per node x direction scores with intervals."""
+        """Per-node records (candidates, Q-hat, counts, V-hat, g*) and node x direction scores."""
         cfg = self.cfg
         ids, p, s, c, mask = pack(self.estimates)
         records = []
@@ -319,40 +363,92 @@ class Estimator:
             g_c = ideal.g.double().gather(1, ids.clamp_min(0))
         for i, e in enumerate(self.estimates):
             ro = self.rollouts[e.node.rollout]
-            records.append({
-                "node_id": e.id, "rollout_id": e.rollout_id, "question_id": e.question_id,
-                "position": e.node.position, "length": len(ro.token_ids), "observed": e.observed,
-                "rollout_correct": ro.correct, "v_hat": float(ideal.value[i]),
-                "continuations": int(c[i].sum()) - (1 if e.free else 0),
-                "candidates": [
-                    {"token": tok, "p": e.p[k], "successes": e.successes[k], "count": e.counts[k],
-                     "q_hat": e.q_hat[k], "g": float(g_c[i, k]) if bool(mask[i, k]) else 0.0,
-                     "outcomes": list(e.outcomes[k])}
-                    for k, tok in enumerate(e.cand_ids)
-                ],
-            })
+            records.append(
+                {
+                    "node_id": e.id,
+                    "rollout_id": e.rollout_id,
+                    "question_id": e.question_id,
+                    "position": e.node.position,
+                    "length": len(ro.token_ids),
+                    "observed": e.observed,
+                    "rollout_correct": ro.correct,
+                    "v_hat": float(ideal.value[i]),
+                    "continuations": int(c[i].sum()) - (1 if e.free else 0),
+                    "candidates": [
+                        {
+                            "token": tok,
+                            "p": e.p[k],
+                            "successes": e.successes[k],
+                            "count": e.counts[k],
+                            "q_hat": e.q_hat[k],
+                            "g": float(g_c[i, k]) if bool(mask[i, k]) else 0.0,
+                            "outcomes": list(e.outcomes[k]),
+                        }
+                        for k, tok in enumerate(e.cand_ids)
+                    ],
+                }
+            )
         scores, eff = [], {}
         dts = self.direction_tensors()
-        many = node_stats_many(p, s, c, mask, [(d, dsq, tp) for _, d, dsq, tp in dts], n_boot=cfg.n_boot,
-                               level=cfg.level, prior=cfg.prior, seed=cfg.seed) if self.estimates else []
-        for ((tname, oname), _, _, _), st in zip(dts, many):
+        many = (
+            node_stats_many(
+                p,
+                s,
+                c,
+                mask,
+                [(d, dsq, tp) for _, d, dsq, tp in dts],
+                n_boot=cfg.n_boot,
+                level=cfg.level,
+                prior=cfg.prior,
+                seed=cfg.seed,
+            )
+            if self.estimates
+            else []
+        )
+        for ((tname, oname), _, _, _), st in zip(dts, many, strict=False):
             eff[f"{tname}|{oname}"] = effective_nodes(st.g_sq, st.noise, st.degenerate)
             for i, e in enumerate(self.estimates):
-                row = {"node_id": e.id, "teacher": tname, "objective": oname, "degenerate": bool(st.degenerate[i])}
-                for f in ("cos_full", "cos_full_corrected", "cos_full_lo", "cos_full_hi", "cos_support",
-                          "cos_support_corrected", "cos_support_lo", "cos_support_hi", "dot", "g_sq", "noise",
-                          "d_sq_full", "d_sq_support"):
+                row = {
+                    "node_id": e.id,
+                    "teacher": tname,
+                    "objective": oname,
+                    "degenerate": bool(st.degenerate[i]),
+                }
+                for f in (
+                    "cos_full",
+                    "cos_full_corrected",
+                    "cos_full_lo",
+                    "cos_full_hi",
+                    "cos_support",
+                    "cos_support_corrected",
+                    "cos_support_lo",
+                    "cos_support_hi",
+                    "dot",
+                    "g_sq",
+                    "noise",
+                    "d_sq_full",
+                    "d_sq_support",
+                ):
                     row[f] = float(getattr(st, f)[i])
                 for f in ("ta", "ta_lo", "ta_hi"):
                     val = getattr(st, f)
                     row[f] = float(val[i]) if val is not None else float("nan")
                 scores.append(row)
-        hw = half_widths(p, s, c, mask, [d for _, d, _, _ in self.direction_tensors()]) if self.estimates else []
+        hw = (
+            half_widths(p, s, c, mask, [d for _, d, _, _ in self.direction_tensors()])
+            if self.estimates
+            else []
+        )
         summary = {
-            "nodes": len(self.estimates), "rollouts": len(self.rollouts),
-            "continuations": self.spend.continuations, "continuation_tokens": self.spend.tokens,
-            "generated": self.gen.generated, "cache_hits": self.cache.hits, "engine_calls": self.gen.engine_calls,
-            "budget": cfg.budget, "budget_unit": cfg.budget_unit,
+            "nodes": len(self.estimates),
+            "rollouts": len(self.rollouts),
+            "continuations": self.spend.continuations,
+            "continuation_tokens": self.spend.tokens,
+            "generated": self.gen.generated,
+            "cache_hits": self.cache.hits,
+            "engine_calls": self.gen.engine_calls,
+            "budget": cfg.budget,
+            "budget_unit": cfg.budget_unit,
             "max_half_width": float(max(hw)) if len(hw) else float("nan"),
             "effective_nodes": eff,
         }

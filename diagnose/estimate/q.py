@@ -61,7 +61,10 @@ class NodeEstimate:
 
 
 def new_estimates(
-    nodes: Sequence[Node], rollouts: Sequence[Rollout], cand_ids: torch.Tensor, student_probs: torch.Tensor,
+    nodes: Sequence[Node],
+    rollouts: Sequence[Rollout],
+    cand_ids: torch.Tensor,
+    student_probs: torch.Tensor,
     free: bool = True,
 ) -> list[NodeEstimate]:
     """NodeEstimates for nodes with candidate ids [N, K] (-1 pad; observed first) and student probs [N, V]."""
@@ -72,8 +75,14 @@ def new_estimates(
         observed = int(ro.token_ids[node.position])
         assert ids[0] == observed, "the observed token must be candidate 0"
         est = NodeEstimate(
-            node=node, rollout_id=ro.id, question_id=ro.question_id, observed=observed, cand_ids=ids,
-            p=[float(student_probs[i, c]) for c in ids], outcomes=[[] for _ in ids], free=free,
+            node=node,
+            rollout_id=ro.id,
+            question_id=ro.question_id,
+            observed=observed,
+            cand_ids=ids,
+            p=[float(student_probs[i, c]) for c in ids],
+            outcomes=[[] for _ in ids],
+            free=free,
         )
         if free:
             est.outcomes[0].append(int(ro.correct))
@@ -111,7 +120,7 @@ def run_continuations(
     out = gen.fetch(reqs)
     spend = Spend()
     tok = gen.engine.tokenizer
-    for (e, k, _), samples in zip(keys, out):
+    for (e, k, _), samples in zip(keys, out, strict=False):
         est = estimates[e]
         ro = rollouts[est.node.rollout]
         q = questions[ro.question]

@@ -56,7 +56,7 @@ def sample_rollouts(gen: Generator, questions: Sequence[Question], n: int) -> li
     reqs = [Request(prefix=tuple(q.prompt_ids), token=-1, start=0, count=n) for q in questions]
     out = gen.fetch(reqs)
     rollouts = []
-    for qi, (q, samples) in enumerate(zip(questions, out)):
+    for qi, (q, samples) in enumerate(zip(questions, out, strict=False)):
         for j, s in enumerate(samples):
             rollouts.append(
                 Rollout(

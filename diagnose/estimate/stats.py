@@ -42,9 +42,9 @@ the noise (high Q), but a larger spread at small n (it can hit +-1 when the nois
 both are reported.
 
 Degenerate node: g*-hat = 0 (all Q-hat equal on C, or |C| < 2) or d = 0: the cosine is undefined and
-reported as 0. Effective node count: Kish's n_eff = (sum_n w_n)^2 / sum_n w_n^2 with w_n = max(|g_n|^2-corrected,
-0), each node's share of the rollout-level |g*|^2 (nodes whose signal is within noise count for nothing);
-`informative` counts non-degenerate nodes with a positive corrected |g*|^2.
+reported as 0. Effective node count: Kish's n_eff = (sum_n w_n)^2 / sum_n w_n^2 with w_n =
+max(|g_n|^2-corrected, 0), each node's share of the rollout-level |g*|^2 (nodes whose signal is within
+noise count for nothing); `informative` counts non-degenerate nodes with a positive corrected |g*|^2.
 """
 
 from __future__ import annotations
@@ -166,14 +166,27 @@ def node_stats_many(
         if tp is not None:
             tq = torch.where(mask, _f64(tp), 0.0)
             ta = ((tq - p) * torch.where(mask, q_hat - v[:, None], 0.0)).sum(-1)
-        outs.append(NodeStats(
-            dot=dot, g_sq=g_sq, noise=noise, d_sq_full=d_sq_full, d_sq_support=d_sq_support,
-            cos_full=cos_f, cos_support=cos_s, cos_full_corrected=cos_fc, cos_support_corrected=cos_sc,
-            cos_full_lo=torch.empty_like(dot), cos_full_hi=torch.empty_like(dot),
-            cos_support_lo=torch.empty_like(dot), cos_support_hi=torch.empty_like(dot),
-            degenerate=deg_f | deg_s | ~nonempty, ta=ta,
-            ta_lo=None if ta is None else torch.empty_like(dot), ta_hi=None if ta is None else torch.empty_like(dot),
-        ))
+        outs.append(
+            NodeStats(
+                dot=dot,
+                g_sq=g_sq,
+                noise=noise,
+                d_sq_full=d_sq_full,
+                d_sq_support=d_sq_support,
+                cos_full=cos_f,
+                cos_support=cos_s,
+                cos_full_corrected=cos_fc,
+                cos_support_corrected=cos_sc,
+                cos_full_lo=torch.empty_like(dot),
+                cos_full_hi=torch.empty_like(dot),
+                cos_support_lo=torch.empty_like(dot),
+                cos_support_hi=torch.empty_like(dot),
+                degenerate=deg_f | deg_s | ~nonempty,
+                ta=ta,
+                ta_lo=None if ta is None else torch.empty_like(dot),
+                ta_hi=None if ta is None else torch.empty_like(dot),
+            )
+        )
     for a in range(0, p.shape[0], chunk):
         sl = slice(a, a + chunk)
         draws, nc = bootstrap_q(s[sl], n[sl], mask[sl], n_boot, prior, seed + a)
@@ -182,7 +195,7 @@ def node_stats_many(
         g_b, v_b = sparse_ideal(pc, q_b, mc)
         gsq_b = (g_b * g_b).sum(-1)
         noise_b = (noise_weights(p[sl], mask[sl]) * q_variance(draws, nc)).sum(-1)
-        for (d, _, tp), st in zip(directions, outs):
+        for (d, _, tp), st in zip(directions, outs, strict=False):
             dc = torch.where(mask[sl], _f64(d[sl]), 0.0)
             dot_b = (dc * g_b).sum(-1)
             for tag, dsq in (("full", st.d_sq_full[sl]), ("support", st.d_sq_support[sl])):
@@ -215,7 +228,7 @@ def effective_nodes(g_sq: torch.Tensor, noise: torch.Tensor, degenerate: torch.T
 
 
 def rollout_cosine(dot, g_sq, noise, d_sq, groups, weights=None) -> dict[int, dict[str, float]]:
-    """Rollout-level cosine (concatenated nodes of each group, d scaled by per-node weights), raw and corrected."""
+    """Rollout-level cosine (concatenated nodes per group, d scaled by weights), raw and corrected."""
     dot, g_sq, noise, d_sq = (_f64(x) for x in (dot, g_sq, noise, d_sq))
     w = torch.ones_like(dot) if weights is None else _f64(weights)
     groups = torch.as_tensor(groups, dtype=torch.long)
