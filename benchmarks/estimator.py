@@ -70,7 +70,32 @@ def exact_part(target: float = 0.1) -> dict:
 
     t0 = time.time()
     out = compare_allocations(make, target)
-    return _summary(out, time.time() - t0)
+    oracle = _oracle_savings(eng, out["estimators"]["uniform"])
+    return {**_summary(out, time.time() - t0), "oracle_savings": oracle}
+
+
+def _oracle_savings(eng, est) -> float:
+    """The best any within-node allocation could do here: uniform / optimal (n_k ~ sqrt(J_k^2 Q_k (1 - Q_k)))
+    continuations for equal delta-method variance, computed from the exact Q (no estimation noise)."""
+    from diagnose.estimate import pack, sparse_ideal
+    from diagnose.estimate.adaptive import sensitivities
+
+    ids, p, _, _, _ = pack(est.estimates)
+    ((_, d, _, _),) = est.direction_tensors()
+    q = torch.zeros_like(p)
+    for i, e in enumerate(est.estimates):
+        ro = est.rollouts[e.node.rollout]
+        q_all, _ = eng.exact_values(ro.prompt_ids + ro.token_ids[: e.node.position])
+        q[i, : len(e.cand_ids)] = q_all[torch.tensor(e.cand_ids)]
+    mask = ids >= 0
+    big = torch.full_like(p, 1e6)
+    jac, _ = sensitivities(p, q * big, big, mask, d)
+    a = torch.where(mask, jac**2 * q * (1 - q), 0.0)
+    g, _ = sparse_ideal(p, q, mask)
+    ok = (g * g).sum(-1).sqrt() > 0.01
+    uniform = mask.sum(-1) * a.sum(-1)
+    optimal = a.sqrt().sum(-1) ** 2
+    return float(uniform[ok].sum() / optimal[ok].sum())
 
 
 def _last_number(text: str):

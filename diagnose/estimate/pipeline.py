@@ -476,7 +476,8 @@ def estimate(
     try:
         return est.run(rollouts)
     finally:
-        est.cache.close()
+        if est.cache is not cache:  # close only what we opened
+            est.cache.close()
 
 
 def compare_allocations(make_estimator: Callable[[], "Estimator"], target_half_width: float) -> dict:
