@@ -308,6 +308,14 @@ def test_refine_strategy_runs_under_budget():
     res = estimate(eng, questions_for(eng), {"t": engine_teacher(teacher)}, ["rkl"], cfg)
     assert 0.7 * 400 <= res.summary["continuations"] <= 400
     assert res.summary["nodes"] >= 10
+    # Rollout-level alignment: the cosine of the concatenated per-node vectors, from the per-node sums.
+    tables = res.tables()
+    assert set(tables) == {"rollouts", "nodes", "candidates", "alignment", "rollout_alignment"}
+    al = tables["alignment"]
+    one = res.rollout_scores[0]
+    rows = al[al["node_id"].str.startswith(one["rollout_id"] + "/")]
+    expect = rows["dot"].sum() / math.sqrt(rows["g_sq"].sum() * rows["d_sq_full"].sum())
+    assert math.isclose(one["cos_full"], max(-1.0, min(1.0, expect)), rel_tol=1e-6, abs_tol=1e-9)
 
 
 def test_adaptive_allocation_needs_fewer_continuations(world):
@@ -341,8 +349,6 @@ def test_adaptive_allocation_needs_fewer_continuations(world):
         q, _ = eng.exact_values(ro.prompt_ids + ro.token_ids[: e.node.position])
         mask = torch.ones(len(e.cand_ids), dtype=torch.bool)
         g, _ = sparse_ideal(torch.tensor(e.p)[None], q[torch.tensor(e.cand_ids)][None], mask[None])
-        d = torch.tensor([0.0])
-        del d
         r = rows[e.id]
         if r["degenerate"] or float(g.norm()) < 0.02:
             continue

@@ -21,7 +21,7 @@ from .generate import Generator
 from .nodes import Node, refine_nodes, select_nodes
 from .q import NodeEstimate, Spend, new_estimates, pack, run_continuations
 from .rollouts import Question, Rollout, sample_rollouts
-from .stats import effective_nodes, node_stats_many
+from .stats import effective_nodes, node_stats_many, rollout_cosine
 
 # teacher(rollouts, nodes) -> float logits [N, V] (on the student's prefixes) or integer top-k ids [N, k].
 TeacherFn = Callable[[Sequence[Rollout], Sequence[Node]], torch.Tensor]
@@ -90,9 +90,11 @@ class EstimateResult:
     scores: list[dict]
     summary: dict
     config: EstimateConfig
+    rollout_scores: list[dict] = field(default_factory=list)  # rollout x teacher x objective
 
     def tables(self):
-        """pandas DataFrames: rollouts, nodes, candidates, alignment (node x teacher x objective)."""
+        """pandas DataFrames: rollouts, nodes, candidates, alignment (node x teacher x objective),
+        rollout_alignment (rollout x teacher x objective: cosine of the concatenated nodes)."""
         import pandas as pd
 
         rollouts = pd.DataFrame([{**asdict(r), "rollout_id": r.id} for r in self.rollouts])
@@ -107,6 +109,7 @@ class EstimateResult:
             "nodes": nodes,
             "candidates": cands,
             "alignment": pd.DataFrame(self.scores),
+            "rollout_alignment": pd.DataFrame(self.rollout_scores),
         }
 
 
@@ -388,7 +391,7 @@ class Estimator:
                     ],
                 }
             )
-        scores, eff = [], {}
+        scores, eff, rollout_rows = [], {}, {}
         dts = self.direction_tensors()
         many = (
             node_stats_many(
@@ -407,6 +410,16 @@ class Estimator:
         )
         for ((tname, oname), _, _, _), st in zip(dts, many, strict=False):
             eff[f"{tname}|{oname}"] = effective_nodes(st.g_sq, st.noise, st.degenerate)
+            groups = [e.node.rollout for e in self.estimates]
+            for tag, dsq in (("full", st.d_sq_full), ("support", st.d_sq_support)):
+                for r, val in rollout_cosine(st.dot, st.g_sq, st.noise, dsq, groups).items():
+                    rollout_rows.setdefault((self.rollouts[r].id, tname, oname), {}).update(
+                        {
+                            f"cos_{tag}": val["cos"],
+                            f"cos_{tag}_corrected": val["cos_corrected"],
+                            "degenerate": val["degenerate"],
+                        }
+                    )
             for i, e in enumerate(self.estimates):
                 row = {
                     "node_id": e.id,
@@ -452,7 +465,11 @@ class Estimator:
             "max_half_width": float(max(hw)) if len(hw) else float("nan"),
             "effective_nodes": eff,
         }
-        return EstimateResult(self.rollouts, list(self.estimates), records, scores, summary, cfg)
+        per_rollout = [
+            {"rollout_id": rid, "teacher": t, "objective": o, **vals}
+            for (rid, t, o), vals in rollout_rows.items()
+        ]
+        return EstimateResult(self.rollouts, list(self.estimates), records, scores, summary, cfg, per_rollout)
 
     def run(self, rollouts: Sequence[Rollout] | None = None) -> EstimateResult:
         self.sample(rollouts)
