@@ -1,0 +1,96 @@
+"""Estimate the ideal per-token gradient g* = p (Q - V) from targeted rollouts, with honest uncertainty.
+
+One call does it all::
+
+    from diagnose.estimate import EstimateConfig, Question, estimate
+    questions = [Question(id="q0", prompt_ids=ids, verify=lambda text: ...)]     # verify(response text)
+    teachers = {"hint": lambda rollouts, nodes: logits}  # float [N, V] per node, or int top-k ids
+    res = estimate(engine, questions, teachers, objectives=["rkl", "fkl"],
+                   config=EstimateConfig(budget=4000, nodes="windows", allocation="adaptive"),
+                   cache="runs/x/samples.sqlite")
+    res.node_records   # per node: node_id, position, v_hat, candidates
+                       # [{token, p, successes, count, q_hat, g, outcomes}]
+    res.scores         # per node x teacher x objective: cos_full / cos_support raw, *_corrected, *_lo/*_hi,
+                       # ta / ta_lo / ta_hi, degenerate, and the per-node sums dot, g_sq, noise, d_sq_*
+    res.summary        # spend, cache hits, effective node counts per direction
+    res.tables()       # pandas DataFrames: rollouts, nodes, candidates, alignment
+
+Steps (each usable alone): `sample_rollouts` (rollouts.py) -> `select_nodes` / `refine_nodes` (nodes.py)
+-> `candidate_sets` (candidates.py) -> `run_continuations` (q.py, through the cached `Generator` of
+generate.py and cache.py) -> `node_stats` (stats.py: bias-corrected cosines, bootstrap intervals, teacher
+advantage) with `allocate` (adaptive.py) spending extra continuations where intervals are widest. The
+`Estimator` class drives the steps; `estimate()` is its one-call front end. Everything talks to an engine
+only through the Engine protocol (sample, continue_from, score).
+"""
+
+from .adaptive import allocate, half_widths, uniform_allocate
+from .cache import MemoryCache, SampleCache, open_cache, sample_key
+from .candidates import candidate_sets
+from .generate import Generator, Request, derive_seed
+from .nodes import STRATEGIES, Node, refine_nodes, select_nodes
+from .pipeline import (
+    EstimateConfig,
+    EstimateResult,
+    Estimator,
+    TeacherFn,
+    compare_allocations,
+    engine_teacher,
+    estimate,
+)
+from .q import NodeEstimate, Spend, new_estimates, pack, run_continuations
+from .rollouts import Question, Rollout, sample_rollouts
+from .stats import (
+    NodeStats,
+    bootstrap_q,
+    corrected_cosine,
+    effective_nodes,
+    node_stats,
+    node_stats_many,
+    noise_term,
+    noise_weights,
+    rollout_cosine,
+    sparse_ideal,
+)
+
+__all__ = [
+    "EstimateConfig",
+    "EstimateResult",
+    "Estimator",
+    "TeacherFn",
+    "engine_teacher",
+    "estimate",
+    "compare_allocations",
+    "Question",
+    "Rollout",
+    "sample_rollouts",
+    "Node",
+    "STRATEGIES",
+    "select_nodes",
+    "refine_nodes",
+    "candidate_sets",
+    "Generator",
+    "Request",
+    "derive_seed",
+    "MemoryCache",
+    "SampleCache",
+    "open_cache",
+    "sample_key",
+    "NodeEstimate",
+    "Spend",
+    "new_estimates",
+    "pack",
+    "run_continuations",
+    "NodeStats",
+    "node_stats",
+    "node_stats_many",
+    "bootstrap_q",
+    "corrected_cosine",
+    "noise_term",
+    "noise_weights",
+    "sparse_ideal",
+    "effective_nodes",
+    "rollout_cosine",
+    "allocate",
+    "uniform_allocate",
+    "half_widths",
+]

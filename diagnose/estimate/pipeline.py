@@ -1,0 +1,540 @@
+"""The estimate pipeline: rollouts -> nodes (budget) -> candidates -> continuations -> Q, V, g*, scores."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable, Mapping, Sequence
+
+import torch
+
+from .. import objectives as objectives_mod
+from ..engines.base import SamplingParams
+from ..errors import DiagnoseError
+from ..ideal import ideal_gradient
+from ..objectives.base import NEEDS_NONE, log_probs
+from .adaptive import allocate, finished, half_widths, uniform_allocate
+from .cache import open_cache
+from .candidates import candidate_sets
+from .generate import Generator
+from .nodes import Node, refine_nodes, select_nodes
+from .q import NodeEstimate, Spend, new_estimates, pack, run_continuations
+from .rollouts import Question, Rollout, sample_rollouts
+from .stats import effective_nodes, node_stats_many, rollout_cosine
+
+# teacher(rollouts, nodes) -> float logits [N, V] (on the student's prefixes) or integer top-k ids [N, k].
+TeacherFn = Callable[[Sequence[Rollout], Sequence[Node]], torch.Tensor]
+
+
+@dataclass
+class EstimateConfig:
+    """Every knob of an estimate (recorded with the result, so a run can be repeated)."""
+
+    rollouts_per_question: int = 4
+    temperature: float = 1.0
+    top_p: float = 1.0
+    max_new_tokens: int = 256
+    stop: tuple[str, ...] = ()
+    seed: int = 0
+    k_student: int = 4
+    k_teacher: int = 4
+    continuations: int = 8  # per candidate (uniform); adaptive starts from `adaptive_initial`
+    budget: float = 2000.0  # in `budget_unit`s, for everything after the rollouts
+    budget_unit: str = "continuations"  # or "tokens" (a node's cost is estimated with its remaining length)
+    nodes: str = "windows"  # windows | windows_end | uniform | every | refine
+    refine_fraction: float = 0.5  # `refine`: share of the node budget spent on the first, coarse pass
+    allocation: str = "uniform"  # or "adaptive"
+    adaptive_initial: int = 2
+    adaptive_reserve: float = 0.5  # share of the budget kept for adaptive rounds
+    target_half_width: float | None = None  # adaptive: stop once every node's interval is this narrow
+    round_size: int = 256
+    adaptive_step: int = 2
+    max_per_candidate: int = 1024
+    g_tolerance: float = 0.01  # adaptive: a node whose |g*| is confidently below this needs no more samples
+    free_sample: bool = True
+    n_boot: int = 1000
+    level: float = 0.95
+    prior: float = 0.5
+    max_batch: int = 256
+    node_chunk: int = 64
+
+    def sampling(self) -> SamplingParams:
+        return SamplingParams(
+            temperature=self.temperature,
+            top_p=self.top_p,
+            max_new_tokens=self.max_new_tokens,
+            stop=tuple(self.stop),
+            seed=self.seed,
+        )
+
+
+@dataclass
+class Direction:
+    """One teacher x objective at the estimated nodes: d on the candidates, |d|^2, teacher probs on C."""
+
+    teacher: str
+    objective: str
+    d: list[torch.Tensor] = field(default_factory=list)  # per node: [K_i]
+    d_sq_full: list[float] = field(default_factory=list)
+    teacher_p: list[torch.Tensor] | None = None
+
+
+@dataclass
+class EstimateResult:
+    """Rollouts, per-node estimates, per node x teacher x objective scores, and the run's accounting."""
+
+    rollouts: list[Rollout]
+    nodes: list[NodeEstimate]
+    node_records: list[dict]
+    scores: list[dict]
+    summary: dict
+    config: EstimateConfig
+    rollout_scores: list[dict] = field(default_factory=list)  # rollout x teacher x objective
+
+    def tables(self):
+        """pandas DataFrames: rollouts, nodes, candidates, alignment (node x teacher x objective),
+        rollout_alignment (rollout x teacher x objective: cosine of the concatenated nodes)."""
+        import pandas as pd
+
+        rollouts = pd.DataFrame([{**asdict(r), "rollout_id": r.id} for r in self.rollouts])
+        nodes = pd.DataFrame(
+            [{k: v for k, v in rec.items() if k != "candidates"} for rec in self.node_records]
+        )
+        cands = pd.DataFrame(
+            [{"node_id": rec["node_id"], **c} for rec in self.node_records for c in rec["candidates"]]
+        )
+        return {
+            "rollouts": rollouts,
+            "nodes": nodes,
+            "candidates": cands,
+            "alignment": pd.DataFrame(self.scores),
+            "rollout_alignment": pd.DataFrame(self.rollout_scores),
+        }
+
+
+def engine_teacher(engine, temperature: float = 1.0) -> TeacherFn:
+    """A teacher that scores the student's own prompt + prefix with another engine (same tokenizer)."""
+
+    def teacher(rollouts: Sequence[Rollout], nodes: Sequence[Node]) -> torch.Tensor:
+        seqs = [rollouts[n.rollout].prompt_ids + rollouts[n.rollout].token_ids for n in nodes]
+        pos = [[len(rollouts[n.rollout].prompt_ids) + n.position] for n in nodes]
+        return torch.cat([sc.logits.float() for sc in engine.score(seqs, pos, topk=None)]) / temperature
+
+    return teacher
+
+
+def _resolve_objectives(objectives) -> list:
+    out = []
+    for o in objectives:
+        out.append(objectives_mod.parse(o) if isinstance(o, str) else o)
+    return out
+
+
+class Estimator:
+    """Stateful pipeline; `estimate()` below is the one-call front end. Steps can be driven one by one."""
+
+    def __init__(
+        self,
+        engine,
+        questions: Sequence[Question],
+        teachers: Mapping[str, TeacherFn] | None = None,
+        objectives: Sequence = ("rkl",),
+        config: EstimateConfig | None = None,
+        cache: str | Path | None = None,
+    ):
+        self.engine = engine
+        self.questions = list(questions)
+        self.teachers = dict(teachers or {})
+        self.objectives = _resolve_objectives(objectives)
+        self.cfg = config or EstimateConfig()
+        if self.cfg.allocation not in ("uniform", "adaptive"):
+            raise DiagnoseError(f"allocation must be uniform or adaptive, got {self.cfg.allocation!r}")
+        if self.cfg.budget_unit not in ("continuations", "tokens"):
+            raise DiagnoseError(f"budget_unit must be continuations or tokens, got {self.cfg.budget_unit!r}")
+        self.cache = open_cache(cache) if not hasattr(cache, "get_many") else cache
+        self.gen = Generator(engine, self.cfg.sampling(), self.cache, max_batch=self.cfg.max_batch)
+        self.rollouts: list[Rollout] = []
+        self.estimates: list[NodeEstimate] = []
+        self.directions: dict[tuple[str, str], Direction] = {}
+        self.spend = Spend()
+        self._student_logits: list[torch.Tensor] = []  # per node, at the sampling temperature [V]
+
+    # ---- steps -----------------------------------------------------------------------------------------
+
+    def sample(self, rollouts: Sequence[Rollout] | None = None) -> list[Rollout]:
+        self.rollouts = (
+            list(rollouts)
+            if rollouts is not None
+            else sample_rollouts(self.gen, self.questions, self.cfg.rollouts_per_question)
+        )
+        return self.rollouts
+
+    def _per_node(self) -> int:
+        return self.cfg.continuations if self.cfg.allocation == "uniform" else self.cfg.adaptive_initial
+
+    def _nominal_candidates(self) -> int:
+        return 1 + self.cfg.k_student + self.cfg.k_teacher * len(self.teachers)
+
+    def cost(self, r: int, t: int) -> float:
+        """Upper bound of a node's cost in budget units (actual candidate sets can only be smaller)."""
+        conts = self._nominal_candidates() * self._per_node() - (1 if self.cfg.free_sample else 0)
+        if self.cfg.budget_unit == "tokens":
+            return conts * max(1, len(self.rollouts[r].token_ids) - t)
+        return conts
+
+    def _spent(self) -> float:
+        return self.spend.tokens if self.cfg.budget_unit == "tokens" else self.spend.continuations
+
+    def add_nodes(self, nodes: Sequence[Node]) -> list[NodeEstimate]:
+        """Score the student and teachers at new nodes, build candidates and directions, run continuations."""
+        nodes = [n for n in nodes if n not in {e.node for e in self.estimates}]
+        if not nodes:
+            return []
+        new: list[NodeEstimate] = []
+        for a in range(0, len(nodes), self.cfg.node_chunk):
+            new.extend(self._add_chunk(nodes[a : a + self.cfg.node_chunk]))
+        alloc = {}
+        base = len(self.estimates) - len(new)
+        for i, est in enumerate(new):
+            for k in range(len(est.cand_ids)):
+                alloc[(base + i, k)] = self._per_node() - (1 if (est.free and k == 0) else 0)
+        self.spend.add(run_continuations(self.gen, self.questions, self.rollouts, self.estimates, alloc))
+        return new
+
+    def _student(self, nodes: Sequence[Node]) -> torch.Tensor:
+        by_r: dict[int, list[int]] = {}
+        for i, n in enumerate(nodes):
+            by_r.setdefault(n.rollout, []).append(i)
+        out = [None] * len(nodes)
+        rs = sorted(by_r)
+        seqs = [self.rollouts[r].prompt_ids + self.rollouts[r].token_ids for r in rs]
+        pos = [[len(self.rollouts[r].prompt_ids) + nodes[i].position for i in by_r[r]] for r in rs]
+        for r, sc in zip(rs, self.engine.score(seqs, pos, topk=None), strict=False):
+            for j, i in enumerate(by_r[r]):
+                out[i] = sc.logits[j].float()
+        return torch.stack(out) / self.cfg.temperature
+
+    def _add_chunk(self, nodes: Sequence[Node]) -> list[NodeEstimate]:
+        z = self._student(nodes)
+        teach = {name: fn(self.rollouts, nodes) for name, fn in self.teachers.items()}
+        for name, payload in teach.items():
+            if payload.shape[0] != len(nodes) or (
+                payload.dtype.is_floating_point and payload.shape != z.shape
+            ):
+                raise DiagnoseError(
+                    f"teacher {name!r} returned shape {tuple(payload.shape)} for {len(nodes)} nodes"
+                )
+        observed = [self.rollouts[n.rollout].token_ids[n.position] for n in nodes]
+        cand = candidate_sets(z, observed, teach, self.cfg.k_student, self.cfg.k_teacher)
+        probs = log_probs(z).exp()
+        ests = new_estimates(nodes, self.rollouts, cand, probs, free=self.cfg.free_sample)
+        tokens = torch.tensor(observed, dtype=torch.long)
+        advantages = self._advantages(nodes)
+        rows = [(name, payload) for name, payload in teach.items() if payload.dtype.is_floating_point]
+        for obj in self.objectives:
+            pairs = [("-", None)] if obj.needs == NEEDS_NONE else rows
+            for tname, tlog in pairs:
+                kw = {"advantages": advantages} if obj.needs == NEEDS_NONE else {}
+                d = obj.direction(z, tlog, tokens, **kw).double()
+                key = (tname, obj.label)
+                dirn = self.directions.setdefault(key, Direction(teacher=tname, objective=obj.label))
+                if tlog is not None and dirn.teacher_p is None:
+                    dirn.teacher_p = []
+                tp = log_probs(tlog).exp().double() if tlog is not None else None
+                for i, e in enumerate(ests):
+                    idx = torch.tensor(e.cand_ids, dtype=torch.long)
+                    dirn.d.append(d[i, idx])
+                    dirn.d_sq_full.append(float((d[i] ** 2).sum()))
+                    if tp is not None:
+                        dirn.teacher_p.append(tp[i, idx])
+        self._student_logits.extend(z)
+        self.estimates.extend(ests)
+        return ests
+
+    def _advantages(self, nodes) -> torch.Tensor:
+        """R - mean R over the question's rollouts (the GRPO reference arm's advantage)."""
+        by_q: dict[int, list[float]] = {}
+        for r in self.rollouts:
+            by_q.setdefault(r.question, []).append(float(r.correct))
+        return torch.tensor(
+            [
+                float(self.rollouts[n.rollout].correct)
+                - sum(by_q[self.rollouts[n.rollout].question]) / len(by_q[self.rollouts[n.rollout].question])
+                for n in nodes
+            ]
+        )
+
+    def select(self) -> None:
+        """Choose nodes until the node budget is spent (several passes: actual candidate sets are smaller)."""
+        cfg = self.cfg
+        node_budget = cfg.budget * (1 - cfg.adaptive_reserve if cfg.allocation == "adaptive" else 1.0)
+        lengths = [len(r.token_ids) for r in self.rollouts]
+        if cfg.nodes == "every":
+            self.add_nodes(select_nodes(lengths, None, self.cost, "every"))
+            return
+        first = node_budget * (cfg.refine_fraction if cfg.nodes == "refine" else 1.0)
+        for p in range(4):
+            left = first - self._spent()
+            nodes = select_nodes(
+                lengths,
+                left,
+                self.cost,
+                "windows" if cfg.nodes == "refine" else cfg.nodes,
+                seed=cfg.seed + p,
+                exclude=[e.node for e in self.estimates],
+            )
+            if not self.add_nodes(nodes):
+                break
+        if cfg.nodes == "refine":
+            for _ in range(64):
+                left = node_budget - self._spent()
+                values = {e.node: e.ideal()[1] for e in self.estimates}
+                finals = [float(r.correct) for r in self.rollouts]
+                nodes = refine_nodes(lengths, values, finals, left, self.cost)
+                if not self.add_nodes(nodes):
+                    break
+
+    def direction_tensors(self):
+        """Per direction: (key, d [N, K] padded, d_sq_full [N], teacher_p [N, K] or None)."""
+        _, p, _, _, _ = pack(self.estimates)
+        out = []
+        for key, dirn in self.directions.items():
+            d = torch.zeros_like(p)
+            tp = torch.zeros_like(p) if dirn.teacher_p is not None else None
+            for i, row in enumerate(dirn.d):
+                d[i, : len(row)] = row
+                if tp is not None:
+                    tp[i, : len(row)] = dirn.teacher_p[i]
+            out.append((key, d, torch.tensor(dirn.d_sq_full, dtype=torch.float64), tp))
+        return out
+
+    def adapt(self, mode: str = "adaptive") -> None:
+        """Extra rounds until the budget is spent or every node meets the target half-width.
+
+        mode="adaptive": `allocate` (widest intervals, most informative candidates first); mode="uniform": the
+        baseline that gives every candidate of every unfinished node the same number of extra continuations.
+        """
+        cfg = self.cfg
+        dirs = [d for _, d, _, _ in self.direction_tensors()]
+        while True:
+            left = cfg.budget - self._spent()
+            _, p, s, c, mask = pack(self.estimates)
+            per = 1.0
+            if cfg.budget_unit == "tokens":
+                per = max(1.0, self.spend.tokens / max(1, self.spend.continuations))
+            size = int(min(cfg.round_size, math.floor(left / per)))
+            if size < cfg.adaptive_step:
+                break
+            if mode == "adaptive":
+                alloc = allocate(
+                    p,
+                    s,
+                    c,
+                    mask,
+                    dirs,
+                    size,
+                    cfg.adaptive_step,
+                    cfg.target_half_width,
+                    max_per_candidate=cfg.max_per_candidate,
+                    g_tolerance=cfg.g_tolerance,
+                )
+            else:
+                alloc = uniform_allocate(
+                    c,
+                    mask,
+                    half_widths(p, s, c, mask, dirs),
+                    size,
+                    cfg.adaptive_step,
+                    cfg.target_half_width,
+                    cfg.max_per_candidate,
+                    done=finished(p, s, c, mask, cfg.g_tolerance),
+                )
+            if not alloc:
+                break
+            self.spend.add(run_continuations(self.gen, self.questions, self.rollouts, self.estimates, alloc))
+
+    def results(self) -> EstimateResult:
+        """Per-node records (candidates, Q-hat, counts, V-hat, g*) and node x direction scores."""
+        cfg = self.cfg
+        ids, p, s, c, mask = pack(self.estimates)
+        records = []
+        if self.estimates:
+            z = torch.stack(self._student_logits)
+            q_hat = torch.where(mask, s / c.clamp_min(1), 0.0)
+            ideal = ideal_gradient(z, torch.where(mask, ids, -1), q_hat)
+            g_c = ideal.g.double().gather(1, ids.clamp_min(0))
+        for i, e in enumerate(self.estimates):
+            ro = self.rollouts[e.node.rollout]
+            records.append(
+                {
+                    "node_id": e.id,
+                    "rollout_id": e.rollout_id,
+                    "question_id": e.question_id,
+                    "position": e.node.position,
+                    "length": len(ro.token_ids),
+                    "observed": e.observed,
+                    "rollout_correct": ro.correct,
+                    "v_hat": float(ideal.value[i]),
+                    "continuations": int(c[i].sum()) - (1 if e.free else 0),
+                    "candidates": [
+                        {
+                            "token": tok,
+                            "p": e.p[k],
+                            "successes": e.successes[k],
+                            "count": e.counts[k],
+                            "q_hat": e.q_hat[k],
+                            "g": float(g_c[i, k]) if bool(mask[i, k]) else 0.0,
+                            "outcomes": list(e.outcomes[k]),
+                        }
+                        for k, tok in enumerate(e.cand_ids)
+                    ],
+                }
+            )
+        scores, eff, rollout_rows = [], {}, {}
+        dts = self.direction_tensors()
+        many = (
+            node_stats_many(
+                p,
+                s,
+                c,
+                mask,
+                [(d, dsq, tp) for _, d, dsq, tp in dts],
+                n_boot=cfg.n_boot,
+                level=cfg.level,
+                prior=cfg.prior,
+                seed=cfg.seed,
+            )
+            if self.estimates
+            else []
+        )
+        for ((tname, oname), _, _, _), st in zip(dts, many, strict=False):
+            eff[f"{tname}|{oname}"] = effective_nodes(st.g_sq, st.noise, st.degenerate)
+            groups = [e.node.rollout for e in self.estimates]
+            for tag, dsq in (("full", st.d_sq_full), ("support", st.d_sq_support)):
+                for r, val in rollout_cosine(st.dot, st.g_sq, st.noise, dsq, groups).items():
+                    rollout_rows.setdefault((self.rollouts[r].id, tname, oname), {}).update(
+                        {
+                            f"cos_{tag}": val["cos"],
+                            f"cos_{tag}_corrected": val["cos_corrected"],
+                            "degenerate": val["degenerate"],
+                        }
+                    )
+            for i, e in enumerate(self.estimates):
+                row = {
+                    "node_id": e.id,
+                    "teacher": tname,
+                    "objective": oname,
+                    "degenerate": bool(st.degenerate[i]),
+                }
+                for f in (
+                    "cos_full",
+                    "cos_full_corrected",
+                    "cos_full_lo",
+                    "cos_full_hi",
+                    "cos_support",
+                    "cos_support_corrected",
+                    "cos_support_lo",
+                    "cos_support_hi",
+                    "dot",
+                    "g_sq",
+                    "noise",
+                    "d_sq_full",
+                    "d_sq_support",
+                ):
+                    row[f] = float(getattr(st, f)[i])
+                for f in ("ta", "ta_lo", "ta_hi"):
+                    val = getattr(st, f)
+                    row[f] = float(val[i]) if val is not None else float("nan")
+                scores.append(row)
+        hw = (
+            half_widths(p, s, c, mask, [d for _, d, _, _ in self.direction_tensors()])
+            if self.estimates
+            else []
+        )
+        summary = {
+            "nodes": len(self.estimates),
+            "rollouts": len(self.rollouts),
+            "continuations": self.spend.continuations,
+            "continuation_tokens": self.spend.tokens,
+            "generated": self.gen.generated,
+            "cache_hits": self.cache.hits,
+            "engine_calls": self.gen.engine_calls,
+            "budget": cfg.budget,
+            "budget_unit": cfg.budget_unit,
+            "max_half_width": float(max(hw)) if len(hw) else float("nan"),
+            "effective_nodes": eff,
+        }
+        per_rollout = [
+            {"rollout_id": rid, "teacher": t, "objective": o, **vals}
+            for (rid, t, o), vals in rollout_rows.items()
+        ]
+        return EstimateResult(self.rollouts, list(self.estimates), records, scores, summary, cfg, per_rollout)
+
+    def run(self, rollouts: Sequence[Rollout] | None = None) -> EstimateResult:
+        self.sample(rollouts)
+        self.select()
+        if self.cfg.allocation == "adaptive":
+            self.adapt()
+        return self.results()
+
+
+def estimate(
+    engine,
+    questions: Sequence[Question],
+    teachers: Mapping[str, TeacherFn] | None = None,
+    objectives: Sequence = ("rkl",),
+    config: EstimateConfig | None = None,
+    cache: str | Path | None = None,
+    rollouts: Sequence[Rollout] | None = None,
+) -> EstimateResult:
+    """Run the whole estimate: see the package docstring."""
+    est = Estimator(engine, questions, teachers, objectives, config, cache)
+    try:
+        return est.run(rollouts)
+    finally:
+        if est.cache is not cache:  # close only what we opened
+            est.cache.close()
+
+
+def compare_allocations(make_estimator: Callable[[], "Estimator"], target_half_width: float) -> dict:
+    """Continuations to reach `target_half_width` on every node with adaptive versus uniform allocation.
+
+    `make_estimator()` must return a fresh Estimator (same engine, questions, config) each time; both arms
+    select the same nodes with `adaptive_initial` continuations per candidate, then run rounds until every
+    node's predicted interval (adaptive.half_widths) meets the target, is finished (g* confidently ~ 0), or
+    hits `max_per_candidate`. `savings` compares the nodes that met the target in both arms (equal
+    half-width); `total_ratio` compares whole runs (nodes capped in either arm included).
+    """
+    from .adaptive import finished as _finished
+
+    arms = {}
+    for mode in ("adaptive", "uniform"):
+        est = make_estimator()
+        est.cfg.target_half_width = target_half_width
+        est.sample()
+        est.select()
+        est.adapt(mode)
+        _, p, s, c, mask = pack(est.estimates)
+        hw = half_widths(p, s, c, mask, [d for _, d, _, _ in est.direction_tensors()])
+        arms[mode] = {
+            "per_node": c.sum(-1) - (1 if est.cfg.free_sample else 0),
+            "met": (hw <= target_half_width + 1e-9) & ~_finished(p, s, c, mask, est.cfg.g_tolerance),
+            "total": est.spend.continuations,
+            "estimator": est,
+        }
+    a, u = arms["adaptive"], arms["uniform"]
+    both = a["met"] & u["met"]
+    ca, cu = float(a["per_node"][both].sum()), float(u["per_node"][both].sum())
+    return {
+        "target_half_width": target_half_width,
+        "nodes": int(both.numel()),
+        "nodes_met_both": int(both.sum()),
+        "adaptive_continuations": ca,
+        "uniform_continuations": cu,
+        "savings": cu / ca if ca > 0 else float("nan"),
+        "adaptive_total": a["total"],
+        "uniform_total": u["total"],
+        "total_ratio": u["total"] / max(1, a["total"]),
+        "estimators": {"adaptive": a["estimator"], "uniform": u["estimator"]},
+    }

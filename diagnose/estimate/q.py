@@ -1,0 +1,149 @@
+"""Q-hat per candidate from verified targeted continuations; V-hat and g* on the candidate set.
+
+A `NodeEstimate` keeps the raw 0/1 outcomes of every candidate (the observed token's first outcome is its
+rollout's own verdict when `free` is set: one free, unbiased continuation), so counts, Q-hat, bootstrap
+resamples and split halves all come from the same record. `run_continuations` adds numbered continuations
+(index i of candidate k at a node is always the same sample, through the cache).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Mapping, Sequence
+
+import torch
+
+from .generate import Generator, Request
+from .nodes import Node
+from .rollouts import Question, Rollout
+from .stats import sparse_ideal
+
+
+@dataclass
+class NodeEstimate:
+    """Everything estimated at one node: candidates, student probabilities on them, outcomes per candidate."""
+
+    node: Node
+    rollout_id: str
+    question_id: str
+    observed: int
+    cand_ids: list[int]
+    p: list[float]  # student probabilities of the candidates (at the sampling temperature)
+    outcomes: list[list[int]] = field(default_factory=list)
+    free: bool = True  # outcomes[0][0] is the rollout's own verdict (candidate 0 is the observed token)
+
+    @property
+    def id(self) -> str:
+        return f"{self.rollout_id}/{self.node.position}"
+
+    @property
+    def successes(self) -> list[int]:
+        return [sum(o) for o in self.outcomes]
+
+    @property
+    def counts(self) -> list[int]:
+        return [len(o) for o in self.outcomes]
+
+    def generated(self, k: int) -> int:
+        """Continuations generated so far for candidate k (the free rollout sample excluded)."""
+        return len(self.outcomes[k]) - (1 if (self.free and k == 0) else 0)
+
+    @property
+    def q_hat(self) -> list[float]:
+        return [sum(o) / len(o) if o else float("nan") for o in self.outcomes]
+
+    def ideal(self) -> tuple[list[float], float]:
+        """(g* on the candidates, V-hat) from Q-hat (candidates without outcomes are left out: Q := V)."""
+        mask = torch.tensor([len(o) > 0 for o in self.outcomes])
+        q = torch.tensor([sum(o) / len(o) if o else 0.0 for o in self.outcomes], dtype=torch.float64)
+        g, v = sparse_ideal(torch.tensor(self.p, dtype=torch.float64), q, mask)
+        return g.tolist(), float(v)
+
+
+def new_estimates(
+    nodes: Sequence[Node],
+    rollouts: Sequence[Rollout],
+    cand_ids: torch.Tensor,
+    student_probs: torch.Tensor,
+    free: bool = True,
+) -> list[NodeEstimate]:
+    """NodeEstimates for nodes with candidate ids [N, K] (-1 pad; observed first) and student probs [N, V]."""
+    out = []
+    for i, node in enumerate(nodes):
+        ro = rollouts[node.rollout]
+        ids = [int(c) for c in cand_ids[i].tolist() if c >= 0]
+        observed = int(ro.token_ids[node.position])
+        assert ids[0] == observed, "the observed token must be candidate 0"
+        est = NodeEstimate(
+            node=node,
+            rollout_id=ro.id,
+            question_id=ro.question_id,
+            observed=observed,
+            cand_ids=ids,
+            p=[float(student_probs[i, c]) for c in ids],
+            outcomes=[[] for _ in ids],
+            free=free,
+        )
+        if free:
+            est.outcomes[0].append(int(ro.correct))
+        out.append(est)
+    return out
+
+
+@dataclass
+class Spend:
+    """Cost accounting: continuations and continuation tokens consumed (cached ones included)."""
+
+    continuations: int = 0
+    tokens: int = 0
+
+    def add(self, other: "Spend") -> None:
+        self.continuations += other.continuations
+        self.tokens += other.tokens
+
+
+def run_continuations(
+    gen: Generator,
+    questions: Sequence[Question],
+    rollouts: Sequence[Rollout],
+    estimates: Sequence[NodeEstimate],
+    alloc: Mapping[tuple[int, int], int],
+) -> Spend:
+    """Add alloc[(estimate index, candidate index)] new continuations to each candidate and verify them."""
+    keys = [(e, k, c) for (e, k), c in sorted(alloc.items()) if c > 0]
+    reqs = []
+    for e, k, c in keys:
+        est = estimates[e]
+        ro = rollouts[est.node.rollout]
+        prefix = tuple(ro.prompt_ids) + tuple(ro.token_ids[: est.node.position])
+        reqs.append(Request(prefix=prefix, token=est.cand_ids[k], start=est.generated(k), count=c))
+    out = gen.fetch(reqs)
+    spend = Spend()
+    tok = gen.engine.tokenizer
+    for (e, k, _), samples in zip(keys, out, strict=False):
+        est = estimates[e]
+        ro = rollouts[est.node.rollout]
+        q = questions[ro.question]
+        head = ro.token_ids[: est.node.position]
+        for smp in samples:
+            est.outcomes[k].append(int(q.judge(tok, head + list(smp.token_ids), smp)))
+            spend.continuations += 1
+            spend.tokens += len(smp.token_ids)
+    return spend
+
+
+def pack(estimates: Sequence[NodeEstimate]):
+    """Padded tensors: cand_ids (long, -1 pad), p, successes, counts, mask (a candidate with outcomes)."""
+    width = max((len(e.cand_ids) for e in estimates), default=0)
+    n = len(estimates)
+    ids = torch.full((n, width), -1, dtype=torch.long)
+    p = torch.zeros(n, width, dtype=torch.float64)
+    s = torch.zeros(n, width, dtype=torch.float64)
+    c = torch.zeros(n, width, dtype=torch.float64)
+    for i, e in enumerate(estimates):
+        kk = len(e.cand_ids)
+        ids[i, :kk] = torch.tensor(e.cand_ids)
+        p[i, :kk] = torch.tensor(e.p, dtype=torch.float64)
+        s[i, :kk] = torch.tensor(e.successes, dtype=torch.float64)
+        c[i, :kk] = torch.tensor(e.counts, dtype=torch.float64)
+    return ids, p, s, c, (ids >= 0) & (c > 0)

@@ -1,0 +1,72 @@
+"""The exact engine speaks the Engine protocol and its Q, V are the true success probabilities."""
+
+import math
+
+import torch
+
+from diagnose import engines
+from diagnose.engines.base import Continuation, Engine, SamplingParams, render_prompt
+
+
+def make(**kw):
+    return engines.load("exact", "exact", **kw)
+
+
+def test_registry_and_protocol():
+    eng = make(seed=3)
+    assert isinstance(eng, Engine)
+    assert eng.name == "exact" and eng.vocab_size == 7
+    prompt = render_prompt(eng.tokenizer, "21=")
+    assert prompt == eng.prompt("21") and eng.target(prompt) == 0
+    assert eng.tokenizer.decode(prompt) == "21="
+
+
+def test_sampling_is_deterministic_and_batch_independent():
+    eng = make(seed=1)
+    a, b = eng.prompt("21"), eng.prompt("3")
+    params = SamplingParams(seed=7)
+    alone = eng.sample([b], 4, params)[0]
+    together = eng.sample([a, b], 4, params)[1]
+    assert [s.token_ids for s in alone] == [s.token_ids for s in together]
+    other = eng.sample([b], 4, SamplingParams(seed=8))[0]
+    assert [s.token_ids for s in other] != [s.token_ids for s in alone]
+    for s in alone:
+        assert s.finish_reason == "stop" and s.token_ids[-1] == eng.tokenizer.eos_token_id
+        assert len(s.logprobs) == len(s.token_ids) and all(lp <= 0 for lp in s.logprobs)
+    cont = eng.continue_from([Continuation(tuple(a), 3)], 5, params)[0]
+    assert all(c.token_ids[0] == 3 for c in cont)
+
+
+def test_score_matches_sampling_policy():
+    eng = make(seed=1)
+    p = eng.prompt("12")
+    seq = p + eng.sample([p], 1, SamplingParams())[0][0].token_ids
+    pos = list(range(len(p), len(seq)))
+    full = eng.score([seq], [pos])[0]
+    top = eng.score([seq], [pos], topk=3, token_ids=[[[seq[t]] for t in pos]])[0]
+    logp = torch.log_softmax(full.logits, -1)
+    assert full.logits.shape == (len(pos), eng.vocab_size)
+    assert torch.allclose(top.topk_logprobs[:, 0], logp.max(-1).values, atol=1e-5)
+    sample_lp = eng.sample([p], 1, SamplingParams())[0][0].logprobs
+    assert torch.allclose(top.token_logprobs[:, 0], torch.tensor(sample_lp, dtype=torch.float32), atol=1e-5)
+
+
+def test_exact_values_match_monte_carlo():
+    eng = make(seed=1)
+    p = eng.prompt("21")
+    q, v = eng.exact_values(p)
+    assert math.isclose(
+        v,
+        float((torch.softmax(eng.score([p], [[len(p)]])[0].logits[0].double(), -1) * q).sum()),
+        rel_tol=1e-6,
+    )
+    n = 8000
+    rollouts = eng.sample([p], n, SamplingParams(seed=5))[0]
+    verify = eng.verifier(p)
+    mc_v = sum(verify(s.text) for s in rollouts) / n
+    assert abs(mc_v - v) < 4 * math.sqrt(v * (1 - v) / n)
+    for tok in (0, 2, eng.tokenizer.eos_token_id):
+        cont = eng.continue_from([Continuation(tuple(p), tok)], n, SamplingParams(seed=6))[0]
+        mc = sum(eng.success(p, c.token_ids) for c in cont) / n
+        qk = eng.exact_q(p, tok)
+        assert abs(mc - qk) < 4 * math.sqrt(max(qk * (1 - qk), 1e-4) / n) + 1e-3
