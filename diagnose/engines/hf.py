@@ -1,0 +1,332 @@
+"""The transformers engine: batched left-padded sampling with our own decode loop, one KV cache per
+distinct prefix expanded across all its continuations, and full-vocabulary scoring in position chunks."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+
+from ..errors import DiagnoseError
+from ..models import resolve_model
+from .base import Continuation, Sample, SamplingParams, Scores
+from .sampling import StopChecker, draw, processed_logprobs
+
+
+@dataclass
+class _Job:
+    """One generated row: its prefix, and the forced first token (None: sample it)."""
+
+    prefix: tuple[int, ...]
+    forced: int | None
+
+
+def _dtype(dtype, device: str) -> torch.dtype:
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype in (None, "auto"):
+        return torch.bfloat16 if device.startswith("cuda") else torch.float32
+    try:
+        return getattr(torch, str(dtype))
+    except AttributeError:
+        raise DiagnoseError(f"unknown dtype {dtype!r}") from None
+
+
+class HFEngine:
+    """Engine protocol on a transformers causal LM.
+
+    batch_size: rows decoded together; score_chunk: positions per forward pass when scoring (memory stays
+    bounded by batch rows x score_chunk x vocabulary whatever the sequence length).
+    """
+
+    name = "hf"
+
+    def __init__(
+        self,
+        model: str = "embedded",
+        dtype: str | torch.dtype = "auto",
+        device: str | None = None,
+        batch_size: int = 64,
+        score_chunk: int = 256,
+        attn_implementation: str = "sdpa",
+    ):
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        self.model_id = model
+        path = resolve_model(model)
+        self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        self.dtype = _dtype(dtype, self.device)
+        self.batch_size = int(batch_size)
+        self.score_chunk = int(score_chunk)
+        self.tokenizer = AutoTokenizer.from_pretrained(path)
+        self.model = AutoModelForCausalLM.from_pretrained(
+            path, dtype=self.dtype, attn_implementation=attn_implementation
+        ).to(self.device)
+        self.model.eval()
+        self.vocab_size = int(self.model.get_output_embeddings().weight.shape[0])
+        self.eos_ids = self._eos_ids()
+        self.pad_id = next(iter(sorted(self.eos_ids)), 0) if self.tokenizer.pad_token_id is None else int(
+            self.tokenizer.pad_token_id
+        )
+
+    def _eos_ids(self) -> set[int]:
+        ids: set[int] = set()
+        for src in (self.tokenizer.eos_token_id, getattr(self.model.generation_config, "eos_token_id", None)):
+            if isinstance(src, int):
+                ids.add(src)
+            elif src:
+                ids.update(int(i) for i in src)
+        return ids
+
+    # ---------------------------------------------------------------- protocol
+
+    def sample(self, prompts: Sequence[Sequence[int]], n: int, params: SamplingParams) -> list[list[Sample]]:
+        """n samples per prompt; each prompt's KV cache is computed once and shared by its n rows."""
+        jobs = [_Job(tuple(int(t) for t in p), None) for p in prompts for _ in range(n)]
+        flat = self._run(jobs, params)
+        return [flat[i * n : (i + 1) * n] for i in range(len(prompts))]
+
+    def continue_from(
+        self, requests: Sequence[Continuation], m: int, params: SamplingParams
+    ) -> list[list[Sample]]:
+        """m continuations per (prefix, forced token); each prefix's KV cache is computed once."""
+        jobs = [_Job(tuple(int(t) for t in r.prefix), int(r.token)) for r in requests for _ in range(m)]
+        flat = self._run(jobs, params)
+        return [flat[i * m : (i + 1) * m] for i in range(len(requests))]
+
+    @torch.inference_mode()
+    def score(
+        self,
+        sequences: Sequence[Sequence[int]],
+        positions: Sequence[Sequence[int]],
+        topk: int | None = None,
+        token_ids: Sequence[Sequence[Sequence[int]]] | None = None,
+    ) -> list[Scores]:
+        """Next-token distributions at `positions` (t: the token at index t given ids[:t], 1 <= t <= len).
+
+        Full logits (float32, [P, V]) when topk is None, else top-k log-probs; `token_logprobs` [P, R] holds
+        the log-probs of token_ids[i][j] (ragged lists padded with NaN).
+        """
+        if len(positions) != len(sequences):
+            raise DiagnoseError("score: one list of positions per sequence is required")
+        seqs = [[int(t) for t in s] for s in sequences]
+        for s, pos in zip(seqs, positions):
+            if any(not 1 <= int(p) <= len(s) for p in pos):
+                raise DiagnoseError(f"score: positions must lie in 1..{len(s)} (sequence length)")
+        logits = [None] * len(seqs)
+        order = sorted(range(len(seqs)), key=lambda i: -max((int(p) for p in positions[i]), default=0))
+        for start in range(0, len(order), self.batch_size):
+            batch = order[start : start + self.batch_size]
+            got = self._logits_at([seqs[i] for i in batch], [[int(p) for p in positions[i]] for i in batch])
+            for i, z in zip(batch, got):
+                logits[i] = z
+        return [
+            _make_scores(list(map(int, positions[i])), logits[i], topk, None if token_ids is None else token_ids[i])
+            for i in range(len(seqs))
+        ]
+
+    # ---------------------------------------------------------------- scoring
+
+    def _logits_at(self, seqs: list[list[int]], positions: list[list[int]]) -> list[torch.Tensor]:
+        """Full float32 logits at the positions of each sequence, running the batch in position chunks
+        with a KV cache, stopping after the last position asked for."""
+        from transformers import DynamicCache
+
+        rows = len(seqs)
+        need = max((max(p, default=0) for p in positions), default=0)
+        if need == 0:
+            return [torch.empty(0, self.vocab_size) for _ in seqs]
+        length = min(max(len(s) for s in seqs), need)  # the token at index t-1 gives position t
+        ids = torch.full((rows, length), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((rows, length), dtype=torch.long)
+        for r, s in enumerate(seqs):
+            k = min(len(s), length)
+            ids[r, :k] = torch.tensor(s[:k])
+            mask[r, :k] = 1
+        ids, mask = ids.to(self.device), mask.to(self.device)
+        out = [torch.empty(len(p), self.vocab_size) for p in positions]
+        # (row, output index t-1) -> rows of `out` that want it
+        wanted: dict[int, list[tuple[int, int, int]]] = {}
+        for r, pos in enumerate(positions):
+            for j, t in enumerate(pos):
+                wanted.setdefault(t - 1, []).append((r, j, t))
+        cache = DynamicCache()
+        chunk = max(1, self.score_chunk)
+        for begin in range(0, length, chunk):
+            end = min(length, begin + chunk)
+            keep = sorted(i for i in wanted if begin <= i < end)
+            result = self.model(
+                input_ids=ids[:, begin:end],
+                attention_mask=mask[:, :end],
+                position_ids=torch.arange(begin, end, device=self.device).expand(rows, -1),
+                past_key_values=cache,
+                use_cache=end < length,
+                logits_to_keep=torch.tensor([i - begin for i in keep], dtype=torch.long, device=self.device),
+            )
+            z = result.logits.float().cpu()
+            for col, i in enumerate(keep):
+                for r, j, _ in wanted[i]:
+                    out[r][j] = z[r, col]
+        return out
+
+    # ---------------------------------------------------------------- generation
+
+    def _run(self, jobs: list[_Job], params: SamplingParams) -> list[Sample]:
+        """Generate every job; jobs sharing a prefix share one prefill (batched over distinct prefixes)."""
+        groups: dict[tuple[int, ...], list[int]] = {}
+        for i, job in enumerate(jobs):
+            if not job.prefix:
+                raise DiagnoseError("generation needs a non-empty prefix (at least a BOS or prompt token)")
+            groups.setdefault(job.prefix, []).append(i)
+        prefixes = sorted(groups, key=len)
+        generator = torch.Generator(device=self.device).manual_seed(int(params.seed))
+        stopper = StopChecker(self.tokenizer, params.stop, self.eos_ids)
+        results: list[Sample | None] = [None] * len(jobs)
+        # Pack whole prefix groups into prefill units of about batch_size rows; a group larger than a batch
+        # is prefilled once and its rows decoded in several slices of the same cache.
+        unit: list[tuple[int, ...]] = []
+        unit_rows = 0
+        for k, prefix in enumerate(prefixes):
+            unit.append(prefix)
+            unit_rows += len(groups[prefix])
+            if unit_rows >= self.batch_size or k == len(prefixes) - 1:
+                self._run_unit(unit, groups, jobs, params, generator, stopper, results)
+                unit, unit_rows = [], 0
+        return results  # type: ignore[return-value]
+
+    @torch.inference_mode()
+    def _run_unit(self, unit, groups, jobs, params, generator, stopper, results) -> None:
+        cache, mask, last_logits = self._prefill(list(unit))
+        rows = [(g, i) for g, prefix in enumerate(unit) for i in groups[prefix]]
+        for start in range(0, len(rows), self.batch_size):
+            part = rows[start : start + self.batch_size]
+            self._decode(part, cache, mask, last_logits, jobs, params, generator, stopper, results)
+
+    def _prefill(self, prefixes: list[tuple[int, ...]]):
+        """Left-padded forward pass over the distinct prefixes: their KV cache, mask and last logits."""
+        from transformers import DynamicCache
+
+        width = max(len(p) for p in prefixes)
+        ids = torch.full((len(prefixes), width), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((len(prefixes), width), dtype=torch.long)
+        for r, p in enumerate(prefixes):
+            ids[r, width - len(p) :] = torch.tensor(p)
+            mask[r, width - len(p) :] = 1
+        ids, mask = ids.to(self.device), mask.to(self.device)
+        cache = DynamicCache()
+        out = self.model(
+            input_ids=ids,
+            attention_mask=mask,
+            position_ids=(mask.cumsum(-1) - 1).clamp(min=0),
+            past_key_values=cache,
+            use_cache=True,
+            logits_to_keep=1,
+        )
+        return out.past_key_values, mask, out.logits[:, -1].float()
+
+    def _decode(self, part, prefill_cache, prefill_mask, prefill_logits, jobs, params, generator, stopper, results):
+        """Decode one slice of rows from an expanded copy of the prefill cache until every row stops.
+
+        Finished rows are dropped from the cache once a quarter of the rows have finished (a cache copy);
+        until then they ride along and their draws are ignored.
+        """
+        group_of = [g for g, _ in part]
+        job_ids = [i for _, i in part]
+        logp = processed_logprobs(
+            prefill_logits.index_select(0, torch.tensor(group_of, device=self.device)),
+            params.temperature,
+            params.top_p,
+        )
+        sampled, sampled_lp = draw(logp, generator)
+        tokens: list[list[int]] = []
+        lps: list[list[float]] = []
+        reason: dict[int, str] = {}
+        for r, i in enumerate(job_ids):
+            f = jobs[i].forced
+            tokens.append([int(sampled[r]) if f is None else f])
+            lps.append([float(sampled_lp[r]) if f is None else float(logp[r, f])])
+            if stopper.hit(tokens[r]):
+                reason[r] = "stop"
+            elif params.max_new_tokens <= 1:
+                reason[r] = "length"
+        rows = [r for r in range(len(part)) if r not in reason]  # part index of each cache row
+        if rows:
+            index = torch.tensor([group_of[r] for r in rows], device=self.device)
+            cache = _select_rows(prefill_cache, index)
+            mask = prefill_mask.index_select(0, index)
+            lengths = mask.sum(-1)
+        live = [True] * len(rows)
+        step = 1
+        while rows:
+            last = torch.tensor([tokens[r][-1] for r in rows], device=self.device).unsqueeze(-1)
+            mask = torch.cat([mask, mask.new_ones((len(rows), 1))], dim=-1)
+            out = self.model(
+                input_ids=last,
+                attention_mask=mask,
+                position_ids=lengths.unsqueeze(-1),
+                past_key_values=cache,
+                use_cache=True,
+            )
+            cache, lengths, step = out.past_key_values, lengths + 1, step + 1
+            ids, lp = draw(processed_logprobs(out.logits[:, -1], params.temperature, params.top_p), generator)
+            for c, r in enumerate(rows):
+                if not live[c]:
+                    continue
+                tokens[r].append(int(ids[c]))
+                lps[r].append(float(lp[c]))
+                if stopper.hit(tokens[r]):
+                    reason[r], live[c] = "stop", False
+                elif step >= params.max_new_tokens:
+                    reason[r], live[c] = "length", False
+            dead = live.count(False)
+            if dead == len(rows):
+                break
+            if dead and dead >= len(rows) / 4:
+                keep = [c for c in range(len(rows)) if live[c]]
+                index = torch.tensor(keep, device=self.device)
+                cache = _select_rows(cache, index)
+                mask, lengths = mask.index_select(0, index), lengths.index_select(0, index)
+                rows, live = [rows[c] for c in keep], [True] * len(keep)
+        for r, i in enumerate(job_ids):
+            results[i] = Sample(
+                token_ids=tokens[r], logprobs=lps[r], text=stopper.text(tokens[r]), finish_reason=reason[r]
+            )
+
+
+def _select_rows(cache, index: torch.Tensor):
+    """A new cache holding rows `index` (repeats allowed) of `cache`."""
+    from transformers import DynamicCache
+
+    new = DynamicCache()
+    for layer, item in enumerate(_layers(cache)):
+        k, v = item
+        new.update(k.index_select(0, index), v.index_select(0, index), layer)
+    return new
+
+
+def _layers(cache):
+    if hasattr(cache, "layers"):
+        return [(layer.keys, layer.values) for layer in cache.layers]
+    return list(zip(cache.key_cache, cache.value_cache))
+
+
+def _make_scores(positions: list[int], logits: torch.Tensor, topk: int | None, ids) -> Scores:
+    """Scores from full logits: kept as is, or reduced to top-k log-probs; plus requested ids' log-probs."""
+    scores = Scores(positions=positions)
+    logp = None
+    if topk is None:
+        scores.logits = logits
+    else:
+        logp = torch.log_softmax(logits, dim=-1)
+        vals, idx = logp.topk(min(int(topk), logp.shape[-1]), dim=-1)
+        scores.topk_ids, scores.topk_logprobs = idx, vals
+    if ids is not None:
+        logp = torch.log_softmax(logits, dim=-1) if logp is None else logp
+        width = max((len(x) for x in ids), default=0)
+        out = torch.full((len(positions), width), float("nan"))
+        for j, row in enumerate(ids):
+            if row:
+                out[j, : len(row)] = logp[j, torch.tensor([int(t) for t in row])]
+        scores.token_logprobs = out
+    return scores

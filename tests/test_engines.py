@@ -1,0 +1,155 @@
+"""Both engines on the real embedded model: distributions agree, sampling follows them, forced tokens lead,
+shared-prefix continuations equal recomputation, stop strings stop, seeds repeat, chunked scoring is exact."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from scipy.stats import chisquare
+
+from diagnose.engines import Continuation, SamplingParams, render_prompt
+
+pytestmark = pytest.mark.slow
+
+ENGINES = ["hf_engine", "vllm_engine"]
+# Both engines run float32 here; differences come from kernels and summation order only.
+LOGPROB_TOL = 2e-3
+
+QUESTIONS = [
+    "What is 3 + 4? Answer with a number.",
+    "Name a colour of the sky.",
+    "Write the word cat backwards.",
+]
+
+
+@pytest.fixture(params=ENGINES)
+def engine(request):
+    return request.getfixturevalue(request.param)
+
+
+@pytest.fixture(scope="module")
+def prompts(hf_engine):
+    return [render_prompt(hf_engine.tokenizer, q) for q in QUESTIONS]
+
+
+def _logp_at(engine, seq, t):
+    """Full next-token log-probs of the engine at position t of seq."""
+    s = engine.score([seq], [[t]], topk=None)[0]
+    return torch.log_softmax(s.logits.float(), dim=-1)[0]
+
+
+def test_render_prompt_applies_chat_template(hf_engine, prompts):
+    text = hf_engine.tokenizer.decode(prompts[0])
+    assert text.startswith("<|im_start|>system") and text.endswith("<|im_start|>assistant\n")
+    assert "3 + 4" in text
+
+
+def test_engines_agree_on_next_token_distribution(hf_engine, vllm_engine, prompts):
+    """Top-20 log-probs of vLLM equal hf's at the same positions (prompt ends and inside a response)."""
+    seqs = [p + hf_engine.tokenizer.encode(" The answer is 7. It is a small number.") for p in prompts]
+    positions = [[len(p), len(p) + 3, len(s) - 1, len(s)] for p, s in zip(prompts, seqs)]
+    ref = hf_engine.score(seqs, positions, topk=None)
+    got = vllm_engine.score(seqs, positions, topk=20)
+    for r, g in zip(ref, got):
+        logp = torch.log_softmax(r.logits, dim=-1)
+        assert g.topk_ids.shape == (4, 20)
+        err = (logp.gather(1, g.topk_ids) - g.topk_logprobs).abs().max().item()
+        assert err < LOGPROB_TOL, err
+        # the same most likely token, unless the top two are tied within tolerance
+        top2 = logp.topk(2, dim=-1)
+        untied = (top2.values[:, 0] - top2.values[:, 1]) > LOGPROB_TOL
+        assert torch.equal(top2.indices[untied, 0], g.topk_ids[untied, 0])
+
+
+def test_token_logprobs_match_full_scores(engine, prompts):
+    """Requested ids' log-probs (ragged lists, NaN padded) equal the full distribution's entries."""
+    seq = prompts[0] + [28, 29, 30]
+    positions = [len(prompts[0]), len(seq)]
+    ids = [[28, 504, 2], [7]]
+    s = engine.score([seq], [positions], topk=5, token_ids=[ids])[0]
+    full = torch.stack([_logp_at(engine, seq, t) for t in positions])
+    assert torch.allclose(s.token_logprobs[0], full[0, ids[0]], atol=LOGPROB_TOL)
+    assert abs(s.token_logprobs[1, 0] - full[1, 7]) < LOGPROB_TOL and math.isnan(s.token_logprobs[1, 1])
+    assert torch.allclose(s.topk_logprobs, full.topk(5, dim=-1).values, atol=LOGPROB_TOL)
+
+
+def test_first_token_frequencies_follow_the_engine_distribution(engine, prompts):
+    """Chi-square goodness of fit of n sampled first tokens against the engine's own p (fixed seed)."""
+    n = 400
+    prompt = prompts[1]
+    samples = engine.sample([prompt], n, SamplingParams(max_new_tokens=1, seed=11))[0]
+    assert len(samples) == n and all(len(s.token_ids) == 1 for s in samples)
+    p = _logp_at(engine, prompt, len(prompt)).exp().double()
+    counts = torch.bincount(torch.tensor([s.token_ids[0] for s in samples]), minlength=p.numel()).double()
+    big = (p * n >= 5).nonzero().squeeze(-1)
+    assert big.numel() >= 3, "the test needs a spread-out distribution"
+    rest = torch.ones_like(p, dtype=torch.bool)
+    rest[big] = False
+    obs = torch.cat([counts[big], counts[rest].sum().view(1)])
+    exp = torch.cat([p[big], p[rest].sum().view(1)]) * n
+    stat, pvalue = chisquare(obs.numpy(), exp.numpy() * obs.sum().item() / exp.sum().item())
+    assert pvalue > 1e-3, (stat, pvalue)
+    # each sample's log-prob is the engine's log-prob of that token
+    lp = torch.tensor([s.logprobs[0] for s in samples])
+    assert torch.allclose(lp, p.log().float()[[s.token_ids[0] for s in samples]], atol=LOGPROB_TOL)
+
+
+def test_forced_token_leads_every_continuation(engine, prompts):
+    prefix = tuple(prompts[0] + hf_engine_tokens(engine, " The"))
+    logp = _logp_at(engine, list(prefix), len(prefix))
+    forced = [int(logp.argmax()), int(logp.argsort()[len(logp) // 2]), 42]  # likely, unlikely, arbitrary
+    reqs = [Continuation(prefix, t) for t in forced] + [Continuation(tuple(prompts[2]), 330)]
+    out = engine.continue_from(reqs, 3, SamplingParams(max_new_tokens=6, seed=5))
+    assert len(out) == len(reqs)
+    for req, conts in zip(reqs, out):
+        assert len(conts) == 3
+        for c in conts:
+            assert c.token_ids[0] == req.token
+            assert 1 <= len(c.token_ids) <= 6 and len(c.logprobs) == len(c.token_ids)
+    for t, conts in zip(forced, out[:3]):
+        assert abs(conts[0].logprobs[0] - logp[t].item()) < LOGPROB_TOL
+
+
+def hf_engine_tokens(engine, text):
+    return engine.tokenizer.encode(text, add_special_tokens=False)
+
+
+def test_continuations_equal_recomputation_from_scratch(engine, prompts):
+    """Every log-prob along shared-prefix continuations (prefixes of different lengths in one batch)
+    equals the log-prob from scoring prefix + continuation from scratch."""
+    reqs = [
+        Continuation(tuple(prompts[0]), 504),
+        Continuation(tuple(prompts[0]), 1348),
+        Continuation(tuple(prompts[1] + hf_engine_tokens(engine, " Blue is")), 253),
+    ]
+    out = engine.continue_from(reqs, 4, SamplingParams(max_new_tokens=8, seed=2))
+    seqs, positions, ids = [], [], []
+    for req, conts in zip(reqs, out):
+        for c in conts:
+            seqs.append(list(req.prefix) + c.token_ids)
+            positions.append([len(req.prefix) + j for j in range(len(c.token_ids))])
+            ids.append([[t] for t in c.token_ids])
+    scores = engine.score(seqs, positions, topk=1, token_ids=ids)
+    got = torch.tensor([lp for conts in out for c in conts for lp in c.logprobs])
+    want = torch.cat([s.token_logprobs[:, 0] for s in scores])
+    assert got.shape == want.shape and got.numel() > 3 * 4
+    assert (got - want).abs().max().item() < LOGPROB_TOL
+
+
+def test_stop_strings_stop_each_row(engine, prompts):
+    stops = ("\n", ".", ",")
+    params = SamplingParams(max_new_tokens=40, stop=stops, seed=9)
+    out = engine.sample(prompts[:2], 6, params)
+    stopped = 0
+    for samples in out:
+        for s in samples:
+            if s.finish_reason == "stop" and s.token_ids[-1] not in engine.eos_ids:
+                stopped += 1
+                assert s.text.endswith(stops), s.text
+                before = engine.tokenizer.decode(s.token_ids[:-1])
+                assert not any(x in before for x in stops), "a row ran past its first stop string"
+            elif s.finish_reason == "length":
+                assert len(s.token_ids) == 40
+    assert stopped >= 6, "most rows should end on a stop string"
