@@ -57,7 +57,7 @@ def run(
     cfg = RunConfig.from_sources(config, overrides)
     cfg.progress = not quiet
     result = Runner(cfg).run()
-    result.print_summary()
+    typer.echo(result.describe())
     typer.echo(f"report: {Path(cfg.out) / 'report.html'}")
 
 

@@ -36,7 +36,7 @@ class RunConfig:
     continuations: int = 4  # per candidate (initial allocation)
     top_k: int = 4  # candidates: student top-k ∪ each teacher's top-k ∪ observed token
     budget: int = 96  # continuations per rollout across its selected nodes
-    nodes: str = "exponential"  # node selection strategy
+    nodes: str = "windows"  # node selection: windows (exponential widths), windows_end, uniform, every, refine
     engine: str = "hf"
     seed: int = 0
     temperature: float = 1.0

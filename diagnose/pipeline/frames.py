@@ -7,7 +7,7 @@ import math
 import pandas as pd
 
 from ..report import config_label
-from ..report.tables import difficulty_band
+from ..report.tables import difficulty_band, schema
 
 
 def _token_str(tokenizer, tok: int) -> str:
@@ -81,12 +81,9 @@ def frames_for_question(result, question, task, tokenizer, teacher_proxies: dict
             "dot": s["dot"], "d_sq": s["d_sq_full"], "d_sq_support": s["d_sq_support"], "weight": 1.0,
             "degenerate": bool(s["degenerate"]),
         })
-    return {
-        "rollouts": pd.DataFrame(ro_rows),
-        "nodes": pd.DataFrame(node_rows),
-        "candidates": pd.DataFrame(cand_rows),
-        "alignment": pd.DataFrame(al_rows),
-    }
+    rows = {"rollouts": ro_rows, "nodes": node_rows, "candidates": cand_rows, "alignment": al_rows}
+    # an empty list still gets the table's columns (a question whose budget bought no node)
+    return {name: pd.DataFrame(r, columns=None if r else schema(name).names) for name, r in rows.items()}
 
 
 def _nz(x):

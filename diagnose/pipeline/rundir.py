@@ -21,6 +21,23 @@ def write_atomic(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
+def check_writable(out: Path) -> None:
+    """Fail early (before loading any model) when `out` cannot become a writable directory. Creates nothing."""
+    out = Path(out).expanduser()
+    if out.exists():
+        if not out.is_dir():
+            raise DiagnoseError(f"output path {out} exists and is not a directory")
+        target = out
+    else:
+        target = out.parent
+        while not target.exists() and target != target.parent:
+            target = target.parent
+        if not target.is_dir():
+            raise DiagnoseError(f"cannot create output directory {out}: {target} is not a directory")
+    if not os.access(target, os.W_OK | os.X_OK):
+        raise DiagnoseError(f"cannot write to output directory {out}: {target} is not writable")
+
+
 def open_run_dir(cfg: RunConfig) -> Path:
     """Create/validate `cfg.out`; return it. Raises DiagnoseError when unwritable or holding another config."""
     out = Path(cfg.out).expanduser()

@@ -29,7 +29,7 @@ from ..teachers.summaries import summarize
 from .config import RunConfig
 from .frames import frames_for_question
 from .progress import Progress
-from .rundir import open_run_dir, write_atomic
+from .rundir import check_writable, open_run_dir, write_atomic
 from .teachers import TeacherAtNodes, check_context_available, load_teacher_engines
 
 TABLES = ("rollouts", "nodes", "candidates", "alignment")
@@ -44,7 +44,8 @@ class Runner:
 
     def __init__(self, cfg: RunConfig, progress: bool | None = None):
         self.cfg = cfg
-        self.out = open_run_dir(cfg)
+        self.out = Path(cfg.out).expanduser()
+        check_writable(self.out)
         self.task = tasks.get(cfg.task)
         self.questions = self.task.questions(cfg.questions, seed=cfg.seed)
         if not self.questions:
@@ -147,6 +148,8 @@ class Runner:
 
     # ---- whole run -----------------------------------------------------------------------------------
     def pending(self) -> list[int]:
+        if not (self.out / "alignment").is_dir():
+            return list(range(len(self.questions)))
         done = set(completed_shards(self.out, "alignment"))
         return [i for i in range(len(self.questions)) if shard_id(i) not in done]
 
@@ -154,6 +157,11 @@ class Runner:
         from ..report import load as load_result
         from ..report import render_report
 
+        # Everything that can fail on bad input (models, tokenizers, prompt lengths) is checked before the
+        # run directory is created, so a refused run leaves nothing behind.
+        if not (self.out / "config.toml").exists():
+            self.load()
+        open_run_dir(self.cfg)
         todo = self.pending()
         if todo:
             self.load()
