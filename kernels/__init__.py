@@ -22,7 +22,7 @@ grpo_ref (needs advantages), rkl_topk, rkl_topk_unnorm, fkl_topk (any support). 
 computed by the reference on row chunks (memory O(64 V)). Extra memory of the fused paths is O(N (C + K +
 k)) plus one block of logits. "auto" runs Triton on CUDA tensors and the chunked torch path elsewhere;
 "triton" on CPU tensors needs TRITON_INTERPRET=1 set before triton is imported. Candidate ids repeated in
-a row must carry the same g*. Top-k sets use the largest k requested per side (ties broken as torch.topk).
+a row must carry the same g*.
 """
 
 from .fused import node_stats, resolve_backend

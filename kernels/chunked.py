@@ -23,31 +23,54 @@ def _blocks(n: int, v: int, rows: int, cols: int):
 
 
 def lse_pass(student, teachers, rows: int = ROWS, cols: int = COLS):
-    """(lse_student [N], lse_teacher [C, N], student argmax [N]) with one read of each logit."""
+    """Row maxima and log-sums (log-normaliser = max + logsum), and the student's argmax, in one read.
+
+    Returns (max_s [N], logsum_s [N], max_t [C, N], logsum_t [C, N], argmax_s [N]). Keeping the pair apart
+    lets log p = (z - max) - logsum keep full precision on peaked rows, where max + logsum would round.
+    """
     n, v = student.shape
     dev = student.device
-    lse_s = torch.full((n,), float("-inf"), device=dev)
-    lse_t = torch.full((len(teachers), n), float("-inf"), device=dev)
-    best = torch.full((n,), float("-inf"), device=dev)
+    n_cfg = len(teachers)
+    m = torch.full((1 + n_cfg, n), float("-inf"), device=dev)
+    rest = torch.zeros(1 + n_cfg, n, device=dev)  # sum of exp(x - max) over all entries but the max itself
     arg = torch.zeros(n, dtype=torch.long, device=dev)
     for rs, cs in _blocks(n, v, rows, cols):
-        z = student[rs, cs].float()
-        lse_s[rs] = torch.logaddexp(lse_s[rs], torch.logsumexp(z, -1))
-        val, idx = z.max(-1)
-        better = val > best[rs]
-        best[rs] = torch.where(better, val, best[rs])
-        arg[rs] = torch.where(better, idx + cs.start, arg[rs])
-        for c, zt in enumerate(teachers):
-            lse_t[c, rs] = torch.logaddexp(lse_t[c, rs], torch.logsumexp(zt[rs, cs].float(), -1))
-    return lse_s, lse_t, arg
+        for c, x in enumerate([student] + list(teachers)):
+            z = x[rs, cs].float()
+            bm, idx = z.max(-1)
+            new = bm > m[c, rs]
+            if c == 0:
+                arg[rs] = torch.where(new, idx + cs.start, arg[rs])
+            m_new = torch.maximum(m[c, rs], bm)
+            safe = torch.where(torch.isfinite(m_new), m_new, 0.0)
+            e = torch.exp(z - safe[:, None])
+            hit = torch.nonzero(new, as_tuple=True)[0]
+            e[hit, idx[hit]] = 0.0  # the new maximum's own term (= 1) is carried by the "+ 1" below
+            old = rest[c, rs]
+            rest[c, rs] = torch.where(new, torch.exp(m[c, rs] - safe) * (old + 1.0), old) + e.sum(-1)
+            m[c, rs] = m_new
+    ls = torch.log1p(rest)
+    return m[0], ls[0], m[1:], ls[1:], arg
 
 
-def stream_pass(student, teachers, lse_s, lse_t, plan: StreamPlan, aux: dict, tokens=None,
+def log_mix_ratio(l, beta: float):
+    """log(p / m), m = beta q + (1 - beta) p, from l = log p - log q, accurate also where l ~ 0."""
+    safe = l.clamp_min(-80.0)
+    near = -torch.log1p(beta * torch.expm1(-safe))
+    far = l - math.log(beta) - torch.log1p((1.0 - beta) / beta * torch.exp(l.clamp_max(0.0)))
+    return torch.where(l > -80.0, near, far)
+
+
+def stream_pass(student, teachers, norm, plan: StreamPlan, aux: dict, tokens=None,
                 rows: int = ROWS, cols: int = COLS) -> dict:
-    """The plan's vocabulary sums (float64) from one more read of the logits; `aux` holds pivots/thresholds."""
+    """The plan's vocabulary sums (float64) from one more read of the logits.
+
+    `norm` = (max_s, logsum_s, max_t, logsum_t) from `lse_pass`; `aux` holds pivots and thresholds.
+    """
     n, v = student.shape
     n_cfg = len(teachers)
     dev = student.device
+    m_s, ls_s, m_t, ls_t = norm
     out: dict = {}
 
     def acc(key, shape_cfg: bool, rs, c, value):
@@ -60,65 +83,82 @@ def stream_pass(student, teachers, lse_s, lse_t, plan: StreamPlan, aux: dict, to
 
     for key in PROXY_KEYS:
         out[key] = torch.zeros(n_cfg, n, dtype=torch.float64, device=dev)
-    ln2 = math.log(2.0)
+    f64 = torch.float64
+    z_a, zt_a, piv, piv_ok = aux["z_a"], aux["zt_a"], aux["piv"], aux["piv_ok"]
     for rs, cs in _blocks(n, v, rows, cols):
         z = student[rs, cs].float()
-        logp = (z - lse_s[rs, None]).clamp_min_(LOG_FLOOR)
+        logp = ((z - m_s[rs, None]) - ls_s[rs, None]).clamp_min_(LOG_FLOOR)
         p = logp.exp()
         pp = p * p
-        acc("ent_s", False, rs, None, -(p * logp).sum(-1, dtype=torch.float64))
+        acc("ent_s", False, rs, None, -(p * logp).sum(-1, dtype=f64))
+        dz = z - z_a[rs, None]
+        not_top = (torch.arange(cs.start, cs.stop, device=dev)[None, :] != aux["arg"][rs, None]).float()
+        if plan.clips:
+            acc("spp_xtop", False, rs, None, (pp * not_top).sum(-1, dtype=f64))
         for k in plan.thr_s:
-            keep = z <= aux[("tau_s", k)][rs, None]
-            acc(("thr_s", k), False, rs, None, torch.where(keep, pp, 0.0).sum(-1, dtype=torch.float64))
+            tau = aux[("tau_s", k)][rs, None]
+            _threshold(acc, ("thr_s", k), False, rs, None, z < tau, z == tau, pp)
         for c, zt_all in enumerate(teachers):
             zt = zt_all[rs, cs].float()
-            logq = (zt - lse_t[c, rs, None]).clamp_min_(LOG_FLOOR)
+            logq = ((zt - m_t[c, rs, None]) - ls_t[c, rs, None]).clamp_min_(LOG_FLOOR)
             q = logq.exp()
-            l = logp - logq
-            f64 = torch.float64
-            acc("kl_pq", True, rs, c, (p * l).sum(-1, dtype=f64))
-            acc("kl_qp", True, rs, c, -(q * l).sum(-1, dtype=f64))
+            pv = piv[c, rs, None]
+            # r = l - l_a; away from the floors the normalisers cancel and r is exact to a few ulps
+            ok = (logp > LOG_FLOOR) & (logq > LOG_FLOOR) & piv_ok[c, rs, None]
+            r = torch.where(ok, dz - (zt - zt_a[c, rs, None]), (logp - logq) - pv)
+            lv = pv + r
+            acc("kl_r", True, rs, c, (p * r).sum(-1, dtype=f64))
+            acc("kl_qp", True, rs, c, -(q * lv).sum(-1, dtype=f64))
             acc("ent_t", True, rs, c, -(q * logq).sum(-1, dtype=f64))
             diff = q - p
             acc("tv", True, rs, c, diff.abs().sum(-1, dtype=f64))
             acc("spq", True, rs, c, (p * q).sum(-1, dtype=f64))
             acc("sqq", True, rs, c, (q * q).sum(-1, dtype=f64))
-            logm = torch.logaddexp(logp, logq) - ln2
-            acc("js", True, rs, c, 0.5 * (p * (logp - logm) + q * (logq - logm)).sum(-1, dtype=f64))
+            js = p * log_mix_ratio(lv, 0.5) + q * log_mix_ratio(-lv, 0.5)
+            acc("js", True, rs, c, 0.5 * js.sum(-1, dtype=f64))
             if plan.rkl:
-                r = l - aux["piv_rkl"][c, rs, None]
                 ppr = pp * r
                 acc("r1", True, rs, c, ppr.sum(-1, dtype=f64))
                 acc("r2", True, rs, c, (ppr * r).sum(-1, dtype=f64))
             if plan.fkl:
                 acc("fkl_dd", True, rs, c, (diff * diff).sum(-1, dtype=f64))
             for beta in plan.jsd:
-                lm = logp - torch.logaddexp(logq + math.log(beta), logp + math.log(1.0 - beta))
-                acc(("jsd", beta, "klm"), True, rs, c, (p * lm).sum(-1, dtype=f64))
-                r = lm - aux[("piv_jsd", beta)][c, rs, None]
-                ppr = pp * r
+                rm = log_mix_ratio(lv, beta) - log_mix_ratio(pv, beta)
+                ppr = pp * rm
+                acc(("jsd", beta, "klm"), True, rs, c, (p * rm).sum(-1, dtype=f64))
                 acc(("jsd", beta, "r1"), True, rs, c, ppr.sum(-1, dtype=f64))
-                acc(("jsd", beta, "r2"), True, rs, c, (ppr * r).sum(-1, dtype=f64))
+                acc(("jsd", beta, "r2"), True, rs, c, (ppr * rm).sum(-1, dtype=f64))
             if plan.clips:
                 term = torch.where(q > 0, q * (logq - logp), 0.0)
-            for clip in plan.clips:
+            for clip in plan.clips:  # sums over v != top (the argmax term is added exactly in the finish)
                 kept = term < clip
-                acc(("clip", clip, "notU"), True, rs, c, torch.where(kept, 0.0, q).sum(-1, dtype=f64))
-                e = torch.where(kept, q, 0.0) - p
-                acc(("clip", clip, "dd"), True, rs, c, (e * e).sum(-1, dtype=f64))
-                acc(("clip", clip, "pd"), True, rs, c, (p * e).sum(-1, dtype=f64))
+                qu = torch.where(kept, q, 0.0)
+                e = (qu - p) * not_top
+                qx = qu * not_top
+                for name, val in (("notU", q - qu), ("dd", e * e), ("pd", p * e), ("sU", qx), ("quu", qx * qx),
+                                  ("pqu", p * qx)):
+                    acc(("clip", clip, name), True, rs, c, val.sum(-1, dtype=f64))
             for k in plan.thr_t:
-                keep = zt <= aux[("tau_t", k)][c, rs, None]
-                acc(("thr_t", k), True, rs, c, torch.where(keep, pp, 0.0).sum(-1, dtype=f64))
+                tau = aux[("tau_t", k)][c, rs, None]
+                _threshold(acc, ("thr_t", k), True, rs, c, zt < tau, zt == tau, pp)
             for k in plan.thr_u:
-                keep = (z <= aux[("tau_s", k)][rs, None]) & (zt <= aux[("tau_t", k)][c, rs, None])
-                acc(("thr_u", k), True, rs, c, torch.where(keep, pp, 0.0).sum(-1, dtype=f64))
+                tau_s, tau_t = aux[("tau_s", k)][rs, None], aux[("tau_t", k)][c, rs, None]
+                le = (z <= tau_s) & (zt <= tau_t)
+                lt = (z < tau_s) & (zt < tau_t)
+                _threshold(acc, ("thr_u", k), True, rs, c, lt, le & ~lt, pp)
         if tokens is not None:  # exclude the sampled token, so that 1 - p_a and its norm keep their precision
             local = tokens[rs] - cs.start
             hit = (local >= 0) & (local < z.shape[1])
             rows_hit = torch.nonzero(hit, as_tuple=True)[0]
             p[rows_hit, local[rows_hit]] = 0.0
             pp[rows_hit, local[rows_hit]] = 0.0
-        acc("spp_x", False, rs, None, pp.sum(-1, dtype=torch.float64))
-        acc("sp_x", False, rs, None, p.sum(-1, dtype=torch.float64))
+        acc("spp_x", False, rs, None, pp.sum(-1, dtype=f64))
+        acc("sp_x", False, rs, None, p.sum(-1, dtype=f64))
     return out
+
+
+def _threshold(acc, key, cfg, rs, c, strict, tie, pp):
+    """Sums of p^2 below a top-k threshold and on it, and the number of ties (see plan.py)."""
+    acc(key + ("lt",), cfg, rs, c, torch.where(strict, pp, 0.0).sum(-1, dtype=torch.float64))
+    acc(key + ("eq",), cfg, rs, c, torch.where(tie, pp, 0.0).sum(-1, dtype=torch.float64))
+    acc(key + ("cnt",), cfg, rs, c, tie.sum(-1, dtype=torch.float64))

@@ -128,26 +128,25 @@ def node_stats(
             if name != "rkl_topk":
                 plan.add({"student": "thr_s", "teacher": "thr_t", "union": "thr_u"}[support], k)
 
-    lse_s, lse_t, arg = be.lse_pass(student_logits, teachers)
-    # Pivots: the log-ratio at the student's argmax.
-    z_top = student_logits.gather(1, arg[:, None]).float()[:, 0]
-    zt_top = torch.stack([zt.gather(1, arg[:, None]).float()[:, 0] for zt in teachers])
-    lp_top, lq_top = _floor(z_top - lse_s), _floor(zt_top - lse_t)
-    aux: dict = {"piv_rkl": lp_top - lq_top}
-    for beta in plan.jsd:
-        aux[("piv_jsd", beta)] = lp_top - torch.logaddexp(lq_top + math.log(beta), lp_top + math.log(1 - beta))
-    topk_s = topk_t = None
-    if s_k:
-        topk_s = _topk(student_logits, max(s_k))
-        for k in s_k:
-            aux[("tau_s", k)] = topk_s[0][:, k - 1].contiguous()
-    if t_k:
-        topk_t = [_topk(zt, max(t_k)) for zt in teachers]
-        for k in t_k:
-            aux[("tau_t", k)] = torch.stack([tv[:, k - 1] for tv, _ in topk_t]).contiguous()
-    sums = be.stream_pass(student_logits, teachers, lse_s, lse_t, plan, aux, tokens)
+    m_s, ls_s, m_t, ls_t, arg = be.lse_pass(student_logits, teachers)
+    norm = (m_s, ls_s, m_t, ls_t)
+    # Pivot: the log-ratio l_top at the student's argmax; the stream sums r = l - l_top (see plan.py).
+    z_a = student_logits.gather(1, arg[:, None]).float()[:, 0]
+    zt_a = torch.stack([zt.gather(1, arg[:, None]).float()[:, 0] for zt in teachers])
+    lp_a, lq_a = _floor((z_a.double() - m_s.double()) - ls_s.double()), _floor(
+        (zt_a.double() - m_t.double()) - ls_t.double())
+    piv_ok = (lp_a > LOG_FLOOR) & (lq_a > LOG_FLOOR)
+    piv64 = torch.where(piv_ok, lp_a - lq_a, 0.0)  # no pivot where a floor is hit at the argmax
+    aux: dict = {"z_a": z_a, "zt_a": zt_a, "piv": piv64.float(), "piv_ok": piv_ok, "arg": arg}
+    topk_s = {k: _topk(student_logits, k) for k in sorted(s_k)}  # per k: ties are broken as torch.topk(k)
+    topk_t = {k: [_topk(zt, k) for zt in teachers] for k in sorted(t_k)}
+    for k, (vals, _) in topk_s.items():
+        aux[("tau_s", k)] = vals[:, k - 1].contiguous()
+    for k, per_cfg in topk_t.items():
+        aux[("tau_t", k)] = torch.stack([vals[:, k - 1] for vals, _ in per_cfg]).contiguous()
+    sums = be.stream_pass(student_logits, teachers, norm, plan, aux, tokens)
 
-    ctx = _Context(student_logits, teachers, lse_s, lse_t, cand_ids, g_cand, tokens, sums, aux, topk_s, topk_t)
+    ctx = _Context(student_logits, teachers, norm, cand_ids, g_cand, tokens, sums, aux, topk_s, topk_t, piv64)
     dot = torch.zeros(n_cfg, len(objectives), n, dtype=torch.float64, device=dev)
     d_sq, d_sup = torch.zeros_like(dot), torch.zeros_like(dot)
     fallback = []
@@ -167,8 +166,8 @@ def node_stats(
     spp = ctx.s_pp
     return NodeStats(
         labels=[o.label for o in objectives],
-        lse_student=lse_s,
-        lse_teacher=lse_t,
+        lse_student=m_s + ls_s,
+        lse_teacher=m_t + ls_t,
         g_sq=g_sq,
         dot=dot,
         d_sq=d_sq,
@@ -176,7 +175,7 @@ def node_stats(
         cos_full=cos_f,
         cos_support=cos_s,
         degenerate=deg_f | deg_s,
-        kl_pq=sums["kl_pq"].float(),
+        kl_pq=(piv64 + sums["kl_r"]).float(),
         kl_qp=sums["kl_qp"].float(),
         js=sums["js"].float(),
         tv=(0.5 * sums["tv"]).float(),
@@ -202,9 +201,13 @@ def _fill_fallback(dot, d_sq, d_sup, idx, objectives, student, teachers, cand_id
 class _Context:
     """Gathered values at the candidates, the sampled token and the top-k sets, plus the stream sums."""
 
-    def __init__(self, student, teachers, lse_s, lse_t, cand_ids, g_cand, tokens, sums, aux, topk_s, topk_t):
+    def __init__(self, student, teachers, norm, cand_ids, g_cand, tokens, sums, aux, topk_s, topk_t, piv):
         self.student, self.teachers, self.sums, self.aux = student, teachers, sums, aux
-        self.lse_s, self.lse_t = lse_s.double(), lse_t.double()
+        self.piv = piv  # float64 pivot l_top [C, N]
+        self.m_s, self.ls_s, self.m_t, self.ls_t = (x.double() for x in norm)
+        self.arg = aux["arg"]
+        self.zt_a = aux["zt_a"].double()
+        self.lp_top = _floor((aux["z_a"].double() - self.m_s) - self.ls_s)
         self.topk_s, self.topk_t = topk_s, topk_t
         ids, valid, g = _dedup(cand_ids.to(student.device), g_cand.to(student.device).float())
         self.ids, self.valid = ids, valid
@@ -229,8 +232,8 @@ class _Context:
         """float64 floored log p and log q at ids [N, K] (log q: [C, N, K]); values are float32-exact."""
         z = self.student.gather(1, ids).double()
         zt = torch.stack([t.gather(1, ids) for t in self.teachers]).double()
-        logp = _floor(z - self.lse_s[:, None])
-        logq = _floor(zt - self.lse_t[:, :, None])
+        logp = _floor((z - self.m_s[:, None]) - self.ls_s[:, None])
+        logq = _floor((zt - self.m_t[..., None]) - self.ls_t[..., None])
         return logp, logq
 
     def candidate_terms(self, d_cand):
@@ -257,46 +260,62 @@ class _Context:
                               "teacher" if name == "fkl_topk" else prm["support"])
         return getattr(self, "_" + name)(*([float(prm["clip"])] if name == "fkl_clipped" else []))
 
-    def _pivoted(self, kl, piv, r1, r2):
-        delta = kl - piv
+    def _pivoted(self, delta, r1, r2):
+        """sum p^2 (r - delta)^2 from the streamed sum p^2 r, sum p^2 r^2 and sum p^2."""
         return r2 - 2 * delta * r1 + delta * delta * self.s_pp
 
     def _rkl(self):
         s = self.sums
-        kl = s["kl_pq"]
-        d_sq = self._pivoted(kl, self.aux["piv_rkl"].double(), s["r1"], s["r2"])
-        l_c = self.logp_c - self.logq_c
-        return d_sq, -self.p_c * (l_c - kl[..., None])
+        delta = s["kl_r"]  # KL - l_top
+        r_c = (self.logp_c - self.logq_c) - self.piv[..., None]
+        return self._pivoted(delta, s["r1"], s["r2"]), -self.p_c * (r_c - delta[..., None])
 
     def _fkl(self):
         return self.sums["fkl_dd"], self.q_c - self.p_c
 
     def _jsd(self, beta):
         s = self.sums
-        klm = s[("jsd", beta, "klm")]
-        d_sq = self._pivoted(klm, self.aux[("piv_jsd", beta)].double(), s[("jsd", beta, "r1")], s[("jsd", beta, "r2")])
-        lm = self.logp_c - torch.logaddexp(self.logq_c + math.log(beta), self.logp_c + math.log(1 - beta))
-        return (1 - beta) ** 2 * d_sq, -(1 - beta) * self.p_c * (lm - klm[..., None])
+        delta = s[("jsd", beta, "klm")]  # KL(p||m) - log(p/m)_top
+        d_sq = self._pivoted(delta, s[("jsd", beta, "r1")], s[("jsd", beta, "r2")])
+        rm = chunked.log_mix_ratio(self.logp_c - self.logq_c, beta) - chunked.log_mix_ratio(self.piv, beta)[..., None]
+        return (1 - beta) ** 2 * d_sq, -(1 - beta) * self.p_c * (rm - delta[..., None])
 
     def _fkl_clipped(self, clip):
+        """d = qU - s p, s = sum qU. The argmax term is exact; the rest of |d|^2 is expanded around s = 1
+        (little clipped) or s = 0 (most clipped), with sums over v != argmax from the stream."""
         s = self.sums
-        sigma = -s[("clip", clip, "notU")]  # sum qU - 1
-        d_sq = s[("clip", clip, "dd")] - 2 * sigma * s[("clip", clip, "pd")] + sigma * sigma * self.s_pp
+        key = ("clip", clip)
         q = self.q_c
-        term = torch.where(q > 0, q * (self.logq_c - self.logp_c), 0.0)
-        q_u = torch.where(term < clip, q, 0.0)
-        return d_sq, q_u - self.p_c * (1 + sigma)[..., None]
+        q_u = torch.where(torch.where(q > 0, q * (self.logq_c - self.logp_c), 0.0) < clip, q, 0.0)
+        lq_top = _floor((self.zt_a - self.m_t) - self.ls_t)
+        q_top = lq_top.exp()
+        qu_top = torch.where(torch.where(q_top > 0, q_top * (lq_top - self.lp_top), 0.0) < clip, q_top, 0.0)
+        su_x = s[key + ("sU",)]
+        s_u = su_x + qu_top
+        sigma = -s[key + ("notU",)]  # s - 1 without cancellation
+        p_top = self.lp_top.exp()
+        mostly_kept = s_u >= 0.5
+        d_top = torch.where(mostly_kept, (qu_top - p_top) - p_top * sigma,
+                            qu_top * (-torch.expm1(self.lp_top)) - p_top * su_x)  # qU_a (1 - p_a) - p_a sum'
+        pp_x = s["spp_xtop"]
+        near_one = s[key + ("dd",)] - 2 * sigma * s[key + ("pd",)] + sigma * sigma * pp_x
+        near_zero = s[key + ("quu",)] - 2 * s_u * s[key + ("pqu",)] + s_u * s_u * pp_x
+        d_sq = d_top * d_top + torch.where(mostly_kept, near_one, near_zero).clamp_min(0.0)
+        d_c = torch.where(mostly_kept[..., None], (q_u - self.p_c) - self.p_c * sigma[..., None],
+                          q_u - self.p_c * s_u[..., None])
+        is_top = self.ids == self.arg[:, None]
+        return d_sq, torch.where(is_top, d_top[..., None], d_c)
 
     def _sampled(self, name, advantages):
         l_a = self.logp_a - self.logq_a  # [C, N]
         if name == "rkl_sampled":
             adv = -l_a
         elif name == "rkl_baselined":
-            adv = -(l_a - self.sums["kl_pq"])
+            adv = -((l_a - self.piv) - self.sums["kl_r"])
         elif name == "k1_loss":
             adv = -torch.ones_like(l_a)
         elif name == "k3_loss":
-            adv = torch.exp((self.logq_a - self.logp_a).float()).double() - 1.0
+            adv = torch.expm1(self.logq_a - self.logp_a)
         else:
             adv = torch.as_tensor(advantages, device=l_a.device).double().expand_as(l_a)
         d_sq = adv * adv * self.e_sq
@@ -305,12 +324,12 @@ class _Context:
     def _topk(self, name, k, support):
         n_cfg = len(self.teachers)
         if support == "student":
-            s_ids = self.topk_s[1][:, :k].expand(n_cfg, -1, -1)
+            s_ids = self.topk_s[k][1].expand(n_cfg, -1, -1)
         elif support == "teacher":
-            s_ids = torch.stack([ids[:, :k] for _, ids in self.topk_t])
+            s_ids = torch.stack([ids for _, ids in self.topk_t[k]])
         else:
-            s_ids = torch.cat([self.topk_s[1][:, :k].expand(n_cfg, -1, -1),
-                               torch.stack([ids[:, :k] for _, ids in self.topk_t])], -1)
+            s_ids = torch.cat([self.topk_s[k][1].expand(n_cfg, -1, -1),
+                               torch.stack([ids for _, ids in self.topk_t[k]])], -1)
         s_ids, s_valid = _dedup(s_ids)
         zs = torch.stack([self.student.gather(1, s_ids[c]) for c in range(n_cfg)]).double()
         zts = torch.stack([t.gather(1, s_ids[c]) for c, t in enumerate(self.teachers)]).double()
@@ -328,17 +347,24 @@ class _Context:
             kl = (p * l).sum(-1, keepdim=True)
             d_s = -p * (l - kl)
             return (d_s * d_s).sum(-1), on_cand(d_s)
-        logp = _floor(zs - self.lse_s[:, None])
+        logp = _floor((zs - self.m_s[:, None]) - self.ls_s[:, None])
         p = torch.where(s_valid, logp.exp(), 0.0)
-        # sum over v not in S of p^2: the streamed sum over a threshold set minus its (tied) members in S
+        # sum over v not in S of p^2 = streamed sum strictly below the threshold(s) + ties outside S
         if support == "student":
-            cond, streamed = zs <= self.aux[("tau_s", k)][:, None], self.sums[("thr_s", k)]
+            tau = self.aux[("tau_s", k)][:, None]
+            tie, fam = zs == tau, ("thr_s", k)
         elif support == "teacher":
-            cond, streamed = zts <= self.aux[("tau_t", k)][..., None], self.sums[("thr_t", k)]
+            tau = self.aux[("tau_t", k)][..., None]
+            tie, fam = zts == tau, ("thr_t", k)
         else:
-            cond = (zs <= self.aux[("tau_s", k)][:, None]) & (zts <= self.aux[("tau_t", k)][..., None])
-            streamed = self.sums[("thr_u", k)]
-        off_pp = streamed - torch.where(cond, p * p, 0.0).sum(-1)
+            tau_s, tau_t = self.aux[("tau_s", k)][:, None], self.aux[("tau_t", k)][..., None]
+            tie = ((zs <= tau_s) & (zts <= tau_t)) & ~((zs < tau_s) & (zts < tau_t))
+            fam = ("thr_u", k)
+        tie = tie & s_valid
+        lt, eq, cnt = (self.sums[fam + (x,)] for x in ("lt", "eq", "cnt"))
+        tied_in_s = tie.sum(-1).double()
+        outside = torch.where(cnt > tied_in_s, eq - torch.where(tie, p * p, 0.0).sum(-1), 0.0)
+        off_pp = lt + outside.clamp_min(0.0)
         if name == "fkl_topk":
             qt = torch.where(s_valid, _floor(torch.log_softmax(zts.masked_fill(~s_valid, float("-inf")), -1)).exp(),
                              0.0)
@@ -346,7 +372,7 @@ class _Context:
             d_cand = torch.where(in_s, on_cand(d_s), -self.p_c)
             return (d_s * d_s).sum(-1) + off_pp, d_cand
         # rkl_topk_unnorm with full-vocabulary p and q
-        logq = _floor(zts - self.lse_t[..., None])
+        logq = _floor((zts - self.m_t[..., None]) - self.ls_t[..., None])
         l = logp - logq
         inner = (p * (l + 1.0)).sum(-1, keepdim=True)
         d_s = torch.where(s_valid, -p * (l + 1.0 - inner), 0.0)
