@@ -25,14 +25,15 @@ def _blocks(n: int, v: int, rows: int, cols: int):
 def lse_pass(student, teachers, rows: int = ROWS, cols: int = COLS):
     """Row maxima and log-sums (log-normaliser = max + logsum), and the student's argmax, in one read.
 
-    Returns (max_s [N], logsum_s [N], max_t [C, N], logsum_t [C, N], argmax_s [N]). Keeping the pair apart
-    lets log p = (z - max) - logsum keep full precision on peaked rows, where max + logsum would round.
+    Returns (max_s [N], logsum_s [N], max_t [C, N], logsum_t [C, N], argmax_s [N]); logsums are float64.
+    Keeping the pair apart lets log p = (z - max) - logsum keep full precision on peaked rows, where
+    max + logsum would round.
     """
     n, v = student.shape
     dev = student.device
     n_cfg = len(teachers)
     m = torch.full((1 + n_cfg, n), float("-inf"), device=dev)
-    rest = torch.zeros(1 + n_cfg, n, device=dev)  # sum of exp(x - max) over all entries but the max itself
+    rest = torch.zeros(1 + n_cfg, n, dtype=torch.float64, device=dev)  # sum of exp(x - max) but the max's own
     arg = torch.zeros(n, dtype=torch.long, device=dev)
     for rs, cs in _blocks(n, v, rows, cols):
         for c, x in enumerate([student] + list(teachers)):
@@ -47,7 +48,8 @@ def lse_pass(student, teachers, rows: int = ROWS, cols: int = COLS):
             hit = torch.nonzero(new, as_tuple=True)[0]
             e[hit, idx[hit]] = 0.0  # the new maximum's own term (= 1) is carried by the "+ 1" below
             old = rest[c, rs]
-            rest[c, rs] = torch.where(new, torch.exp(m[c, rs] - safe) * (old + 1.0), old) + e.sum(-1)
+            scale = torch.exp(m[c, rs] - safe).double()
+            rest[c, rs] = torch.where(new, scale * (old + 1.0), old) + e.sum(-1, dtype=torch.float64)
             m[c, rs] = m_new
     ls = torch.log1p(rest)
     return m[0], ls[0], m[1:], ls[1:], arg
@@ -70,7 +72,8 @@ def stream_pass(student, teachers, norm, plan: StreamPlan, aux: dict, tokens=Non
     n, v = student.shape
     n_cfg = len(teachers)
     dev = student.device
-    m_s, ls_s, m_t, ls_t = norm
+    m_s, m_t = norm[0], norm[2]
+    ls_s, ls_t = norm[1].float(), norm[3].float()
     out: dict = {}
 
     def acc(key, shape_cfg: bool, rs, c, value):
@@ -110,7 +113,7 @@ def stream_pass(student, teachers, norm, plan: StreamPlan, aux: dict, tokens=Non
             acc("kl_r", True, rs, c, (p * r).sum(-1, dtype=f64))
             acc("kl_qp", True, rs, c, -(q * lv).sum(-1, dtype=f64))
             acc("ent_t", True, rs, c, -(q * logq).sum(-1, dtype=f64))
-            diff = q - p
+            diff = (q - p) * not_top  # the argmax term is added exactly in the finish
             acc("tv", True, rs, c, diff.abs().sum(-1, dtype=f64))
             acc("spq", True, rs, c, (p * q).sum(-1, dtype=f64))
             acc("sqq", True, rs, c, (q * q).sum(-1, dtype=f64))

@@ -166,8 +166,8 @@ def node_stats(
     spp = ctx.s_pp
     return NodeStats(
         labels=[o.label for o in objectives],
-        lse_student=m_s + ls_s,
-        lse_teacher=m_t + ls_t,
+        lse_student=(m_s + ls_s).float(),
+        lse_teacher=(m_t + ls_t).float(),
         g_sq=g_sq,
         dot=dot,
         d_sq=d_sq,
@@ -178,7 +178,7 @@ def node_stats(
         kl_pq=(piv64 + sums["kl_r"]).float(),
         kl_qp=sums["kl_qp"].float(),
         js=sums["js"].float(),
-        tv=(0.5 * sums["tv"]).float(),
+        tv=(0.5 * (sums["tv"] + ctx.diff_top.abs())).float(),
         cos_pq=safe_cosine(sums["spq"].float(), spp.float().expand(n_cfg, n), sums["sqq"].float())[0],
         entropy_student=sums["ent_s"].float(),
         entropy_teacher=sums["ent_t"].float(),
@@ -208,6 +208,8 @@ class _Context:
         self.arg = aux["arg"]
         self.zt_a = aux["zt_a"].double()
         self.lp_top = _floor((aux["z_a"].double() - self.m_s) - self.ls_s)
+        lq_top = _floor((self.zt_a - self.m_t) - self.ls_t)
+        self.diff_top = lq_top.exp() - self.lp_top.exp()  # q - p at the student's argmax, in float64
         self.topk_s, self.topk_t = topk_s, topk_t
         ids, valid, g = _dedup(cand_ids.to(student.device), g_cand.to(student.device).float())
         self.ids, self.valid = ids, valid
@@ -271,7 +273,7 @@ class _Context:
         return self._pivoted(delta, s["r1"], s["r2"]), -self.p_c * (r_c - delta[..., None])
 
     def _fkl(self):
-        return self.sums["fkl_dd"], self.q_c - self.p_c
+        return self.sums["fkl_dd"] + self.diff_top**2, self.q_c - self.p_c
 
     def _jsd(self, beta):
         s = self.sums

@@ -7,8 +7,8 @@ Row keys: "spp_x" = sum_{v != a} p^2 and "sp_x" = sum_{v != a} p (a = sampled to
 no tokens), "ent_s" = -sum p log p, "spp_xtop" = sum_{v != top} p^2 (only with clips).
 Config keys, with l = log p - log q and r = l - l_top (top = the student's argmax "arg"; aux gives l_top as "piv", 0 where a floor is hit there):
 "kl_r" = sum p r (KL(p||q) = l_top + kl_r), "kl_qp" = -sum q (l_top + r), "ent_t", "tv"
-= sum |q - p|, "spq" = sum p q, "sqq" = sum q^2, "js"; "r1"/"r2" = sum p^2 r, sum p^2 r^2 (rkl);
-"fkl_dd" = sum (q - p)^2; ("jsd", beta, "klm"|"r1"|"r2") likewise with r replaced by
+= sum_{v != top} |q - p|, "spq" = sum p q, "sqq" = sum q^2, "js"; "r1"/"r2" = sum p^2 r, sum p^2 r^2 (rkl);
+"fkl_dd" = sum_{v != top} (q - p)^2; ("jsd", beta, "klm"|"r1"|"r2") likewise with r replaced by
 log(p/m) - log(p/m)_top; ("clip", c, X) for X in notU = sum q over clipped entries, and over v != top only:
 dd = sum (qU - p)^2, pd = sum p (qU - p), sU = sum qU, quu = sum qU^2, pqu = sum p qU.
 Top-k thresholds tau (the k-th largest logit): (fam, k, "lt"|"eq"|"cnt") = sum p^2 strictly below tau, sum
