@@ -16,13 +16,14 @@ ROWS = 128
 COLS = 8192
 
 
-def _blocks(n: int, v: int, rows: int, cols: int):
+def _blocks(n: int, v: int, rows: int | None, cols: int | None):
+    rows, cols = rows or ROWS, cols or COLS
     for r0 in range(0, n, rows):
         for c0 in range(0, v, cols):
             yield slice(r0, min(r0 + rows, n)), slice(c0, min(c0 + cols, v))
 
 
-def lse_pass(student, teachers, rows: int = ROWS, cols: int = COLS):
+def lse_pass(student, teachers, rows: int | None = None, cols: int | None = None):
     """Row maxima and log-sums (log-normaliser = max + logsum), and the student's argmax, in one read.
 
     Returns (max_s [N], logsum_s [N], max_t [C, N], logsum_t [C, N], argmax_s [N]); logsums are float64.
@@ -64,7 +65,7 @@ def log_mix_ratio(l, beta: float):
 
 
 def stream_pass(student, teachers, norm, plan: StreamPlan, aux: dict, tokens=None,
-                rows: int = ROWS, cols: int = COLS) -> dict:
+                rows: int | None = None, cols: int | None = None) -> dict:
     """The plan's vocabulary sums (float64) from one more read of the logits.
 
     `norm` = (max_s, logsum_s, max_t, logsum_t) from `lse_pass`; `aux` holds pivots and thresholds.

@@ -261,9 +261,10 @@ def _cpad(c: int) -> int:
     return triton.next_power_of_2(max(c, 1))
 
 
-def lse_pass(student, teachers, block: int = BLOCK):
+def lse_pass(student, teachers, block: int | None = None):
     """(max_s [N], logsum_s [N], max_t [C, N], logsum_t [C, N], argmax_s [N]) as chunked.lse_pass."""
     student = _rowmajor(student)
+    block = block or BLOCK
     n, v = student.shape
     dev = student.device
     f32 = torch.float32
@@ -279,9 +280,10 @@ def lse_pass(student, teachers, block: int = BLOCK):
     return m_s, torch.log1p(ls_s.double()), m_t, torch.log1p(ls_t.double()), arg.long()
 
 
-def stream_pass(student, teachers, norm, plan: StreamPlan, aux: dict, tokens=None, block: int = BLOCK):
+def stream_pass(student, teachers, norm, plan: StreamPlan, aux: dict, tokens=None, block: int | None = None):
     """The plan's vocabulary sums (see plan.py) as float64 tensors."""
     student = _rowmajor(student)
+    block = block or BLOCK
     n, v = student.shape
     n_cfg = len(teachers)
     dev = student.device

@@ -52,9 +52,9 @@ def make_case(kind: str, n: int = 8, vocab: int = 3000, n_cfg: int = 3, k_cand: 
     g[0, -1] = g[0, 0]
     g[ids < 0] = 0.0
     if kind == "neginf":
-        ids[1, 4] = vocab - 1  # a candidate the student can never emit
+        ids[-1, 4] = vocab - 1  # a candidate the student can never emit
     tokens = torch.multinomial(torch.softmax(z.float(), -1), 1, generator=gen)[:, 0]
-    tokens[1] = ids[1, 0]  # sampled token among the candidates
+    tokens[-1] = ids[-1, 0]  # sampled token among the candidates
     advantages = torch.randn(n, generator=gen)
     return z, zt, ids, g, tokens, advantages
 
