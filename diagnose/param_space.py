@@ -80,9 +80,12 @@ def param_space_alignment(
     if directions.shape[0] != m_nodes or directions.shape[-1] != vocab or directions.dim() != 3:
         raise ValueError(f"directions must be [M={m_nodes}, D, V={vocab}], got {tuple(directions.shape)}")
     chosen = select_params(model, params)
-    chosen_ids = {id(t) for t in chosen.values()}  # tied aliases follow the chosen name (tie_weights=True)
-    others = {n: t.detach() for n, t in model.named_parameters(remove_duplicate=False)
-              if id(t) not in chosen_ids}
+    seen = {id(t) for t in chosen.values()}  # tied aliases follow the first name given (tie_weights=True)
+    others = {}
+    for n, t in model.named_parameters(remove_duplicate=False):
+        if id(t) not in seen:
+            others[n] = t.detach()
+            seen.add(id(t))
     others.update(dict(model.named_buffers()))
     primals = {n: t.detach() for n, t in chosen.items()}
     node_batch = torch.as_tensor(node_batch, device=input_ids.device).long()

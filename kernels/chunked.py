@@ -12,8 +12,9 @@ import torch
 
 from .plan import LOG_FLOOR, PROXY_KEYS, StreamPlan
 
-ROWS = 128
-COLS = 8192
+ROWS = 64
+COLS = 16384
+SUM_DTYPE = torch.float64  # per-block row sums, merged across blocks in float64
 
 
 def _blocks(n: int, v: int, rows: int | None, cols: int | None):
@@ -50,7 +51,7 @@ def lse_pass(student, teachers, rows: int | None = None, cols: int | None = None
             e[hit, idx[hit]] = 0.0  # the new maximum's own term (= 1) is carried by the "+ 1" below
             old = rest[c, rs]
             scale = torch.exp(m[c, rs] - safe).double()
-            rest[c, rs] = torch.where(new, scale * (old + 1.0), old) + e.sum(-1, dtype=torch.float64)
+            rest[c, rs] = torch.where(new, scale * (old + 1.0), old) + e.sum(-1, dtype=SUM_DTYPE)
             m[c, rs] = m_new
     ls = torch.log1p(rest)
     return m[0], ls[0], m[1:], ls[1:], arg
@@ -58,10 +59,12 @@ def lse_pass(student, teachers, rows: int | None = None, cols: int | None = None
 
 def log_mix_ratio(l, beta: float):
     """log(p / m), m = beta q + (1 - beta) p, from l = log p - log q, accurate also where l ~ 0."""
-    safe = l.clamp_min(-80.0)
-    near = -torch.log1p(beta * torch.expm1(-safe))
-    far = l - math.log(beta) - torch.log1p((1.0 - beta) / beta * torch.exp(l.clamp_max(0.0)))
-    return torch.where(l > -80.0, near, far)
+    near = -torch.log1p(beta * torch.expm1(-l.clamp_min(-80.0)))
+    low = l <= -80.0  # p << q: log(p/m) ~ l - log(beta)
+    if bool(low.any()):
+        far = l - math.log(beta) - torch.log1p((1.0 - beta) / beta * torch.exp(l.clamp_max(0.0)))
+        near = torch.where(low, far, near)
+    return near
 
 
 def stream_pass(student, teachers, norm, plan: StreamPlan, aux: dict, tokens=None,
@@ -94,11 +97,11 @@ def stream_pass(student, teachers, norm, plan: StreamPlan, aux: dict, tokens=Non
         logp = ((z - m_s[rs, None]) - ls_s[rs, None]).clamp_min_(LOG_FLOOR)
         p = logp.exp()
         pp = p * p
-        acc("ent_s", False, rs, None, -(p * logp).sum(-1, dtype=f64))
+        acc("ent_s", False, rs, None, -(p * logp).sum(-1, dtype=SUM_DTYPE))
         dz = z - z_a[rs, None]
         not_top = (torch.arange(cs.start, cs.stop, device=dev)[None, :] != aux["arg"][rs, None]).float()
         if plan.clips:
-            acc("spp_xtop", False, rs, None, (pp * not_top).sum(-1, dtype=f64))
+            acc("spp_xtop", False, rs, None, (pp * not_top).sum(-1, dtype=SUM_DTYPE))
         for k in plan.thr_s:
             tau = aux[("tau_s", k)][rs, None]
             _threshold(acc, ("thr_s", k), False, rs, None, z < tau, z == tau, pp)
@@ -111,27 +114,27 @@ def stream_pass(student, teachers, norm, plan: StreamPlan, aux: dict, tokens=Non
             ok = (logp > LOG_FLOOR) & (logq > LOG_FLOOR) & piv_ok[c, rs, None]
             r = torch.where(ok, dz - (zt - zt_a[c, rs, None]), (logp - logq) - pv)
             lv = pv + r
-            acc("kl_r", True, rs, c, (p * r).sum(-1, dtype=f64))
-            acc("kl_qp", True, rs, c, -(q * lv).sum(-1, dtype=f64))
-            acc("ent_t", True, rs, c, -(q * logq).sum(-1, dtype=f64))
+            acc("kl_r", True, rs, c, (p * r).sum(-1, dtype=SUM_DTYPE))
+            acc("kl_qp", True, rs, c, -(q * lv).sum(-1, dtype=SUM_DTYPE))
+            acc("ent_t", True, rs, c, -(q * logq).sum(-1, dtype=SUM_DTYPE))
             diff = (q - p) * not_top  # the argmax term is added exactly in the finish
-            acc("tv", True, rs, c, diff.abs().sum(-1, dtype=f64))
-            acc("spq", True, rs, c, (p * q).sum(-1, dtype=f64))
-            acc("sqq", True, rs, c, (q * q).sum(-1, dtype=f64))
-            js = p * log_mix_ratio(lv, 0.5) + q * log_mix_ratio(-lv, 0.5)
-            acc("js", True, rs, c, 0.5 * js.sum(-1, dtype=f64))
+            acc("tv", True, rs, c, diff.abs().sum(-1, dtype=SUM_DTYPE))
+            acc("spq", True, rs, c, (p * q).sum(-1, dtype=SUM_DTYPE))
+            acc("sqq", True, rs, c, (q * q).sum(-1, dtype=SUM_DTYPE))
+            lm_half = log_mix_ratio(lv, 0.5)  # log(p/m); log(q/m) = log(p/m) - l
+            acc("js", True, rs, c, 0.5 * (p * lm_half + q * (lm_half - lv)).sum(-1, dtype=SUM_DTYPE))
             if plan.rkl:
                 ppr = pp * r
-                acc("r1", True, rs, c, ppr.sum(-1, dtype=f64))
-                acc("r2", True, rs, c, (ppr * r).sum(-1, dtype=f64))
+                acc("r1", True, rs, c, ppr.sum(-1, dtype=SUM_DTYPE))
+                acc("r2", True, rs, c, (ppr * r).sum(-1, dtype=SUM_DTYPE))
             if plan.fkl:
-                acc("fkl_dd", True, rs, c, (diff * diff).sum(-1, dtype=f64))
+                acc("fkl_dd", True, rs, c, (diff * diff).sum(-1, dtype=SUM_DTYPE))
             for beta in plan.jsd:
-                rm = log_mix_ratio(lv, beta) - log_mix_ratio(pv, beta)
+                rm = (lm_half if beta == 0.5 else log_mix_ratio(lv, beta)) - log_mix_ratio(pv, beta)
                 ppr = pp * rm
-                acc(("jsd", beta, "klm"), True, rs, c, (p * rm).sum(-1, dtype=f64))
-                acc(("jsd", beta, "r1"), True, rs, c, ppr.sum(-1, dtype=f64))
-                acc(("jsd", beta, "r2"), True, rs, c, (ppr * rm).sum(-1, dtype=f64))
+                acc(("jsd", beta, "klm"), True, rs, c, (p * rm).sum(-1, dtype=SUM_DTYPE))
+                acc(("jsd", beta, "r1"), True, rs, c, ppr.sum(-1, dtype=SUM_DTYPE))
+                acc(("jsd", beta, "r2"), True, rs, c, (ppr * rm).sum(-1, dtype=SUM_DTYPE))
             if plan.clips:
                 term = torch.where(q > 0, q * (logq - logp), 0.0)
             for clip in plan.clips:  # sums over v != top (the argmax term is added exactly in the finish)
@@ -141,7 +144,7 @@ def stream_pass(student, teachers, norm, plan: StreamPlan, aux: dict, tokens=Non
                 qx = qu * not_top
                 for name, val in (("notU", q - qu), ("dd", e * e), ("pd", p * e), ("sU", qx), ("quu", qx * qx),
                                   ("pqu", p * qx)):
-                    acc(("clip", clip, name), True, rs, c, val.sum(-1, dtype=f64))
+                    acc(("clip", clip, name), True, rs, c, val.sum(-1, dtype=SUM_DTYPE))
             for k in plan.thr_t:
                 tau = aux[("tau_t", k)][c, rs, None]
                 _threshold(acc, ("thr_t", k), True, rs, c, zt < tau, zt == tau, pp)
@@ -156,13 +159,13 @@ def stream_pass(student, teachers, norm, plan: StreamPlan, aux: dict, tokens=Non
             rows_hit = torch.nonzero(hit, as_tuple=True)[0]
             p[rows_hit, local[rows_hit]] = 0.0
             pp[rows_hit, local[rows_hit]] = 0.0
-        acc("spp_x", False, rs, None, pp.sum(-1, dtype=f64))
-        acc("sp_x", False, rs, None, p.sum(-1, dtype=f64))
+        acc("spp_x", False, rs, None, pp.sum(-1, dtype=SUM_DTYPE))
+        acc("sp_x", False, rs, None, p.sum(-1, dtype=SUM_DTYPE))
     return out
 
 
 def _threshold(acc, key, cfg, rs, c, strict, tie, pp):
     """Sums of p^2 below a top-k threshold and on it, and the number of ties (see plan.py)."""
-    acc(key + ("lt",), cfg, rs, c, torch.where(strict, pp, 0.0).sum(-1, dtype=torch.float64))
-    acc(key + ("eq",), cfg, rs, c, torch.where(tie, pp, 0.0).sum(-1, dtype=torch.float64))
-    acc(key + ("cnt",), cfg, rs, c, tie.sum(-1, dtype=torch.float64))
+    acc(key + ("lt",), cfg, rs, c, torch.where(strict, pp, 0.0).sum(-1, dtype=SUM_DTYPE))
+    acc(key + ("eq",), cfg, rs, c, torch.where(tie, pp, 0.0).sum(-1, dtype=SUM_DTYPE))
+    acc(key + ("cnt",), cfg, rs, c, tie.sum(-1, dtype=SUM_DTYPE))

@@ -23,7 +23,7 @@ SAMPLED = ("rkl_sampled", "rkl_baselined", "k1_loss", "k3_loss", "grpo_ref")
 TOPK = ("rkl_topk", "rkl_topk_unnorm", "fkl_topk")
 FUSED = ("rkl", "fkl", "jsd", "fkl_clipped") + SAMPLED + TOPK
 FALLBACK_ROWS = 64
-TOPK_ROWS = 256
+TOPK_ROWS = 32
 
 
 def _floor(x):

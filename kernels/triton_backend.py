@@ -154,8 +154,8 @@ def _stream_kernel(s_ptr, t_ptr, s_rs, t_cs, t_rs, V, C, N,
             tv += tl.sum(tl.abs(q - p) * not_top, axis=1)
             spq += tl.sum(p * q, axis=1)
             sqq += tl.sum(q * q, axis=1)
-            jsv = p * _log_mix_ratio(lv, 0.5, 1.0) + q * _log_mix_ratio(-lv, 0.5, 1.0)
-            js += 0.5 * tl.sum(jsv, axis=1)
+            lm_half = _log_mix_ratio(lv, 0.5, 1.0)  # log(p/m); log(q/m) = log(p/m) - l
+            js += 0.5 * tl.sum(p * lm_half + q * (lm_half - lv), axis=1)
         if RKL:
             ppr = pp * r
             r1 += tl.sum(ppr, axis=1)
