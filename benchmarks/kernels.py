@@ -5,7 +5,8 @@
 
 Each path runs in its own subprocess, so peak memory is the process's peak resident set (ru_maxrss) on the
 CPU, or torch.cuda.max_memory_allocated on a GPU; "extra" memory is that peak minus what was resident once
-the inputs existed (memory_ratio compares extra memory, memory_ratio_total the whole peaks). Last line: a JSON object {"cpu": {...}, "gpu": {...} or null}.
+the inputs existed (memory_ratio compares extra memory, memory_ratio_total the whole peaks).
+Last line: a JSON object {"cpu": {...}, "gpu": {...} or null}.
 """
 
 from __future__ import annotations
@@ -20,9 +21,19 @@ import time
 
 SPECS = ("rkl", "fkl", "jsd", "rkl_sampled", "k3_loss", "rkl_topk:k=20")
 # Peak memory bandwidth (bytes/s) by device name, for the achieved-bandwidth fraction.
-PEAK_BW = {"H200": 4.8e12, "H100 SXM": 3.35e12, "H100 80GB HBM3": 3.35e12, "H100 PCIe": 2.0e12,
-           "H100": 3.35e12, "A100-SXM4-80GB": 2.04e12, "A100 80GB PCIe": 1.94e12, "A100": 1.56e12,
-           "L40S": 0.864e12, "A10G": 0.6e12, "L4": 0.3e12}
+PEAK_BW = {
+    "H200": 4.8e12,
+    "H100 SXM": 3.35e12,
+    "H100 80GB HBM3": 3.35e12,
+    "H100 PCIe": 2.0e12,
+    "H100": 3.35e12,
+    "A100-SXM4-80GB": 2.04e12,
+    "A100 80GB PCIe": 1.94e12,
+    "A100": 1.56e12,
+    "L40S": 0.864e12,
+    "A10G": 0.6e12,
+    "L4": 0.3e12,
+}
 
 
 def _rss_peak_bytes() -> int:
@@ -44,11 +55,13 @@ def make_inputs(n, vocab, n_cfg, k_cand, device, seed=0):
     for r0 in range(0, n, 64):
         rows = min(64, n - r0)
         z = torch.randn(rows, vocab, generator=gen) * 2.5
-        student[r0:r0 + rows] = z.to(device, torch.bfloat16)
+        student[r0 : r0 + rows] = z.to(device, torch.bfloat16)
         for c in range(n_cfg):
-            teacher[c, r0:r0 + rows] = (z + torch.randn(rows, vocab, generator=gen) * 1.5).to(device, torch.bfloat16)
+            teacher[c, r0 : r0 + rows] = (z + torch.randn(rows, vocab, generator=gen) * 1.5).to(
+                device, torch.bfloat16
+            )
         del z
-    top = torch.cat([student[r:r + 32].float().topk(4, dim=-1).indices for r in range(0, n, 32)])
+    top = torch.cat([student[r : r + 32].float().topk(4, dim=-1).indices for r in range(0, n, 32)])
     cand = torch.cat([top.cpu(), torch.randint(0, vocab, (n, k_cand - 4), generator=gen)], 1).to(device)
     g = (torch.randn(n, k_cand, generator=gen) * 0.1).to(device)
     tokens = top[:, 0].clone()
@@ -67,8 +80,14 @@ def worker(path: str, n: int, vocab: int, n_cfg: int, device: str) -> dict:
     kw = {} if path == "naive" else {"backend": "auto"}
     cuda = device == "cuda"
     if cuda:
-        fn(*(x[:8] if x.dim() == 2 else x[:, :8] for x in inputs[:2]), inputs[2][:8], inputs[3][:8], objs,
-           inputs[4][:8], **kw)  # compile / warm up
+        fn(
+            *(x[:8] if x.dim() == 2 else x[:, :8] for x in inputs[:2]),
+            inputs[2][:8],
+            inputs[3][:8],
+            objs,
+            inputs[4][:8],
+            **kw,
+        )  # compile / warm up
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
         base = torch.cuda.memory_allocated()
@@ -80,18 +99,40 @@ def worker(path: str, n: int, vocab: int, n_cfg: int, device: str) -> dict:
         torch.cuda.synchronize()
     elapsed = time.perf_counter() - t0
     peak = torch.cuda.max_memory_allocated() if cuda else _rss_peak_bytes()
-    return {"time_s": elapsed, "peak_bytes": peak, "extra_bytes": peak - base, "input_bytes": base,
-            "cos_rkl_mean": float(out.cos_full[:, 0].mean()), "device": device,
-            "threads": torch.get_num_threads(),
-            "name": torch.cuda.get_device_name() if cuda else "cpu"}
+    return {
+        "time_s": elapsed,
+        "peak_bytes": peak,
+        "extra_bytes": peak - base,
+        "input_bytes": base,
+        "cos_rkl_mean": float(out.cos_full[:, 0].mean()),
+        "device": device,
+        "threads": torch.get_num_threads(),
+        "name": torch.cuda.get_device_name() if cuda else "cpu",
+    }
 
 
 def run(path, n, vocab, n_cfg, device) -> dict:
-    cmd = [sys.executable, os.path.abspath(__file__), "--worker", path, "--n", str(n), "--vocab", str(vocab),
-           "--configs", str(n_cfg), "--device", device]
+    cmd = [
+        sys.executable,
+        os.path.abspath(__file__),
+        "--worker",
+        path,
+        "--n",
+        str(n),
+        "--vocab",
+        str(vocab),
+        "--configs",
+        str(n_cfg),
+        "--device",
+        device,
+    ]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:
-        return {"error": proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else f"exit {proc.returncode}"}
+        return {
+            "error": proc.stderr.strip().splitlines()[-1]
+            if proc.stderr.strip()
+            else f"exit {proc.returncode}"
+        }
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
@@ -130,7 +171,9 @@ def main() -> None:
     result["cpu"] = cpu
     result["gpu"] = None
     if torch.cuda.is_available():
-        gpu = compare(run("naive", n, vocab, args.configs, "cuda"), run("fused", n, vocab, args.configs, "cuda"))
+        gpu = compare(
+            run("naive", n, vocab, args.configs, "cuda"), run("fused", n, vocab, args.configs, "cuda")
+        )
         if "speed_ratio" in gpu:
             name = gpu["fused"]["name"]
             peak_bw = next((bw for key, bw in PEAK_BW.items() if key in name), None)

@@ -14,7 +14,6 @@ Optionally restricted to a parameter subset (names matched by regex, e.g. the la
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -43,7 +42,9 @@ def select_params(model: torch.nn.Module, include=None) -> dict[str, torch.Tenso
     elif isinstance(include, str):
         patterns = [re.compile(include)]
     else:
-        patterns = [re.compile(p if any(c in p for c in "^$\\|()[]*+?") else "^" + re.escape(p)) for p in include]
+        patterns = [
+            re.compile(p if any(c in p for c in "^$\\|()[]*+?") else "^" + re.escape(p)) for p in include
+        ]
     chosen, seen = {}, set()
     for name, prm in model.named_parameters(remove_duplicate=False):
         if not prm.requires_grad or id(prm) in seen:
@@ -72,7 +73,8 @@ def param_space_alignment(
     input_ids [B, T]; node m reads the logits at (node_batch[m], node_pos[m]) (the position whose output
     predicts the node's token). g [M, V] is g* (dense; see `densify`), directions [M, D, V] the d's.
     `params` selects the parameter subset (see `select_params`); `chunk` bounds how many pullbacks run
-    at once (whole nodes at a time; memory ~ chunk x the subset's size). Gradients are taken in float32 with the model in eval mode.
+    at once (whole nodes at a time; memory ~ chunk x the subset's size). Gradients are taken in float32
+    with the model in eval mode.
     """
     if input_ids.dim() == 1:
         input_ids = input_ids[None]
@@ -126,8 +128,14 @@ def param_space_alignment(
         model.train(was_training)
     g_sq, d_sq, dot = sq[:, 0], sq[:, 1:], dots[:, 1:]
     cos, degenerate = safe_cosine(dot, g_sq[:, None].expand_as(d_sq), d_sq)
-    return ParamAlignment(dot=dot.float(), g_sq=g_sq.float(), d_sq=d_sq.float(), cos=cos.float(),
-                          degenerate=degenerate, params=list(chosen))
+    return ParamAlignment(
+        dot=dot.float(),
+        g_sq=g_sq.float(),
+        d_sq=d_sq.float(),
+        cos=cos.float(),
+        degenerate=degenerate,
+        params=list(chosen),
+    )
 
 
 def densify(cand_ids: torch.Tensor, g_cand: torch.Tensor, vocab: int) -> torch.Tensor:

@@ -67,8 +67,16 @@ def log_mix_ratio(l, beta: float):
     return near
 
 
-def stream_pass(student, teachers, norm, plan: StreamPlan, aux: dict, tokens=None,
-                rows: int | None = None, cols: int | None = None) -> dict:
+def stream_pass(
+    student,
+    teachers,
+    norm,
+    plan: StreamPlan,
+    aux: dict,
+    tokens=None,
+    rows: int | None = None,
+    cols: int | None = None,
+) -> dict:
     """The plan's vocabulary sums (float64) from one more read of the logits.
 
     `norm` = (max_s, logsum_s, max_t, logsum_t) from `lse_pass`; `aux` holds pivots and thresholds.
@@ -90,7 +98,6 @@ def stream_pass(student, teachers, norm, plan: StreamPlan, aux: dict, tokens=Non
 
     for key in PROXY_KEYS:
         out[key] = torch.zeros(n_cfg, n, dtype=torch.float64, device=dev)
-    f64 = torch.float64
     z_a, zt_a, piv, piv_ok = aux["z_a"], aux["zt_a"], aux["piv"], aux["piv_ok"]
     for rs, cs in _blocks(n, v, rows, cols):
         z = student[rs, cs].float()
@@ -142,8 +149,14 @@ def stream_pass(student, teachers, norm, plan: StreamPlan, aux: dict, tokens=Non
                 qu = torch.where(kept, q, 0.0)
                 e = (qu - p) * not_top
                 qx = qu * not_top
-                for name, val in (("notU", q - qu), ("dd", e * e), ("pd", p * e), ("sU", qx), ("quu", qx * qx),
-                                  ("pqu", p * qx)):
+                for name, val in (
+                    ("notU", q - qu),
+                    ("dd", e * e),
+                    ("pd", p * e),
+                    ("sU", qx),
+                    ("quu", qx * qx),
+                    ("pqu", p * qx),
+                ):
                     acc(("clip", clip, name), True, rs, c, val.sum(-1, dtype=SUM_DTYPE))
             for k in plan.thr_t:
                 tau = aux[("tau_t", k)][c, rs, None]

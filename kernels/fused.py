@@ -8,8 +8,6 @@ expansion free of catastrophic cancellation when l is nearly constant on p's sup
 
 from __future__ import annotations
 
-import math
-
 import torch
 
 from diagnose.alignment import safe_cosine
@@ -42,7 +40,7 @@ def _topk(logits: torch.Tensor, k: int):
     """(values, ids) of each row's k largest logits, in row chunks (matches `logits.float().topk(k)`)."""
     vals, ids = [], []
     for r0 in range(0, logits.shape[0], TOPK_ROWS):
-        t = logits[r0:r0 + TOPK_ROWS].float().topk(k, dim=-1)
+        t = logits[r0 : r0 + TOPK_ROWS].float().topk(k, dim=-1)
         vals.append(t.values)
         ids.append(t.indices)
     return torch.cat(vals), torch.cat(ids)
@@ -84,14 +82,18 @@ def node_stats(
         if tuple(zt.shape) != (n, vocab):
             raise ValueError(f"teacher logits {tuple(zt.shape)} do not match student logits {(n, vocab)}")
     if cand_ids.shape != g_cand.shape or cand_ids.shape[0] != n:
-        raise ValueError(f"candidates {tuple(cand_ids.shape)} and g* {tuple(g_cand.shape)} must be [N={n}, K]")
+        raise ValueError(
+            f"candidates {tuple(cand_ids.shape)} and g* {tuple(g_cand.shape)} must be [N={n}, K]"
+        )
     if any(o.sampled for o in objectives) and tokens is None:
         raise ValueError("sampled-token objectives need tokens=[N]")
     if any(o.name == "grpo_ref" for o in objectives) and advantages is None:
         raise ValueError("grpo_ref needs advantages=[N]")
     backend = resolve_backend(backend, student_logits)
     if backend == "reference":
-        return node_stats_reference(student_logits, teacher_logits, cand_ids, g_cand, objectives, tokens, advantages)
+        return node_stats_reference(
+            student_logits, teacher_logits, cand_ids, g_cand, objectives, tokens, advantages
+        )
     if backend == "triton":
         from . import triton_backend as be
     else:
@@ -133,8 +135,10 @@ def node_stats(
     # Pivot: the log-ratio l_top at the student's argmax; the stream sums r = l - l_top (see plan.py).
     z_a = student_logits.gather(1, arg[:, None]).float()[:, 0]
     zt_a = torch.stack([zt.gather(1, arg[:, None]).float()[:, 0] for zt in teachers])
-    lp_a, lq_a = _floor((z_a.double() - m_s.double()) - ls_s.double()), _floor(
-        (zt_a.double() - m_t.double()) - ls_t.double())
+    lp_a, lq_a = (
+        _floor((z_a.double() - m_s.double()) - ls_s.double()),
+        _floor((zt_a.double() - m_t.double()) - ls_t.double()),
+    )
     piv_ok = (lp_a > LOG_FLOOR) & (lq_a > LOG_FLOOR)
     piv64 = torch.where(piv_ok, lp_a - lq_a, 0.0)  # no pivot where a floor is hit at the argmax
     aux: dict = {"z_a": z_a, "zt_a": zt_a, "piv": piv64.float(), "piv_ok": piv_ok, "arg": arg}
@@ -159,8 +163,19 @@ def node_stats(
     dot, d_sq, d_sup = dot.float(), d_sq.float(), d_sup.float()
     g_sq = ctx.g_sq.float()
     if fallback:
-        _fill_fallback(dot, d_sq, d_sup, fallback, objectives, student_logits, teachers, cand_ids, g_cand, tokens,
-                       advantages)
+        _fill_fallback(
+            dot,
+            d_sq,
+            d_sup,
+            fallback,
+            objectives,
+            student_logits,
+            teachers,
+            cand_ids,
+            g_cand,
+            tokens,
+            advantages,
+        )
     cos_f, deg_f = safe_cosine(dot, g_sq.expand_as(dot), d_sq)
     cos_s, deg_s = safe_cosine(dot, g_sq.expand_as(dot), d_sup)
     spp = ctx.s_pp
@@ -185,17 +200,28 @@ def node_stats(
     )
 
 
-def _fill_fallback(dot, d_sq, d_sup, idx, objectives, student, teachers, cand_ids, g_cand, tokens, advantages):
+def _fill_fallback(
+    dot, d_sq, d_sup, idx, objectives, student, teachers, cand_ids, g_cand, tokens, advantages
+):
     """Objectives unknown to the kernels: the reference on row chunks (memory O(FALLBACK_ROWS * V))."""
     objs = [objectives[i] for i in idx]
     for r0 in range(0, student.shape[0], FALLBACK_ROWS):
         rs = slice(r0, r0 + FALLBACK_ROWS)
         ref = node_stats_reference(
-            student[rs], [zt[rs] for zt in teachers], cand_ids[rs], g_cand[rs], objs,
-            None if tokens is None else tokens[rs], None if advantages is None else advantages[rs],
+            student[rs],
+            [zt[rs] for zt in teachers],
+            cand_ids[rs],
+            g_cand[rs],
+            objs,
+            None if tokens is None else tokens[rs],
+            None if advantages is None else advantages[rs],
         )
         for j, i in enumerate(idx):
-            dot[:, i, rs], d_sq[:, i, rs], d_sup[:, i, rs] = ref.dot[:, j], ref.d_sq[:, j], ref.d_sq_support[:, j]
+            dot[:, i, rs], d_sq[:, i, rs], d_sup[:, i, rs] = (
+                ref.dot[:, j],
+                ref.d_sq[:, j],
+                ref.d_sq_support[:, j],
+            )
 
 
 class _Context:
@@ -258,8 +284,11 @@ class _Context:
         if name in SAMPLED:
             return self._sampled(name, advantages)
         if name in TOPK:
-            return self._topk(name, min(int(prm["k"]), self.student.shape[1]),
-                              "teacher" if name == "fkl_topk" else prm["support"])
+            return self._topk(
+                name,
+                min(int(prm["k"]), self.student.shape[1]),
+                "teacher" if name == "fkl_topk" else prm["support"],
+            )
         return getattr(self, "_" + name)(*([float(prm["clip"])] if name == "fkl_clipped" else []))
 
     def _pivoted(self, delta, r1, r2):
@@ -279,7 +308,10 @@ class _Context:
         s = self.sums
         delta = s[("jsd", beta, "klm")]  # KL(p||m) - log(p/m)_top
         d_sq = self._pivoted(delta, s[("jsd", beta, "r1")], s[("jsd", beta, "r2")])
-        rm = chunked.log_mix_ratio(self.logp_c - self.logq_c, beta) - chunked.log_mix_ratio(self.piv, beta)[..., None]
+        rm = (
+            chunked.log_mix_ratio(self.logp_c - self.logq_c, beta)
+            - chunked.log_mix_ratio(self.piv, beta)[..., None]
+        )
         return (1 - beta) ** 2 * d_sq, -(1 - beta) * self.p_c * (rm - delta[..., None])
 
     def _fkl_clipped(self, clip):
@@ -297,14 +329,18 @@ class _Context:
         sigma = -s[key + ("notU",)]  # s - 1 without cancellation
         p_top = self.lp_top.exp()
         mostly_kept = s_u >= 0.5
-        d_top = torch.where(mostly_kept, (qu_top - p_top) - p_top * sigma,
-                            qu_top * (-torch.expm1(self.lp_top)) - p_top * su_x)  # qU_a (1 - p_a) - p_a sum'
+        d_top = torch.where(
+            mostly_kept, (qu_top - p_top) - p_top * sigma, qu_top * (-torch.expm1(self.lp_top)) - p_top * su_x
+        )  # qU_a (1 - p_a) - p_a sum'
         pp_x = s["spp_xtop"]
         near_one = s[key + ("dd",)] - 2 * sigma * s[key + ("pd",)] + sigma * sigma * pp_x
         near_zero = s[key + ("quu",)] - 2 * s_u * s[key + ("pqu",)] + s_u * s_u * pp_x
         d_sq = d_top * d_top + torch.where(mostly_kept, near_one, near_zero).clamp_min(0.0)
-        d_c = torch.where(mostly_kept[..., None], (q_u - self.p_c) - self.p_c * sigma[..., None],
-                          q_u - self.p_c * s_u[..., None])
+        d_c = torch.where(
+            mostly_kept[..., None],
+            (q_u - self.p_c) - self.p_c * sigma[..., None],
+            q_u - self.p_c * s_u[..., None],
+        )
         is_top = self.ids == self.arg[:, None]
         return d_sq, torch.where(is_top, d_top[..., None], d_c)
 
@@ -330,8 +366,9 @@ class _Context:
         elif support == "teacher":
             s_ids = torch.stack([ids for _, ids in self.topk_t[k]])
         else:
-            s_ids = torch.cat([self.topk_s[k][1].expand(n_cfg, -1, -1),
-                               torch.stack([ids for _, ids in self.topk_t[k]])], -1)
+            s_ids = torch.cat(
+                [self.topk_s[k][1].expand(n_cfg, -1, -1), torch.stack([ids for _, ids in self.topk_t[k]])], -1
+            )
         s_ids, s_valid = _dedup(s_ids)
         zs = torch.stack([self.student.gather(1, s_ids[c]) for c in range(n_cfg)]).double()
         zts = torch.stack([t.gather(1, s_ids[c]) for c, t in enumerate(self.teachers)]).double()
@@ -368,8 +405,9 @@ class _Context:
         outside = torch.where(cnt > tied_in_s, eq - torch.where(tie, p * p, 0.0).sum(-1), 0.0)
         off_pp = lt + outside.clamp_min(0.0)
         if name == "fkl_topk":
-            qt = torch.where(s_valid, _floor(torch.log_softmax(zts.masked_fill(~s_valid, float("-inf")), -1)).exp(),
-                             0.0)
+            qt = torch.where(
+                s_valid, _floor(torch.log_softmax(zts.masked_fill(~s_valid, float("-inf")), -1)).exp(), 0.0
+            )
             d_s = torch.where(s_valid, qt - p, 0.0)
             d_cand = torch.where(in_s, on_cand(d_s), -self.p_c)
             return (d_s * d_s).sum(-1) + off_pp, d_cand

@@ -5,7 +5,8 @@ row keys -> [N], config keys -> [C, N]. Log-probs are floored at LOG_FLOOR exact
 
 Row keys: "spp_x" = sum_{v != a} p^2 and "sp_x" = sum_{v != a} p (a = sampled token; all v when there are
 no tokens), "ent_s" = -sum p log p, "spp_xtop" = sum_{v != top} p^2 (only with clips).
-Config keys, with l = log p - log q and r = l - l_top (top = the student's argmax "arg"; aux gives l_top as "piv", 0 where a floor is hit there):
+Config keys, with l = log p - log q and r = l - l_top (top = the student's argmax "arg"; aux gives l_top as
+"piv", 0 where a floor is hit there):
 "kl_r" = sum p r (KL(p||q) = l_top + kl_r), "kl_qp" = -sum q (l_top + r), "ent_t", "tv"
 = sum_{v != top} |q - p|, "spq" = sum p q, "sqq" = sum q^2, "js"; "r1"/"r2" = sum p^2 r, sum p^2 r^2 (rkl);
 "fkl_dd" = sum_{v != top} (q - p)^2; ("jsd", beta, "klm"|"r1"|"r2") likewise with r replaced by

@@ -36,7 +36,7 @@ def node_stats_reference(
     tokens: torch.Tensor | None = None,
     advantages: torch.Tensor | None = None,
 ) -> NodeStats:
-    """Same contract as `node_stats`, computed with diagnose.objectives/ideal/alignment on dense [N, V] tensors."""
+    """Same contract as `node_stats`, computed with diagnose.objectives/alignment on dense [N, V] tensors."""
     teachers = teacher_list(teacher_logits)
     n, vocab = student_logits.shape
     g, mask = dense_candidates(cand_ids, g_cand, vocab)
@@ -52,11 +52,19 @@ def node_stats_reference(
             d_c = torch.where(mask, d, torch.zeros_like(d))
             for acc, val in zip(
                 rows,
-                ((g * d).sum(-1), (d * d).sum(-1), (d_c * d_c).sum(-1), cos.full, cos.support, cos.degenerate),
+                (
+                    (g * d).sum(-1),
+                    (d * d).sum(-1),
+                    (d_c * d_c).sum(-1),
+                    cos.full,
+                    cos.support,
+                    cos.degenerate,
+                ),
+                strict=True,
             ):
                 acc.append(val)
             del d, d_c
-        for acc, r in zip((dot, d_sq, d_sup, cos_f, cos_s, degen), rows):
+        for acc, r in zip((dot, d_sq, d_sup, cos_f, cos_s, degen), rows, strict=True):
             acc.append(torch.stack(r) if r else torch.zeros(0, n, device=g.device))
         for key, val in alignment.proxies(student_logits, zt).items():
             prox.setdefault(key, []).append(val)

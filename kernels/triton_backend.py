@@ -8,8 +8,6 @@ On CPU tensors it needs TRITON_INTERPRET=1 in the environment before triton is f
 
 from __future__ import annotations
 
-import math
-
 import torch
 import triton
 import triton.language as tl
@@ -18,8 +16,33 @@ from .plan import LOG_FLOOR, StreamPlan
 
 BLOCK = 1024
 ROW_CH = ("spp_x", "sp_x", "ent_s", "spp_xtop", "ths_lt", "ths_eq", "ths_cnt")
-CFG_CH = ("kl_r", "kl_qp", "ent_t", "tv", "spq", "sqq", "js", "r1", "r2", "fkl_dd", "klm", "jr1", "jr2",
-          "notU", "cdd", "cpd", "sU", "quu", "pqu", "tht_lt", "tht_eq", "tht_cnt", "thu_lt", "thu_eq", "thu_cnt")
+CFG_CH = (
+    "kl_r",
+    "kl_qp",
+    "ent_t",
+    "tv",
+    "spq",
+    "sqq",
+    "js",
+    "r1",
+    "r2",
+    "fkl_dd",
+    "klm",
+    "jr1",
+    "jr2",
+    "notU",
+    "cdd",
+    "cpd",
+    "sU",
+    "quu",
+    "pqu",
+    "tht_lt",
+    "tht_eq",
+    "tht_cnt",
+    "thu_lt",
+    "thu_eq",
+    "thu_cnt",
+)
 
 
 @triton.jit
@@ -47,8 +70,23 @@ def _log_mix_ratio(l, beta, coef):
 
 
 @triton.jit
-def _lse_kernel(s_ptr, t_ptr, s_rs, t_cs, t_rs, V, C, N, m_s_ptr, ls_s_ptr, m_t_ptr, ls_t_ptr, arg_ptr,
-                BLOCK: tl.constexpr, C_PAD: tl.constexpr):
+def _lse_kernel(
+    s_ptr,
+    t_ptr,
+    s_rs,
+    t_cs,
+    t_rs,
+    V,
+    C,
+    N,
+    m_s_ptr,
+    ls_s_ptr,
+    m_t_ptr,
+    ls_t_ptr,
+    arg_ptr,
+    BLOCK: tl.constexpr,
+    C_PAD: tl.constexpr,
+):
     """Per row: max, the sum of exp(x - max) over all but the max entry, and the student's argmax."""
     n = tl.program_id(0).to(tl.int64)
     offs = tl.arange(0, BLOCK)
@@ -91,12 +129,46 @@ def _lse_kernel(s_ptr, t_ptr, s_rs, t_cs, t_rs, V, C, N, m_s_ptr, ls_s_ptr, m_t_
 
 
 @triton.jit
-def _stream_kernel(s_ptr, t_ptr, s_rs, t_cs, t_rs, V, C, N,
-                   m_s_ptr, ls_s_ptr, m_t_ptr, ls_t_ptr, tok_ptr, arg_ptr, za_ptr, zta_ptr, piv_ptr, pok_ptr,
-                   taus_ptr, taut_ptr, tauus_ptr, tauut_ptr, row_ptr, cfg_ptr, beta, coef, clip,
-                   BLOCK: tl.constexpr, C_PAD: tl.constexpr, BASE: tl.constexpr, TOKENS: tl.constexpr,
-                   RKL: tl.constexpr, FKL: tl.constexpr, JSD: tl.constexpr, CLIP: tl.constexpr,
-                   THR_S: tl.constexpr, THR_T: tl.constexpr, THR_U: tl.constexpr):
+def _stream_kernel(
+    s_ptr,
+    t_ptr,
+    s_rs,
+    t_cs,
+    t_rs,
+    V,
+    C,
+    N,
+    m_s_ptr,
+    ls_s_ptr,
+    m_t_ptr,
+    ls_t_ptr,
+    tok_ptr,
+    arg_ptr,
+    za_ptr,
+    zta_ptr,
+    piv_ptr,
+    pok_ptr,
+    taus_ptr,
+    taut_ptr,
+    tauus_ptr,
+    tauut_ptr,
+    row_ptr,
+    cfg_ptr,
+    beta,
+    coef,
+    clip,
+    BLOCK: tl.constexpr,
+    C_PAD: tl.constexpr,
+    BASE: tl.constexpr,
+    TOKENS: tl.constexpr,
+    RKL: tl.constexpr,
+    FKL: tl.constexpr,
+    JSD: tl.constexpr,
+    CLIP: tl.constexpr,
+    THR_S: tl.constexpr,
+    THR_T: tl.constexpr,
+    THR_U: tl.constexpr,
+):
     n = tl.program_id(0).to(tl.int64)
     offs = tl.arange(0, BLOCK)
     one = tl.arange(0, 1)
@@ -273,9 +345,27 @@ def lse_pass(student, teachers, block: int | None = None):
     n_cfg = len(teachers)
     m_t, ls_t = torch.empty(n_cfg, n, dtype=f32, device=dev), torch.empty(n_cfg, n, dtype=f32, device=dev)
     for i, j, t0, t_cs in _teacher_groups(teachers):
-        mt_g, lt_g = torch.empty(j - i, n, dtype=f32, device=dev), torch.empty(j - i, n, dtype=f32, device=dev)
-        _lse_kernel[(n,)](student, t0, student.stride(0), t_cs, t0.stride(0), v, j - i, n,
-                          m_s, ls_s, mt_g, lt_g, arg, BLOCK=block, C_PAD=_cpad(j - i))
+        mt_g, lt_g = (
+            torch.empty(j - i, n, dtype=f32, device=dev),
+            torch.empty(j - i, n, dtype=f32, device=dev),
+        )
+        _lse_kernel[(n,)](
+            student,
+            t0,
+            student.stride(0),
+            t_cs,
+            t0.stride(0),
+            v,
+            j - i,
+            n,
+            m_s,
+            ls_s,
+            mt_g,
+            lt_g,
+            arg,
+            BLOCK=block,
+            C_PAD=_cpad(j - i),
+        )
         m_t[i:j], ls_t[i:j] = mt_g, lt_g
     return m_s, torch.log1p(ls_s.double()), m_t, torch.log1p(ls_t.double()), arg.long()
 
@@ -315,15 +405,44 @@ def stream_pass(student, teachers, norm, plan: StreamPlan, aux: dict, tokens=Non
             sl = slice(i, j)
             cfg_g = torch.zeros(len(CFG_CH), j - i, n, dtype=f32, device=dev)
             _stream_kernel[(n,)](
-                student, t0, student.stride(0), t_cs, t0.stride(0), v, j - i, n,
-                m_s, ls_s, m_t[sl].contiguous(), ls_t[sl].contiguous(), tok, arg, z_a, arr("zt_a", sl),
-                arr("piv", sl), aux["piv_ok"][sl].to(torch.int32).contiguous(),
-                arr(("tau_s", ks)), arr(("tau_t", kt), sl), arr(("tau_s", ku)), arr(("tau_t", ku), sl),
-                row, cfg_g, beta if beta else 0.5, (1 - beta) / beta if beta else 1.0,
+                student,
+                t0,
+                student.stride(0),
+                t_cs,
+                t0.stride(0),
+                v,
+                j - i,
+                n,
+                m_s,
+                ls_s,
+                m_t[sl].contiguous(),
+                ls_t[sl].contiguous(),
+                tok,
+                arg,
+                z_a,
+                arr("zt_a", sl),
+                arr("piv", sl),
+                aux["piv_ok"][sl].to(torch.int32).contiguous(),
+                arr(("tau_s", ks)),
+                arr(("tau_t", kt), sl),
+                arr(("tau_s", ku)),
+                arr(("tau_t", ku), sl),
+                row,
+                cfg_g,
+                beta if beta else 0.5,
+                (1 - beta) / beta if beta else 1.0,
                 clip if clip is not None else 0.0,
-                BLOCK=block, C_PAD=_cpad(j - i), BASE=base, TOKENS=tokens is not None,
-                RKL=base and plan.rkl, FKL=base and plan.fkl, JSD=beta is not None, CLIP=clip is not None,
-                THR_S=ks is not None, THR_T=kt is not None, THR_U=ku is not None,
+                BLOCK=block,
+                C_PAD=_cpad(j - i),
+                BASE=base,
+                TOKENS=tokens is not None,
+                RKL=base and plan.rkl,
+                FKL=base and plan.fkl,
+                JSD=beta is not None,
+                CLIP=clip is not None,
+                THR_S=ks is not None,
+                THR_T=kt is not None,
+                THR_U=ku is not None,
             )
             cfg[:, sl] = cfg_g
         cfg, row = cfg.double(), row.double()
@@ -341,10 +460,20 @@ def stream_pass(student, teachers, norm, plan: StreamPlan, aux: dict, tokens=Non
                 out[("jsd", beta, k)] = ch[src]
         if clip is not None:
             out["spp_xtop"] = rw["spp_xtop"]
-            for src, k in (("notU", "notU"), ("cdd", "dd"), ("cpd", "pd"), ("sU", "sU"), ("quu", "quu"),
-                           ("pqu", "pqu")):
+            for src, k in (
+                ("notU", "notU"),
+                ("cdd", "dd"),
+                ("cpd", "pd"),
+                ("sU", "sU"),
+                ("quu", "quu"),
+                ("pqu", "pqu"),
+            ):
                 out[("clip", clip, k)] = ch[src]
-        for k, fam, pre, src in ((ks, "thr_s", "ths", rw), (kt, "thr_t", "tht", ch), (ku, "thr_u", "thu", ch)):
+        for k, fam, pre, src in (
+            (ks, "thr_s", "ths", rw),
+            (kt, "thr_t", "tht", ch),
+            (ku, "thr_u", "thu", ch),
+        ):
             if k is not None:
                 for x in ("lt", "eq", "cnt"):
                     out[(fam, k, x)] = src[f"{pre}_{x}"]

@@ -12,11 +12,27 @@ import torch
 from diagnose import objectives as O
 
 SPECS = [
-    "rkl", "fkl", "jsd", "jsd:beta=0.1", "jsd:beta=1.0", "jsd:beta=0.0", "fkl_clipped", "fkl_clipped:clip=0.01",
-    "rkl_sampled", "rkl_baselined", "k1_loss", "k3_loss", "grpo_ref",
-    "rkl_topk:k=5", "rkl_topk:k=5,support=teacher", "rkl_topk:k=4,support=union",
-    "rkl_topk_unnorm:k=5", "rkl_topk_unnorm:k=6,support=teacher", "rkl_topk_unnorm:k=3,support=union",
-    "fkl_topk:k=5", "fkl_topk:k=8",
+    "rkl",
+    "fkl",
+    "jsd",
+    "jsd:beta=0.1",
+    "jsd:beta=1.0",
+    "jsd:beta=0.0",
+    "fkl_clipped",
+    "fkl_clipped:clip=0.01",
+    "rkl_sampled",
+    "rkl_baselined",
+    "k1_loss",
+    "k3_loss",
+    "grpo_ref",
+    "rkl_topk:k=5",
+    "rkl_topk:k=5,support=teacher",
+    "rkl_topk:k=4,support=union",
+    "rkl_topk_unnorm:k=5",
+    "rkl_topk_unnorm:k=6,support=teacher",
+    "rkl_topk_unnorm:k=3,support=union",
+    "fkl_topk:k=5",
+    "fkl_topk:k=8",
 ]
 
 
@@ -24,8 +40,15 @@ def objectives():
     return [O.parse(s) for s in SPECS]
 
 
-def make_case(kind: str, n: int = 8, vocab: int = 3000, n_cfg: int = 3, k_cand: int = 10, seed: int = 0,
-              dtype=torch.float32):
+def make_case(
+    kind: str,
+    n: int = 8,
+    vocab: int = 3000,
+    n_cfg: int = 3,
+    k_cand: int = 10,
+    seed: int = 0,
+    dtype=torch.float32,
+):
     """(student [N, V], teachers [C, N, V], cand_ids, g_cand, tokens, advantages) for a named scenario."""
     gen = torch.Generator().manual_seed(seed)
     z = torch.randn(n, vocab, generator=gen) * 2.0
@@ -35,7 +58,7 @@ def make_case(kind: str, n: int = 8, vocab: int = 3000, n_cfg: int = 3, k_cand: 
         zt = zt * 25.0
         zt[0] = z + 0.01 * torch.randn(n, vocab, generator=gen)  # a teacher almost equal to the student
     elif kind == "neginf":  # masked vocabulary entries on both sides, and a teacher that kills student mass
-        z[:, vocab // 2:] = float("-inf")
+        z[:, vocab // 2 :] = float("-inf")
         zt[1, :, : vocab // 4] = float("-inf")
         zt[2] = z.clone()
         zt[2, :, :7] = float("-inf")
@@ -75,7 +98,7 @@ def float64_logprobs():
     try:
         yield
     finally:
-        for m, f in zip(mods, saved):
+        for m, f in zip(mods, saved, strict=True):
             m.log_probs = f
 
 
@@ -135,8 +158,10 @@ def compare(exact, ref32, got, s_pp=None, rtol: float = 2e-3, cos_atol: float = 
         if not bool((err <= tol).all()):
             idx = tuple(int(i) for i in torch.nonzero(err > tol)[0])
             label = f" [{exact.labels[idx[1]]}]" if a.dim() == 3 else ""
-            bad.append(f"{key}{label} at {idx}: exact {a64[idx].item():.6g} ref32 {r64[idx].item():.6g} "
-                       f"got {b64[idx].item():.6g}")
+            bad.append(
+                f"{key}{label} at {idx}: exact {a64[idx].item():.6g} ref32 {r64[idx].item():.6g} "
+                f"got {b64[idx].item():.6g}"
+            )
     return bad
 
 

@@ -12,12 +12,12 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import warnings  # noqa: E402
 
-import torch  # noqa: E402
-
 import kernel_cases as kc  # noqa: E402
+import torch  # noqa: E402
+from diagnose.kernels import triton_backend  # noqa: E402
+
 from diagnose import kernels as K  # noqa: E402
 from diagnose import objectives as O  # noqa: E402
-from diagnose.kernels import triton_backend  # noqa: E402
 
 warnings.filterwarnings("ignore")  # numpy warns on the masked lanes' inf/nan, which are discarded
 
@@ -36,8 +36,12 @@ def main() -> int:
     triton_backend.BLOCK = 256  # several blocks per row, the last one ragged
     ok = True
     objs = kc.objectives()
-    for kind, dtype in (("random", torch.float32), ("peaked", torch.bfloat16), ("neginf", torch.float32),
-                        ("equal", torch.bfloat16)):
+    for kind, dtype in (
+        ("random", torch.float32),
+        ("peaked", torch.bfloat16),
+        ("neginf", torch.float32),
+        ("equal", torch.bfloat16),
+    ):
         ok &= check(f"{kind}/{dtype}", kc.make_case(kind, n=4, vocab=1000, dtype=dtype), objs)
     # teachers as separate tensors (one launch per teacher) with a strided student
     z, zt, ids, g, tok, adv = kc.make_case("random", n=3, vocab=700, n_cfg=2, seed=1)

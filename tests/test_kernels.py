@@ -8,13 +8,13 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+import kernel_cases as kc
 import pytest
 import torch
+from diagnose.kernels import chunked
 
-import kernel_cases as kc
 from diagnose import kernels as K
 from diagnose import objectives as O
-from diagnose.kernels import chunked
 from diagnose.objectives.base import Objective
 from diagnose.objectives.divergences import rkl_from_logprobs
 
@@ -46,8 +46,16 @@ def test_chunked_matches_reference(kind, dtype, small_blocks):
 
 def test_chunked_matches_reference_at_full_vocabulary():
     args = kc.make_case("random", n=2, vocab=151_936, n_cfg=2, dtype=torch.bfloat16, seed=3)
-    specs = ("rkl", "fkl", "jsd", "fkl_clipped", "rkl_baselined", "k3_loss", "rkl_topk_unnorm:k=5,support=union",
-             "fkl_topk:k=5")
+    specs = (
+        "rkl",
+        "fkl",
+        "jsd",
+        "fkl_clipped",
+        "rkl_baselined",
+        "k3_loss",
+        "rkl_topk_unnorm:k=5,support=union",
+        "fkl_topk:k=5",
+    )
     _check(args, [O.parse(s) for s in specs])
 
 
@@ -117,6 +125,11 @@ def test_triton_kernels_under_interpreter():
     """The Triton path (TRITON_INTERPRET=1, set before triton loads: hence a subprocess) agrees too."""
     pytest.importorskip("triton")
     env = dict(os.environ, TRITON_INTERPRET="1")
-    proc = subprocess.run([sys.executable, str(HERE / "kernels_interpret.py")], env=env, capture_output=True,
-                          text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, str(HERE / "kernels_interpret.py")],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0 and proc.stdout.strip().endswith("OK"), proc.stdout + proc.stderr[-3000:]

@@ -15,8 +15,15 @@ transformers = pytest.importorskip("transformers")
 def tiny_llama(seed=0, tie=True):
     torch.manual_seed(seed)
     cfg = transformers.LlamaConfig(
-        vocab_size=97, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-        num_key_value_heads=2, max_position_embeddings=64, tie_word_embeddings=tie, attn_implementation="eager",
+        vocab_size=97,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=64,
+        tie_word_embeddings=tie,
+        attn_implementation="eager",
     )
     return transformers.LlamaForCausalLM(cfg).float().eval()
 
@@ -93,8 +100,9 @@ def _embedded(request):
 @pytest.mark.slow
 def test_embedded_model_last_block_and_head(request):
     path = _embedded(request)
-    model = transformers.AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32,
-                                                              attn_implementation="eager").eval()
+    model = transformers.AutoModelForCausalLM.from_pretrained(
+        path, dtype=torch.float32, attn_implementation="eager"
+    ).eval()
     last = model.config.num_hidden_layers - 1
     subset = rf"layers\.{last}\.|lm_head|embed_tokens|model\.norm"
     gen = torch.Generator().manual_seed(3)
