@@ -21,8 +21,8 @@ Fused objectives: rkl, fkl, jsd (any beta), fkl_clipped, rkl_sampled, rkl_baseli
 grpo_ref (needs advantages), rkl_topk, rkl_topk_unnorm, fkl_topk (any support). Any other objective is
 computed by the reference on row chunks (memory O(64 V)). Extra memory of the fused paths is O(N (C + K +
 k)) plus one block of logits. "auto" runs Triton on CUDA tensors and the chunked torch path elsewhere;
-"triton" on CPU tensors needs TRITON_INTERPRET=1 set before triton is imported. Candidate ids repeated in
-a row must carry the same g*.
+"triton" on CPU tensors needs TRITON_INTERPRET=1 set before triton is imported. Of candidate ids repeated
+in a row the last occurrence counts.
 """
 
 from .fused import node_stats, resolve_backend

@@ -29,10 +29,11 @@ def _floor(x):
 
 
 def _dedup(ids: torch.Tensor, *others: torch.Tensor):
-    """Sort ids along the last axis and mark padding (-1) and repeats invalid; `others` follow the sort."""
+    """Sort ids along the last axis and mark padding (-1) and all but the last of repeated ids invalid (as
+    `ideal_gradient`'s scatter does); `others` follow the sort."""
     ids, order = ids.long().sort(dim=-1, stable=True)
     valid = ids >= 0
-    valid[..., 1:] &= ids[..., 1:] != ids[..., :-1]
+    valid[..., :-1] &= ids[..., :-1] != ids[..., 1:]  # of repeated ids the last occurrence counts
     return (ids, valid, *(o.gather(-1, order) for o in others))
 
 

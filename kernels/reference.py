@@ -15,10 +15,12 @@ from .types import NodeStats, teacher_list
 def dense_candidates(cand_ids: torch.Tensor, g_cand: torch.Tensor, vocab: int):
     """(g* [N, V] float32, candidate mask [N, V]) from ids [N, K] (-1 = padding) and values [N, K].
 
-    Only valid ids are written, so padding can never overwrite a real candidate at id 0.
+    Only valid ids are written, so padding can never overwrite a real candidate at id 0; of repeated ids the
+    last occurrence counts (deterministically), as in `diagnose.ideal.ideal_gradient`.
     """
     ids = cand_ids.long()
-    rows, cols = torch.nonzero(ids >= 0, as_tuple=True)
+    later = (ids[:, :, None] == ids[:, None, :]).triu(1).any(-1)  # a later slot repeats this id
+    rows, cols = torch.nonzero((ids >= 0) & ~later, as_tuple=True)
     n = ids.shape[0]
     g = torch.zeros(n, vocab, dtype=torch.float32, device=ids.device)
     mask = torch.zeros(n, vocab, dtype=torch.bool, device=ids.device)

@@ -70,9 +70,8 @@ def make_case(
     top = z.float().topk(4, dim=-1).indices
     rnd = torch.randint(0, vocab, (n, k_cand - 6), generator=gen)
     ids = torch.cat([top, rnd, torch.full((n, 2), -1)], -1)
-    ids[0, -1] = ids[0, 0]  # a repeated id carries the same g*
+    ids[0, -1] = ids[0, 0]  # a repeated id: the last occurrence's g* counts
     g = torch.randn(n, k_cand, generator=gen) * 0.1
-    g[0, -1] = g[0, 0]
     g[ids < 0] = 0.0
     if kind == "neginf":
         ids[-1, 4] = vocab - 1  # a candidate the student can never emit
