@@ -65,6 +65,8 @@ class HFEngine:
         ).to(self.device)
         self.model.eval()
         self.vocab_size = int(self.model.get_output_embeddings().weight.shape[0])
+        # the longest sequence the model was trained for (prompts plus generations are checked against it)
+        self.max_model_len = getattr(self.model.config, "max_position_embeddings", None)
         self.eos_ids = self._eos_ids()
         self.pad_id = next(iter(sorted(self.eos_ids)), 0) if self.tokenizer.pad_token_id is None else int(
             self.tokenizer.pad_token_id

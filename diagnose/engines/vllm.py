@@ -62,6 +62,7 @@ class VLLMEngine:
         cpu = _on_cpu()
         os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
         self.seed = int(seed)
+        self.max_model_len = int(max_model_len)
         if cpu:
             # vLLM's CPU default of 128-token blocks caches nothing of a shorter prompt and recomputes up to
             # 127 tail tokens per continuation; 32 keeps the CPU kernels' preferred alignment.

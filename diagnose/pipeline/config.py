@@ -41,7 +41,6 @@ class RunConfig:
     seed: int = 0
     temperature: float = 1.0
     max_new_tokens: int = 96
-    continuation_tokens: int = 48
     param_space: bool = False
     out: str = "reports/run"
     progress: bool = True
@@ -71,7 +70,7 @@ class RunConfig:
 
         if self.budget <= 0:
             raise DiagnoseError(f"--budget must be > 0, got {self.budget}")
-        for name in ("rollouts", "continuations", "questions", "top_k", "max_new_tokens", "continuation_tokens"):
+        for name in ("rollouts", "continuations", "questions", "top_k", "max_new_tokens"):
             if getattr(self, name) < 1:
                 raise DiagnoseError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
         if not self.temperature > 0:

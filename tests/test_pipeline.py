@@ -1,0 +1,241 @@
+"""`diagnose run` end to end on the real embedded model: tables, resume after SIGKILL, refusals, notebook, CLI."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+import diagnose
+from diagnose.pipeline import RunConfig, Runner
+from diagnose.report import read_metadata, read_table
+
+TINY = dict(
+    questions=2, rollouts=2, max_new_tokens=32, budget=48, top_k=2, continuations=2,
+    teachers=["self:answer", "self:contrastive"], objectives=["rkl", "fkl", "rkl_sampled"], seed=0,
+)
+TABLES = ("rollouts", "nodes", "candidates", "alignment")
+KEYS = {
+    "rollouts": ["question_id", "rollout_idx"],
+    "nodes": ["question_id", "rollout_idx", "position"],
+    "candidates": ["question_id", "rollout_idx", "position", "token_id"],
+    "alignment": ["question_id", "rollout_idx", "position", "config"],
+}
+ENV = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE"}
+
+
+def _toml(path: Path, **values) -> Path:
+    path.write_text(RunConfig(**{**TINY, **values}).to_toml())
+    return path
+
+
+def _cli(*args, timeout=600):
+    return subprocess.run([sys.executable, "-m", "diagnose", *args], capture_output=True, text=True,
+                          timeout=timeout, env=ENV)
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory, embedded_model_path):
+    out = tmp_path_factory.mktemp("runs") / "tiny"
+    result = diagnose.run(out=str(out), progress=False, **TINY)
+    return out, result
+
+
+def _sorted(df, name):
+    return df.sort_values(KEYS[name]).reset_index(drop=True)
+
+
+def test_run_writes_consistent_tables(tiny_run):
+    out, result = tiny_run
+    for name in TABLES + ("summary",):
+        assert (out / name).is_dir()
+    assert (out / "report.html").stat().st_size > 100_000 and (out / "config.toml").is_file()
+    ro, nodes, cands, al = (getattr(result, n) for n in TABLES)
+    assert len(ro) == TINY["questions"] * TINY["rollouts"] and len(nodes) > 0
+    # every node belongs to a rollout, every candidate and score to a node
+    assert set(map(tuple, nodes[KEYS["rollouts"]].values)) <= set(map(tuple, ro[KEYS["rollouts"]].values))
+    node_keys = set(map(tuple, nodes[KEYS["nodes"]].values))
+    assert set(map(tuple, cands[KEYS["nodes"]].values)) == node_keys
+    assert set(map(tuple, al[KEYS["nodes"]].values)) == node_keys
+    # each node's observed token is the rollout's token at that position, and is among its candidates
+    for _, n in nodes.iterrows():
+        r = ro[(ro.question_id == n.question_id) & (ro.rollout_idx == n.rollout_idx)].iloc[0]
+        assert r.token_ids[n.position] == n.token_id
+    assert cands.groupby(KEYS["nodes"])["observed"].sum().eq(1).all()
+    expected = {f"{t}|{o}" for t in TINY["teachers"] for o in TINY["objectives"]}
+    assert set(al.config) == expected
+    assert al.cos_full.between(-1, 1).all() and (al.cos_full_ci_low <= al.cos_full_ci_high).all()
+    assert (al.loc[al.degenerate, "cos_full"] == 0).all()
+    assert cands.q_hat.between(0, 1).all() and (cands.successes <= cands.n).all()
+    # rkl_sampled is the same objective's one-sample estimate: its d differs from rkl's, its teacher is the same
+    kl = al[al.objective == "rkl"].set_index(KEYS["nodes"] + ["teacher"]).kl_pq
+    kl_s = al[al.objective == "rkl_sampled"].set_index(KEYS["nodes"] + ["teacher"]).kl_pq
+    pd.testing.assert_series_equal(kl.sort_index(), kl_s.sort_index())
+    meta = read_metadata(out, "alignment")
+    assert meta["seeds"]["seed"] == 0 and "torch" in meta["versions"] or "torch" in json.dumps(meta)
+    assert RunConfig.from_sources(out / "config.toml").digest() == RunConfig(**{**TINY, "out": str(out)}).digest()
+    cost = json.loads((out / "cost.json").read_text())
+    assert cost["rollouts"] == len(ro) and cost["continuations"] > 0
+
+
+def test_rerun_resumes_without_work_and_refuses_another_config(tiny_run):
+    out, result = tiny_run
+    before = {n: (out / n / "part-q00000.parquet").stat().st_mtime_ns for n in TABLES}
+    again = Runner(RunConfig(**{**TINY, "out": str(out), "progress": False}))
+    assert again.pending() == []
+    again.run()
+    assert again.engine is None  # nothing left to do: the model was never loaded
+    assert before == {n: (out / n / "part-q00000.parquet").stat().st_mtime_ns for n in TABLES}
+    proc = _cli("run", "--config", str(_toml(out.parent / "other.toml", budget=99)), "--out", str(out), "-q")
+    assert proc.returncode != 0 and "different config" in proc.stderr and "budget" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_killed_run_resumes_to_the_same_tables(tiny_run, tmp_path):
+    out_ref, _ = tiny_run
+    cfg = _toml(tmp_path / "tiny.toml")
+    out = tmp_path / "killed"
+    proc = subprocess.Popen([sys.executable, "-m", "diagnose", "run", "--config", str(cfg), "--out", str(out), "-q"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=ENV)
+    first = out / "alignment" / "part-q00000.parquet"
+    deadline = time.time() + 600
+    while not first.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.1)
+    time.sleep(1.0)  # well inside the second question
+    proc.send_signal(signal.SIGKILL)
+    assert proc.wait() == -signal.SIGKILL, "the run finished before it could be killed"
+    assert not (out / "alignment" / "part-q00001.parquet").exists()
+    done = _cli("run", "--config", str(cfg), "--out", str(out), "-q")
+    assert done.returncode == 0, done.stderr
+    for name in TABLES:
+        pd.testing.assert_frame_equal(_sorted(read_table(out, name), name), _sorted(read_table(out_ref, name), name))
+
+
+def test_notebook_executes_on_a_run(tiny_run):
+    nbformat = pytest.importorskip("nbformat")
+    nbclient = pytest.importorskip("nbclient")
+    out, _ = tiny_run
+    nb = nbformat.read(Path(__file__).resolve().parents[1] / "notebooks" / "explore.ipynb", as_version=4)
+    os.environ["DIAGNOSE_RUN_DIR"] = str(out)
+    try:
+        nbclient.NotebookClient(nb, timeout=300, kernel_name="python3").execute()
+    finally:
+        os.environ.pop("DIAGNOSE_RUN_DIR")
+    errors = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs if o.output_type == "error"]
+    assert not errors
+    assert "recommended" in "".join(o.get("text", "") for o in nb.cells[1].outputs)
+
+
+# ---- refusals: one line on stderr, non-zero exit, nothing written ----------------------------------------
+
+
+@pytest.fixture(scope="module")
+def long_question_file(tmp_path_factory):
+    path = tmp_path_factory.mktemp("data") / "long.jsonl"
+    path.write_text(json.dumps({"question": "Add these: " + " + ".join(["1"] * 6000), "answer": "6000"}) + "\n")
+    return path
+
+
+@pytest.fixture(scope="module")
+def other_tokenizer_teacher(embedded_model_path, tmp_path_factory):
+    from transformers import AutoTokenizer
+
+    out = tmp_path_factory.mktemp("teacher")
+    for f in ("config.json", "model.safetensors", "generation_config.json"):
+        if Path(embedded_model_path, f).exists():
+            (out / f).symlink_to(Path(embedded_model_path, f))
+    tok = AutoTokenizer.from_pretrained(embedded_model_path)
+    tok.add_tokens(["<other_a>"])
+    tok.save_pretrained(out)
+    return out
+
+
+CASES = {
+    "unknown task": (["--task", "nosuchtask"], "unknown task"),
+    "unknown objective": (["--objective", "nosuchobjective"], "unknown objective"),
+    "unknown context": (["--teacher", "self:nosuchcontext"], "unknown context"),
+    "unknown engine": (["--engine", "nosuchengine"], "unknown engine"),
+    "missing model path": (["--student", "/nonexistent/model/dir"], "/nonexistent/model/dir"),
+    "budget <= 0": (["--budget", "0"], "budget"),
+    "rollouts < 1": (["--rollouts", "0"], "rollouts"),
+    "continuations < 1": (["--continuations", "0"], "continuations"),
+}
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_bad_input_is_one_line_and_writes_nothing(case, tmp_path):
+    args, needle = CASES[case]
+    out = tmp_path / "out"
+    proc = _cli("run", *args, "--out", str(out), "-q")
+    _assert_refused(proc, needle, out)
+
+
+def _assert_refused(proc, needle, out):
+    assert proc.returncode != 0
+    lines = proc.stderr.strip().splitlines()
+    assert "Traceback" not in proc.stderr
+    assert lines and lines[-1].startswith("error:") and needle in lines[-1], proc.stderr
+    assert not any(line.startswith("error:") for line in lines[:-1])
+    assert not out.exists()
+
+
+def test_malformed_toml(tmp_path):
+    bad = tmp_path / "bad.toml"
+    bad.write_text("questions = [1,\n")
+    _assert_refused(_cli("run", "--config", str(bad), "--out", str(tmp_path / "out")), "malformed TOML", tmp_path / "out")
+
+
+def test_unwritable_output_directory(tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("x")
+    _assert_refused(_cli("run", "--out", str(blocker / "run"), "-q"), "not a directory", blocker / "run")
+
+
+def test_teacher_with_another_tokenizer(tmp_path, other_tokenizer_teacher):
+    out = tmp_path / "out"
+    proc = _cli("run", "--teacher", f"model={other_tokenizer_teacher}", "--questions", "1", "--out", str(out), "-q")
+    _assert_refused(proc, "does not share the student's tokenizer", out)
+    assert "vocabulary size" in proc.stderr
+
+
+def test_prompt_longer_than_the_context(tmp_path, long_question_file):
+    out = tmp_path / "out"
+    proc = _cli("run", "--task", f"file:path={long_question_file},question=question,answer=answer",
+                "--teacher", "self:answer", "--out", str(out), "-q")
+    _assert_refused(proc, "exceeds the model's context", out)
+
+
+def test_ls_and_help():
+    for what, names in {
+        "tasks": ["arithmetic", "countdown", "gsm8k", "math", "file"],
+        "objectives": ["rkl", "fkl", "jsd", "rkl_topk", "grpo_ref"],
+        "contexts": ["answer", "solution", "summary", "contrastive", "system=<text>", "template=<path>"],
+        "engines": ["hf", "vllm"],
+    }.items():
+        proc = _cli("ls", what)
+        assert proc.returncode == 0 and all(n in proc.stdout for n in names), (what, proc.stdout)
+    helptext = _cli("run", "--help").stdout
+    for flag in ("--student", "--task", "--teacher", "--objective", "--questions", "--rollouts", "--continuations",
+                 "--top-k", "--budget", "--engine", "--seed", "--out", "--config"):
+        assert flag in helptext
+
+
+def test_batch_grid_writes_a_comparison(tmp_path, embedded_model_path):
+    grid = tmp_path / "grid.toml"
+    grid.write_text(
+        'students = ["embedded"]\ntasks = ["arithmetic", "arithmetic:ops=+"]\nteachers = ["self:answer"]\n'
+        'objectives = ["rkl", "fkl"]\nquestions = 1\nrollouts = 2\nmax_new_tokens = 24\nbudget = 24\n'
+        f'top_k = 2\ncontinuations = 2\nprogress = false\nout = "{tmp_path / "grid"}"\n'
+    )
+    proc = _cli("batch", str(grid))
+    assert proc.returncode == 0, proc.stderr
+    table = pd.read_parquet(tmp_path / "grid" / "comparison.parquet")
+    assert set(table.task) == {"arithmetic", "arithmetic:ops=+"} and set(table.student) == {"embedded"}
+    assert "Best configuration per run" in (tmp_path / "grid" / "comparison.html").read_text()
