@@ -1,4 +1,5 @@
-"""Shared fixtures: the prepared embedded model (SmolLM2-135M-Instruct) and engines on it, built once per session."""
+"""Shared fixtures: the prepared embedded model (SmolLM2-135M-Instruct) and engines on it, built once per
+session."""
 
 from __future__ import annotations
 
@@ -6,14 +7,14 @@ import os
 
 import pytest
 
-# Idle OpenMP threads sleep instead of spinning: on a small shared machine spinning torch threads slow every
-# model-running test several-fold. Set before torch is first imported.
+# Idle OpenMP threads sleep instead of spinning: on a small shared machine spinning torch threads slow
+# every model-running test several-fold. Set before torch is first imported.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 
 @pytest.fixture(scope="session")
 def embedded_model_path() -> str:
-    """Local path of the embedded checkpoint (converted once by `diagnose models prepare`; quick when done)."""
+    """Local path of the embedded checkpoint (converted once by `diagnose models prepare`)."""
     from diagnose import models
 
     models.prepare(log=lambda msg: None)
