@@ -141,7 +141,7 @@ def models_prepare(force: bool = typer.Option(False, help="Convert again even if
 
 
 @models_app.command("path")
-def models_path(name: str = typer.Argument("embedded", help="`embedded`, a Hugging Face id or a local path.")):
+def models_path(name: str = typer.Argument("embedded", help="`embedded`, a Hugging Face id or a local path")):
     """Print what a model name resolves to."""
     from . import models
 

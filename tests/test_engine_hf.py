@@ -41,7 +41,7 @@ def test_chunked_scoring_equals_one_pass(hf_engine, prompt):
         hf_engine.score_chunk = old
     with torch.inference_mode():
         direct = hf_engine.model(torch.tensor([seqs[0]])).logits[0].float()
-    for c, w in zip(chunked, whole):
+    for c, w in zip(chunked, whole, strict=False):
         assert c.logits.shape == w.logits.shape
         assert torch.allclose(c.logits, w.logits, atol=1e-4, rtol=0)
     assert torch.allclose(whole[0].logits, direct[[t - 1 for t in positions[0]]], atol=1e-4, rtol=0)

@@ -49,10 +49,10 @@ def test_render_prompt_applies_chat_template(hf_engine, prompts):
 def test_engines_agree_on_next_token_distribution(hf_engine, vllm_engine, prompts):
     """Top-20 log-probs of vLLM equal hf's at the same positions (prompt ends and inside a response)."""
     seqs = [p + hf_engine.tokenizer.encode(" The answer is 7. It is a small number.") for p in prompts]
-    positions = [[len(p), len(p) + 3, len(s) - 1, len(s)] for p, s in zip(prompts, seqs)]
+    positions = [[len(p), len(p) + 3, len(s) - 1, len(s)] for p, s in zip(prompts, seqs, strict=False)]
     ref = hf_engine.score(seqs, positions, topk=None)
     got = vllm_engine.score(seqs, positions, topk=20)
-    for r, g in zip(ref, got):
+    for r, g in zip(ref, got, strict=False):
         logp = torch.log_softmax(r.logits, dim=-1)
         assert g.topk_ids.shape == (4, 20)
         err = (logp.gather(1, g.topk_ids) - g.topk_logprobs).abs().max().item()
@@ -103,12 +103,12 @@ def test_forced_token_leads_every_continuation(engine, prompts):
     reqs = [Continuation(prefix, t) for t in forced] + [Continuation(tuple(prompts[2]), 330)]
     out = engine.continue_from(reqs, 3, SamplingParams(max_new_tokens=6, seed=5))
     assert len(out) == len(reqs)
-    for req, conts in zip(reqs, out):
+    for req, conts in zip(reqs, out, strict=False):
         assert len(conts) == 3
         for c in conts:
             assert c.token_ids[0] == req.token
             assert 1 <= len(c.token_ids) <= 6 and len(c.logprobs) == len(c.token_ids)
-    for t, conts in zip(forced, out[:3]):
+    for t, conts in zip(forced, out[:3], strict=False):
         assert abs(conts[0].logprobs[0] - logp[t].item()) < LOGPROB_TOL
 
 
@@ -126,7 +126,7 @@ def test_continuations_equal_recomputation_from_scratch(engine, prompts):
     ]
     out = engine.continue_from(reqs, 4, SamplingParams(max_new_tokens=8, seed=2))
     seqs, positions, ids = [], [], []
-    for req, conts in zip(reqs, out):
+    for req, conts in zip(reqs, out, strict=False):
         for c in conts:
             seqs.append(list(req.prefix) + c.token_ids)
             positions.append([len(req.prefix) + j for j in range(len(c.token_ids))])

@@ -113,7 +113,7 @@ class HFEngine:
         if len(positions) != len(sequences):
             raise DiagnoseError("score: one list of positions per sequence is required")
         seqs = [[int(t) for t in s] for s in sequences]
-        for s, pos in zip(seqs, positions):
+        for s, pos in zip(seqs, positions, strict=False):
             if any(not 1 <= int(p) <= len(s) for p in pos):
                 raise DiagnoseError(f"score: positions must lie in 1..{len(s)} (sequence length)")
         logits = [None] * len(seqs)
@@ -121,11 +121,11 @@ class HFEngine:
         for start in range(0, len(order), self.batch_size):
             batch = order[start : start + self.batch_size]
             got = self._logits_at([seqs[i] for i in batch], [[int(p) for p in positions[i]] for i in batch])
-            for i, z in zip(batch, got):
+            for i, z in zip(batch, got, strict=False):
                 logits[i] = z
         return [
-            _make_scores(list(map(int, positions[i])), logits[i], topk, None if token_ids is None else token_ids[i])
-            for i in range(len(seqs))
+            _make_scores([int(p) for p in positions[i]], logits[i], topk, ids)
+            for i, ids in enumerate(token_ids if token_ids is not None else [None] * len(seqs))
         ]
 
     # ---------------------------------------------------------------- scoring
@@ -227,7 +227,8 @@ class HFEngine:
         )
         return out.past_key_values, mask, out.logits[:, -1].float()
 
-    def _decode(self, part, prefill_cache, prefill_mask, prefill_logits, jobs, params, generator, stopper, results):
+    def _decode(self, part, prefill_cache, prefill_mask, prefill_logits, jobs, params, generator, stopper,
+                results):
         """Decode one slice of rows from an expanded copy of the prefill cache until every row stops.
 
         Finished rows are dropped from the cache once a quarter of the rows have finished (a cache copy);
@@ -310,7 +311,7 @@ def _select_rows(cache, index: torch.Tensor):
 def _layers(cache):
     if hasattr(cache, "layers"):
         return [(layer.keys, layer.values) for layer in cache.layers]
-    return list(zip(cache.key_cache, cache.value_cache))
+    return list(zip(cache.key_cache, cache.value_cache, strict=False))
 
 
 def _make_scores(positions: list[int], logits: torch.Tensor, topk: int | None, ids) -> Scores:

@@ -126,7 +126,7 @@ class VLLMEngine:
     @staticmethod
     def _token_logprobs(completion) -> list[float]:
         out = []
-        for tok, entry in zip(completion.token_ids, completion.logprobs or []):
+        for tok, entry in zip(completion.token_ids, completion.logprobs or [], strict=False):
             out.append(float(entry[tok].logprob) if entry and tok in entry else float("nan"))
         return out
 
@@ -144,10 +144,8 @@ class VLLMEngine:
             self._warm(prompts)
         sp = self._params(params, n, params.max_new_tokens)
         outs = self._generate(prompts, [sp] * len(prompts))
-        return [
-            [self._sample(list(c.token_ids), self._token_logprobs(c), c, stopper) for c in o.outputs]
-            for o in outs
-        ]
+        return [[self._sample(list(c.token_ids), self._token_logprobs(c), c, stopper) for c in o.outputs]
+                for o in outs]
 
     def _warm(self, prompts: list[list[int]]) -> None:
         """Put the distinct prompts' full blocks into the prefix cache (one cheap 1-token request each)."""
@@ -176,7 +174,8 @@ class VLLMEngine:
             ids = sorted({int(requests[i].token) for i in idx})
             for k in range(0, len(ids), _MAX_IDS_PER_REQUEST):
                 prompts.append(list(prefix))
-                sps.append(self._params(params, 1, 1, logprobs=None, logprob_token_ids=ids[k : k + _MAX_IDS_PER_REQUEST]))
+                chunk = ids[k : k + _MAX_IDS_PER_REQUEST]
+                sps.append(self._params(params, 1, 1, logprobs=None, logprob_token_ids=chunk))
                 keys.append(prefix)
         forced_lp: dict[tuple[tuple[int, ...], int], float] = {}
         for prefix, out in zip(keys, self._generate(prompts, sps), strict=True):
@@ -205,9 +204,10 @@ class VLLMEngine:
             )
         return result
 
-    def _sample(self, token_ids: list[int], logprobs: list[float], completion, stopper: StopChecker) -> Sample:
+    @staticmethod
+    def _sample(token_ids: list[int], logprobs: list[float], completion, stopper: StopChecker) -> Sample:
         reason = "stop" if completion.finish_reason == "stop" else "length"
-        return Sample(token_ids=token_ids, logprobs=logprobs, text=stopper.text(token_ids), finish_reason=reason)
+        return Sample(token_ids, logprobs, text=stopper.text(token_ids), finish_reason=reason)
 
     def score(
         self,
@@ -255,7 +255,8 @@ class VLLMEngine:
                     chunks = [None]
                 else:
                     ordered = sorted(ids)
-                    chunks = [ordered[k : k + _MAX_IDS_PER_REQUEST] for k in range(0, len(ordered), _MAX_IDS_PER_REQUEST)]
+                    step = _MAX_IDS_PER_REQUEST
+                    chunks = [ordered[k : k + step] for k in range(0, len(ordered), step)]
                 for chunk in chunks:
                     if chunk == []:
                         continue
@@ -269,7 +270,8 @@ class VLLMEngine:
             for key, out in zip(keys, self._generate(prompts, sps), strict=True):
                 flat = out.outputs[0].logprobs
                 a, b = flat.start_indices[0], flat.end_indices[0]
-                point_rows.setdefault(key, {}).update(zip(flat.token_ids[a:b], flat.logprobs[a:b], strict=True))
+                row = zip(flat.token_ids[a:b], flat.logprobs[a:b], strict=True)
+                point_rows.setdefault(key, {}).update(row)
         result = []
         for i, ps in enumerate(pos):
             ids_i = None if token_ids is None else token_ids[i]
