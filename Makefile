@@ -33,7 +33,7 @@ browser:
 	  echo "chromium unavailable: the report's browser test will be skipped"
 
 demo: setup
-	$(BIN)/python -m diagnose.demo
+	$(BIN)/diagnose run --out reports/demo
 
 bench: setup
 	for b in benchmarks/*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done

@@ -31,10 +31,13 @@ def run(
     student: Optional[str] = typer.Option(None, help="Student: `embedded` (default), a Hugging Face id or a path."),
     task: Optional[str] = typer.Option(None, help="Task spec, e.g. arithmetic, countdown, gsm8k:path=test.jsonl."),
     teacher: Optional[List[str]] = typer.Option(
-        None, help="Teacher spec (repeatable): self:answer, self:solution, self:summary, self:contrastive, "
-        "self:system=<text>, self:template=<path>, model=<id-or-path>[:<context>]."),
+        None,
+        help="Teacher spec (repeatable): self:answer, self:solution, self:summary, self:contrastive, "
+        "self:system=<text>, self:template=<path>, model=<id-or-path>[:<context>].",
+    ),
     objective: Optional[List[str]] = typer.Option(
-        None, help="Objective (repeatable), with parameters like jsd:beta=0.5 or rkl_topk:k=8,support=union."),
+        None, help="Objective (repeatable), with parameters like jsd:beta=0.5 or rkl_topk:k=8,support=union."
+    ),
     questions: Optional[int] = typer.Option(None, help="Number of questions."),
     rollouts: Optional[int] = typer.Option(None, help="Student rollouts per question."),
     continuations: Optional[int] = typer.Option(None, help="Continuations per candidate token."),
@@ -44,15 +47,30 @@ def run(
     seed: Optional[int] = typer.Option(None, help="Random seed (same seed, same tables)."),
     out: Optional[Path] = typer.Option(None, help="Run directory (rerun into it to resume)."),
     config: Optional[Path] = typer.Option(None, help="TOML config file; flags override it."),
+    param_space: Optional[bool] = typer.Option(
+        None,
+        "--param-space/--no-param-space",
+        help="Also score cos(J^T g*, J^T d) on the student's last block (hf engine; slower).",
+    ),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
 ):
     """Run (or resume) a diagnosis and write Parquet tables and report.html into the run directory."""
     from .pipeline import RunConfig, Runner
 
     overrides = {
-        "student": student, "task": task, "teachers": teacher or None, "objectives": objective or None,
-        "questions": questions, "rollouts": rollouts, "continuations": continuations, "top_k": top_k,
-        "budget": budget, "engine": engine, "seed": seed, "out": str(out) if out is not None else None,
+        "student": student,
+        "task": task,
+        "teachers": teacher or None,
+        "objectives": objective or None,
+        "questions": questions,
+        "rollouts": rollouts,
+        "continuations": continuations,
+        "top_k": top_k,
+        "budget": budget,
+        "engine": engine,
+        "seed": seed,
+        "param_space": param_space,
+        "out": str(out) if out is not None else None,
     }
     cfg = RunConfig.from_sources(config, overrides)
     cfg.progress = not quiet

@@ -18,8 +18,15 @@ from diagnose.pipeline import RunConfig, Runner
 from diagnose.report import read_metadata, read_table
 
 TINY = dict(
-    questions=2, rollouts=2, max_new_tokens=32, budget=48, top_k=2, continuations=2,
-    teachers=["self:answer", "self:contrastive"], objectives=["rkl", "fkl", "rkl_sampled"], seed=0,
+    questions=2,
+    rollouts=2,
+    max_new_tokens=32,
+    budget=48,
+    top_k=2,
+    continuations=2,
+    teachers=["self:answer", "self:contrastive"],
+    objectives=["rkl", "fkl", "rkl_sampled"],
+    seed=0,
 )
 TABLES = ("rollouts", "nodes", "candidates", "alignment")
 KEYS = {
@@ -37,8 +44,9 @@ def _toml(path: Path, **values) -> Path:
 
 
 def _cli(*args, timeout=600):
-    return subprocess.run([sys.executable, "-m", "diagnose", *args], capture_output=True, text=True,
-                          timeout=timeout, env=ENV)
+    return subprocess.run(
+        [sys.executable, "-m", "diagnose", *args], capture_output=True, text=True, timeout=timeout, env=ENV
+    )
 
 
 @pytest.fixture(scope="module")
@@ -102,8 +110,12 @@ def test_killed_run_resumes_to_the_same_tables(tiny_run, tmp_path):
     out_ref, _ = tiny_run
     cfg = _toml(tmp_path / "tiny.toml")
     out = tmp_path / "killed"
-    proc = subprocess.Popen([sys.executable, "-m", "diagnose", "run", "--config", str(cfg), "--out", str(out), "-q"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=ENV)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "diagnose", "run", "--config", str(cfg), "--out", str(out), "-q"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env=ENV,
+    )
     first = out / "alignment" / "part-q00000.parquet"
     deadline = time.time() + 600
     while not first.exists() and proc.poll() is None and time.time() < deadline:
@@ -189,7 +201,9 @@ def _assert_refused(proc, needle, out):
 def test_malformed_toml(tmp_path):
     bad = tmp_path / "bad.toml"
     bad.write_text("questions = [1,\n")
-    _assert_refused(_cli("run", "--config", str(bad), "--out", str(tmp_path / "out")), "malformed TOML", tmp_path / "out")
+    _assert_refused(
+        _cli("run", "--config", str(bad), "--out", str(tmp_path / "out")), "malformed TOML", tmp_path / "out"
+    )
 
 
 def test_unwritable_output_directory(tmp_path):
@@ -207,8 +221,16 @@ def test_teacher_with_another_tokenizer(tmp_path, other_tokenizer_teacher):
 
 def test_prompt_longer_than_the_context(tmp_path, long_question_file):
     out = tmp_path / "out"
-    proc = _cli("run", "--task", f"file:path={long_question_file},question=question,answer=answer",
-                "--teacher", "self:answer", "--out", str(out), "-q")
+    proc = _cli(
+        "run",
+        "--task",
+        f"file:path={long_question_file},question=question,answer=answer",
+        "--teacher",
+        "self:answer",
+        "--out",
+        str(out),
+        "-q",
+    )
     _assert_refused(proc, "exceeds the model's context", out)
 
 
@@ -222,8 +244,21 @@ def test_ls_and_help():
         proc = _cli("ls", what)
         assert proc.returncode == 0 and all(n in proc.stdout for n in names), (what, proc.stdout)
     helptext = _cli("run", "--help").stdout
-    for flag in ("--student", "--task", "--teacher", "--objective", "--questions", "--rollouts", "--continuations",
-                 "--top-k", "--budget", "--engine", "--seed", "--out", "--config"):
+    for flag in (
+        "--student",
+        "--task",
+        "--teacher",
+        "--objective",
+        "--questions",
+        "--rollouts",
+        "--continuations",
+        "--top-k",
+        "--budget",
+        "--engine",
+        "--seed",
+        "--out",
+        "--config",
+    ):
         assert flag in helptext
 
 
@@ -239,3 +274,14 @@ def test_batch_grid_writes_a_comparison(tmp_path, embedded_model_path):
     table = pd.read_parquet(tmp_path / "grid" / "comparison.parquet")
     assert set(table.task) == {"arithmetic", "arithmetic:ops=+"} and set(table.student) == {"embedded"}
     assert "Best configuration per run" in (tmp_path / "grid" / "comparison.html").read_text()
+
+
+def test_param_space_option_adds_a_column(tmp_path, embedded_model_path):
+    """--param-space scores cos(J^T g*, J^T d) on the last block next to the logit-space cosine."""
+    cfg = {**TINY, "questions": 1, "teachers": ["self:answer"], "objectives": ["rkl", "fkl"], "budget": 16}
+    result = diagnose.run(out=str(tmp_path / "p"), progress=False, param_space=True, **cfg)
+    al = result.alignment
+    assert len(al) > 0 and al.param_cos.notna().all()
+    assert al.param_cos.between(-1, 1).all()
+    # the parameter-space image is a different vector: the two cosines are not identical
+    assert (al.param_cos - al.cos_full).abs().max() > 1e-4

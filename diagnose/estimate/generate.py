@@ -63,23 +63,28 @@ class Generator:
                 run = j
                 while j < r.count and ks[j] not in found:
                     j += 1
-                groups.setdefault((r.token < 0, r.start + run, j - run), []).append((ri, r.start + run))
-        for (is_rollout, start, length), members in sorted(groups.items()):
+                groups.setdefault((r.token < 0, r.start + run), []).append((ri, r.start + run, j - run))
+        # One engine call per (kind, block start) and batch: runs of different lengths share it (each takes the
+        # first samples it needs), so a node's observed token, which has one free sample, does not cost a
+        # separate call. The seed depends on the block start only, so sample j of a block is the same sample
+        # whichever other requests shared the call (for engines that seed per request).
+        for (is_rollout, start), members in sorted(groups.items()):
             params = replace(self.params, seed=derive_seed(self.params.seed, start))
             for b in range(0, len(members), self.max_batch):
                 chunk = members[b : b + self.max_batch]
+                length = max(n for _, _, n in chunk)
                 if is_rollout:
-                    out = self.engine.sample([list(requests[ri].prefix) for ri, _ in chunk], length, params)
+                    out = self.engine.sample([list(requests[ri].prefix) for ri, _, _ in chunk], length, params)
                 else:
                     reqs = [
-                        Continuation(prefix=requests[ri].prefix, token=requests[ri].token) for ri, _ in chunk
+                        Continuation(prefix=requests[ri].prefix, token=requests[ri].token) for ri, _, _ in chunk
                     ]
                     out = self.engine.continue_from(reqs, length, params)
                 self.engine_calls += 1
                 new: dict[str, Sample] = {}
-                for (ri, s0), samples in zip(chunk, out, strict=False):
+                for (ri, s0, n), samples in zip(chunk, out, strict=False):
                     r = requests[ri]
-                    for j, smp in enumerate(samples):
+                    for j, smp in enumerate(samples[:n]):
                         new[self.key(r.prefix, r.token, s0 + j)] = smp
                         self.generated_tokens += len(smp.token_ids)
                 self.generated += len(new)

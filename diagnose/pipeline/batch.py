@@ -63,8 +63,16 @@ def comparison_html(table: pd.DataFrame, metric: str = "cos_full") -> str:
     t = table[table["metric"] == metric] if "metric" in table else table
     t = t.assign(run=t["student"] + " · " + t["task"])
     pivot = t.pivot_table(index="config", columns="run", values="mean")
-    fig = go.Figure(go.Heatmap(z=pivot.values, x=list(pivot.columns), y=list(pivot.index), colorscale="RdBu",
-                               zmid=0, colorbar={"title": "mean cos"}))
+    fig = go.Figure(
+        go.Heatmap(
+            z=pivot.values,
+            x=list(pivot.columns),
+            y=list(pivot.index),
+            colorscale="RdBu",
+            zmid=0,
+            colorbar={"title": "mean cos"},
+        )
+    )
     fig.update_layout(title=f"Mean alignment ({metric}) per configuration and run", height=200 + 22 * len(pivot))
     best = t.sort_values("mean", ascending=False).groupby("run").head(1)[["run", "config", "mean", "ci_low", "ci_high"]]
     return (
@@ -72,6 +80,7 @@ def comparison_html(table: pd.DataFrame, metric: str = "cos_full") -> str:
         "<h1>diagnose: batch comparison</h1><p>Alignment = cosine between the distillation update and the ideal "
         "per-token gradient (positive: a small distillation step raises the chance of success).</p>"
         + fig.to_html(include_plotlyjs=True, full_html=False)
-        + "<h2>Best configuration per run</h2>" + best.to_html(index=False, float_format=lambda x: f"{x:+.3f}")
+        + "<h2>Best configuration per run</h2>"
+        + best.to_html(index=False, float_format=lambda x: f"{x:+.3f}")
         + "</body></html>"
     )

@@ -31,16 +31,16 @@ class RunConfig:
     task: str = "arithmetic"
     teachers: list[str] = field(default_factory=lambda: list(DEFAULT_TEACHERS))
     objectives: list[str] = field(default_factory=lambda: list(DEFAULT_OBJECTIVES))
-    questions: int = 6
+    questions: int = 4
     rollouts: int = 4  # student rollouts per question
-    continuations: int = 4  # per candidate (initial allocation)
-    top_k: int = 4  # candidates: student top-k ∪ each teacher's top-k ∪ observed token
-    budget: int = 96  # continuations per rollout across its selected nodes
+    continuations: int = 2  # per candidate
+    top_k: int = 2  # candidates: student top-k ∪ each teacher's top-k ∪ observed token
+    budget: int = 40  # continuations per question, across the nodes of its rollouts
     nodes: str = "windows"  # node selection: windows (exponential widths), windows_end, uniform, every, refine
     engine: str = "hf"
     seed: int = 0
     temperature: float = 1.0
-    max_new_tokens: int = 96
+    max_new_tokens: int = 64
     param_space: bool = False
     out: str = "reports/run"
     progress: bool = True

@@ -28,6 +28,7 @@ from ..teachers.scoring import max_context
 from ..teachers.summaries import summarize
 from .config import RunConfig
 from .frames import frames_for_question
+from .param_cos import param_cosines
 from .progress import Progress
 from .rundir import check_writable, open_run_dir, write_atomic
 from .teachers import TeacherAtNodes, check_context_available, load_teacher_engines
@@ -76,9 +77,16 @@ class Runner:
     def estimate_config(self) -> EstimateConfig:
         c = self.cfg
         return EstimateConfig(
-            rollouts_per_question=c.rollouts, temperature=c.temperature, max_new_tokens=c.max_new_tokens,
-            stop=tuple(self.task.stop), seed=c.seed, k_student=c.top_k, k_teacher=c.top_k,
-            continuations=c.continuations, budget=float(c.budget), nodes=c.nodes,
+            rollouts_per_question=c.rollouts,
+            temperature=c.temperature,
+            max_new_tokens=c.max_new_tokens,
+            stop=tuple(self.task.stop),
+            seed=c.seed,
+            k_student=c.top_k,
+            k_teacher=c.top_k,
+            continuations=c.continuations,
+            budget=float(c.budget),
+            nodes=c.nodes,
         )
 
     def metadata(self) -> dict:
@@ -102,14 +110,21 @@ class Runner:
                 summary = summarize(self.engine, [q.solution], self.out / "cache" / "summaries", self.cfg.seed)[0]
         fns = {tc.label: TeacherAtNodes(tc, self.teacher_engines[tc.model], q, summary) for tc in self.teacher_cfgs}
         (self.out / "cache").mkdir(exist_ok=True)
-        est = Estimator(self.engine, [eq], fns, self.objectives, self.estimate_config(),
-                        cache=self.out / "cache" / f"{shard_id(index)}.sqlite")
+        est = Estimator(
+            self.engine,
+            [eq],
+            fns,
+            self.objectives,
+            self.estimate_config(),
+            cache=self.out / "cache" / f"{shard_id(index)}.sqlite",
+        )
         try:
             result = est.run()
         finally:
             est.cache.close()
+        param_cos = param_cosines(self.engine, est, fns, self.objectives) if self.cfg.param_space else {}
         teacher_proxies = self._proxies(est, fns)
-        frames = frames_for_question(result, q, self.task, self.engine.tokenizer, teacher_proxies, fns)
+        frames = frames_for_question(result, q, self.task, self.engine.tokenizer, teacher_proxies, fns, param_cos)
         meta = self.metadata()
         for name in TABLES:
             write_table(self.out, name, frames[name], shard=shard_id(index), metadata=meta)
@@ -138,7 +153,9 @@ class Runner:
         for label, fn in fns.items():
             zt = torch.stack([fn.kept[k] for k in keys])
             prox = proxies(z, zt)
-            q_tok = torch.softmax(zt.float(), -1)[torch.arange(len(keys)), torch.tensor([e.observed for e in est.estimates])]
+            q_tok = torch.softmax(zt.float(), -1)[
+                torch.arange(len(keys)), torch.tensor([e.observed for e in est.estimates])
+            ]
             for i, e in enumerate(est.estimates):
                 row = {name: float(v[i]) for name, v in prox.items()}
                 row["q_token"] = float(q_tok[i])
@@ -165,7 +182,9 @@ class Runner:
         todo = self.pending()
         if todo:
             self.load()
-            with self.progress.bar("questions", total=len(self.questions), completed=len(self.questions) - len(todo)) as advance:
+            with self.progress.bar(
+                "questions", total=len(self.questions), completed=len(self.questions) - len(todo)
+            ) as advance:
                 for i in todo:
                     self.run_question(i)
                     advance()

@@ -21,8 +21,9 @@ def load_teacher_engines(configs: Sequence[TeacherConfig], student_engine, engin
         if cfg.is_self or cfg.model in out:
             continue
         teacher = engines.load(engine_name, cfg.model, dtype="bfloat16")
-        check_compatible(student_engine.tokenizer, teacher.tokenizer, cfg.model,
-                         student_engine.vocab_size, teacher.vocab_size)
+        check_compatible(
+            student_engine.tokenizer, teacher.tokenizer, cfg.model, student_engine.vocab_size, teacher.vocab_size
+        )
         out[cfg.model] = teacher
     return out
 
@@ -33,8 +34,12 @@ def context_inputs(q: TaskQuestion, rollouts, scored_index: int, summary: str | 
     right = q.meta.get("correct_solution") or next((r.text for r in others if r.correct), None) or q.solution
     wrong = q.meta.get("incorrect_solution") or next((r.text for r in others if not r.correct), None)
     return ContextInputs(
-        question=q.prompt, answer=q.answer, solution=q.solution,
-        summary=q.meta.get("summary") or summary, correct_example=right, incorrect_example=wrong,
+        question=q.prompt,
+        answer=q.answer,
+        solution=q.solution,
+        summary=q.meta.get("summary") or summary,
+        correct_example=right,
+        incorrect_example=wrong,
     )
 
 
@@ -66,10 +71,11 @@ class TeacherAtNodes:
             messages.append(build_messages(self.cfg.context, inputs))
             responses.append(rollouts[r].token_ids)
             positions.append([nodes[i].position for i in by_rollout[r]])
-        scores = score_rollouts(self.engine, messages, responses, positions, payload="logits",
-                                teacher_name=self.cfg.label)
+        scores = score_rollouts(
+            self.engine, messages, responses, positions, payload="logits", teacher_name=self.cfg.label
+        )
         out: list[torch.Tensor | None] = [None] * len(nodes)
-        for r, sc in zip(order, scores):
+        for r, sc in zip(order, scores, strict=False):
             self.tokens += sc.prompt_len + len(rollouts[r].token_ids)
             for j, i in enumerate(by_rollout[r]):
                 out[i] = sc.logits[j].float()

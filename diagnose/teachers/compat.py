@@ -32,8 +32,9 @@ def tokenizer_differences(student_tok, teacher_tok) -> list[str]:
     return diffs
 
 
-def check_compatible(student_tok, teacher_tok, teacher_name: str, student_vocab: int | None = None,
-                     teacher_vocab: int | None = None) -> None:
+def check_compatible(
+    student_tok, teacher_tok, teacher_name: str, student_vocab: int | None = None, teacher_vocab: int | None = None
+) -> None:
     """Raise DiagnoseError naming what differs; logits widths must match too (padded vocabularies)."""
     diffs = tokenizer_differences(student_tok, teacher_tok)
     if student_vocab is not None and teacher_vocab is not None and student_vocab != teacher_vocab:

@@ -89,11 +89,11 @@ def _template(inputs: ContextInputs, path: str) -> list[dict]:
     if not file.is_file():
         raise DiagnoseError(f"template file not found: {file}")
     try:
-        text = file.read_text().format(
-            question=inputs.question, solution=inputs.solution or "", answer=inputs.answer
-        )
+        text = file.read_text().format(question=inputs.question, solution=inputs.solution or "", answer=inputs.answer)
     except (KeyError, IndexError, ValueError) as err:
-        raise DiagnoseError(f"template {file}: bad placeholder ({err}); use {{question}}, {{solution}}, {{answer}}")
+        raise DiagnoseError(
+            f"template {file}: bad placeholder ({err}); use {{question}}, {{solution}}, {{answer}}"
+        ) from None
     return [{"role": "user", "content": text}]
 
 

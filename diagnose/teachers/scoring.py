@@ -70,7 +70,7 @@ def score_rollouts(
     prompts = [render_prompt(engine.tokenizer, m) for m in messages]
     limit = max_context(engine)
     sequences, abs_positions = [], []
-    for prompt, resp, pos in zip(prompts, responses, positions):
+    for prompt, resp, pos in zip(prompts, responses, positions, strict=False):
         seq = list(prompt) + list(resp)
         if limit is not None and len(seq) > limit:
             raise DiagnoseError(
@@ -84,7 +84,7 @@ def score_rollouts(
     else:
         scores = engine.score(sequences, abs_positions, topk=topk, token_ids=token_ids)
     out = []
-    for prompt, pos, sc in zip(prompts, positions, scores):
+    for prompt, pos, sc in zip(prompts, positions, scores, strict=False):
         if sc.logits is not None:
             logits = sc.logits.float()
         else:
@@ -95,5 +95,3 @@ def score_rollouts(
             logits = densify(sc.topk_ids, sc.topk_logprobs, engine.vocab_size, req, extra)
         out.append(TeacherScores(positions=list(pos), logits=logits, prompt_len=len(prompt)))
     return out
-
-

@@ -38,7 +38,7 @@ def summarize(engine, solutions: list[str], cache_dir: Path, seed: int = 0, max_
         prompts = [render_prompt(engine.tokenizer, PROMPT.format(solution=solutions[i])) for i in todo]
         params = SamplingParams(temperature=0.7, max_new_tokens=max_new_tokens, stop=("\n",), seed=seed)
         samples = engine.sample(prompts, 1, params)
-        for i, group in zip(todo, samples):
+        for i, group in zip(todo, samples, strict=False):
             text = engine.tokenizer.decode(group[0].token_ids, skip_special_tokens=True).strip()
             text = text or solutions[i].strip().splitlines()[0]
             out[i] = text
