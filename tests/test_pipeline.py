@@ -278,10 +278,13 @@ def test_batch_grid_writes_a_comparison(tmp_path, embedded_model_path):
 
 def test_param_space_option_adds_a_column(tmp_path, embedded_model_path):
     """--param-space scores cos(J^T g*, J^T d) on the last block next to the logit-space cosine."""
-    cfg = {**TINY, "questions": 1, "teachers": ["self:answer"], "objectives": ["rkl", "fkl"], "budget": 16}
+    cfg = {**TINY, "teachers": ["self:answer"], "objectives": ["rkl", "fkl"], "budget": 24}
     result = diagnose.run(out=str(tmp_path / "p"), progress=False, param_space=True, **cfg)
     al = result.alignment
     assert len(al) > 0 and al.param_cos.notna().all()
     assert al.param_cos.between(-1, 1).all()
-    # the parameter-space image is a different vector: the two cosines are not identical
-    assert (al.param_cos - al.cos_full).abs().max() > 1e-4
+    # where g* = 0 its parameter-space image is 0 too: the cosine is undefined there as well
+    assert (al.loc[al.degenerate, "param_cos"] == 0).all()
+    live = al[~al.degenerate]
+    if len(live):  # the parameter-space image is a different vector: the two cosines are not identical
+        assert (live.param_cos - live.cos_full).abs().max() > 1e-4
