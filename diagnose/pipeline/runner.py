@@ -213,4 +213,4 @@ def run(config: RunConfig | None = None, progress: bool | None = None, **overrid
     return Runner(cfg, progress).run()
 
 
-__all__ = ["Runner", "run", "shard_id", "Path"]
+__all__ = ["Runner", "run", "shard_id"]
