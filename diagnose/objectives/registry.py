@@ -4,40 +4,28 @@ from __future__ import annotations
 
 from typing import Any
 
-_REGISTRY: dict[str, tuple[type, dict[str, Any]]] = {}
+from ..registry import Registry
+
+_OBJECTIVES = Registry("objective", KeyError)
 
 
 def register(name: str, **defaults):
     """Class decorator: register an Objective subclass under `name` with its default parameters."""
-
-    def wrap(cls):
-        if name in _REGISTRY:
-            raise ValueError(f"objective {name!r} is registered twice")
-        cls.name = name
-        _REGISTRY[name] = (cls, dict(defaults))
-        return cls
-
-    return wrap
+    return _OBJECTIVES.register(name, **defaults)
 
 
 def available() -> list[str]:
     """Names of every registered objective."""
-    return sorted(_REGISTRY)
+    return _OBJECTIVES.available()
 
 
 def defaults(name: str) -> dict[str, Any]:
-    return dict(_lookup(name)[1])
-
-
-def _lookup(name: str):
-    if name not in _REGISTRY:
-        raise KeyError(f"unknown objective {name!r}; available: {', '.join(available())}")
-    return _REGISTRY[name]
+    return _OBJECTIVES.defaults(name)
 
 
 def get(name: str, **params):
     """Build objective `name`; unknown parameters are refused, missing ones take their defaults."""
-    cls, dflt = _lookup(name)
+    cls, dflt = _OBJECTIVES.lookup(name)
     unknown = set(params) - set(dflt)
     if unknown:
         allowed = ", ".join(sorted(dflt)) or "none"

@@ -6,40 +6,26 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import DiagnoseError
+from ..registry import Registry
 
-_REGISTRY: dict[str, tuple[type, dict[str, Any]]] = {}
 FILE_SUFFIXES = (".jsonl", ".json", ".csv", ".parquet", ".pq")
+_TASKS = Registry("task", DiagnoseError, hint=" (or a data file path)")
 
 
 def register(name: str, **defaults):
     """Class decorator: register a Task subclass under `name` with its options and their defaults
     (a default of None means a string option with no default, such as a file path)."""
-
-    def wrap(cls):
-        if name in _REGISTRY:
-            raise ValueError(f"task {name!r} is registered twice")
-        cls.name = name
-        _REGISTRY[name] = (cls, dict(defaults))
-        return cls
-
-    return wrap
+    return _TASKS.register(name, **defaults)
 
 
 def available() -> list[str]:
     """Names of every registered task."""
-    return sorted(_REGISTRY)
+    return _TASKS.available()
 
 
 def defaults(name: str) -> dict[str, Any]:
     """Options of task `name` and their defaults."""
-    return dict(_lookup(name)[1])
-
-
-def _lookup(name: str):
-    if name not in _REGISTRY:
-        names = ", ".join(available())
-        raise DiagnoseError(f"unknown task {name!r}; available: {names} (or a data file path)")
-    return _REGISTRY[name]
+    return _TASKS.defaults(name)
 
 
 def _coerce(name: str, key: str, value, default):
@@ -65,7 +51,7 @@ def parse_spec(spec: str) -> tuple[str, dict[str, str]]:
     if not spec:
         raise DiagnoseError("empty task spec; available: " + ", ".join(available()))
     name, sep, rest = spec.partition(":")
-    if name not in _REGISTRY and (
+    if name not in _TASKS and (
         not sep or "=" not in rest.split(",")[0]
     ) and (spec.lower().endswith(FILE_SUFFIXES) or Path(spec).is_file()):
         return "file", {"path": spec}
@@ -100,7 +86,7 @@ def get(spec: str, **options):
     if name == "file" and ":" not in spec.strip() and not options:
         name = _guess_style(parsed["path"])
     parsed.update(options)
-    cls, dflt = _lookup(name)
+    cls, dflt = _TASKS.lookup(name)
     unknown = set(parsed) - set(dflt)
     if unknown:
         allowed = ", ".join(sorted(dflt)) or "none"
