@@ -1,15 +1,19 @@
-"""hf-engine specifics on the real embedded model: seeds repeat, chunked scoring is exact, and the expanded
-prefix cache gives the same next-token logits as recomputing prefix + forced token from scratch."""
+"""hf-engine specifics. On the real embedded model (slow): seeds repeat, samples do not depend on batching,
+chunked scoring is exact, and the expanded prefix cache gives the same next-token logits as recomputing
+prefix + forced token from scratch. On the CPU without a model (fast): the counter-based draw."""
 
 from __future__ import annotations
 
+import math
+
+import numpy as np
 import pytest
 import torch
 
-from diagnose.engines import SamplingParams, render_prompt
+import diagnose.engines.hf as hf_module
+from diagnose.engines import Continuation, SamplingParams, render_prompt
 from diagnose.engines.hf import _select_rows
-
-pytestmark = pytest.mark.slow
+from diagnose.engines.sampling import draw, request_key, row_key, sample_key, uniforms
 
 
 @pytest.fixture(scope="module")
@@ -17,6 +21,7 @@ def prompt(hf_engine):
     return render_prompt(hf_engine.tokenizer, "List three fruits.")
 
 
+@pytest.mark.slow
 def test_same_seed_same_output(hf_engine, prompt):
     params = SamplingParams(max_new_tokens=12, seed=3)
     a = hf_engine.sample([prompt, prompt[:-2]], 3, params)
@@ -28,6 +33,7 @@ def test_same_seed_same_output(hf_engine, prompt):
     assert ids(a) != ids(c)
 
 
+@pytest.mark.slow
 def test_chunked_scoring_equals_one_pass(hf_engine, prompt):
     seqs = [prompt + list(range(1000, 1090)), prompt[:20]]
     positions = [[1, 7, 16, 17, 40, len(seqs[0]) - 1, len(seqs[0])], [3, 20]]
@@ -47,6 +53,7 @@ def test_chunked_scoring_equals_one_pass(hf_engine, prompt):
     assert torch.allclose(whole[0].logits, direct[[t - 1 for t in positions[0]]], atol=1e-4, rtol=0)
 
 
+@pytest.mark.slow
 def test_expanded_prefix_cache_equals_recomputation(hf_engine, prompt):
     """Logits of the first free token after a forced one, via the shared (left-padded, expanded) prefix
     cache, equal a from-scratch forward pass over prefix + forced token."""
@@ -71,3 +78,151 @@ def test_expanded_prefix_cache_equals_recomputation(hf_engine, prompt):
             assert torch.allclose(got[r], want, atol=2e-4, rtol=0), (got[r] - want).abs().max()
     # the prefill cache is untouched by the expanded rows' decoding
     assert cache.get_seq_length() == len(prefixes[0])
+
+
+# ---------------------------------------------------------------- counter-based sampling on the real model
+
+
+def _ids(out):
+    return [[s.token_ids for s in row] for row in out]
+
+
+def _assert_same(a, b):
+    """Same tokens; log-probs equal up to float32 noise (batch composition changes padding and kernels)."""
+    assert _ids(a) == _ids(b)
+    for row_a, row_b in zip(a, b, strict=True):
+        for x, y in zip(row_a, row_b, strict=True):
+            assert x.finish_reason == y.finish_reason
+            assert np.allclose(x.logprobs, y.logprobs, atol=1e-4, rtol=0)
+
+
+@pytest.mark.slow
+def test_samples_do_not_depend_on_batching(hf_engine, prompt):
+    """Sample j of a request is the same alone, beside other requests, and with one row per batch (where no
+    row is ever dropped from the cache mid-decode, unlike the shared batches whose rows stop at different
+    steps on a stop string)."""
+    params = SamplingParams(max_new_tokens=14, seed=21, stop=("\n", "."))
+    other = render_prompt(hf_engine.tokenizer, "Name a colour of the sky.")
+    a = Continuation(tuple(prompt), 504)
+    b = Continuation(tuple(prompt[:-3]), 28)
+    c = Continuation(tuple(other), 1348)
+    old = hf_engine.batch_size
+    try:
+        alone = hf_engine.continue_from([a], 4, params)
+        shared = hf_engine.continue_from([b, a, c], 4, params)
+        sampled_alone = hf_engine.sample([prompt], 4, params)
+        sampled_shared = hf_engine.sample([other, prompt], 4, params)
+        hf_engine.batch_size = 1
+        one_row = hf_engine.continue_from([c, a], 4, params)
+        sampled_one_row = hf_engine.sample([prompt], 4, params)
+    finally:
+        hf_engine.batch_size = old
+    _assert_same(alone, [shared[1]])
+    _assert_same(alone, [one_row[1]])
+    _assert_same([shared[2]], [one_row[0]])
+    _assert_same(sampled_alone, [sampled_shared[1]])
+    _assert_same(sampled_alone, sampled_one_row)
+    # fewer continuations of the same request: the first ones are unchanged
+    _assert_same([alone[0][:2]], hf_engine.continue_from([a], 2, params))
+    assert any(s.finish_reason == "stop" for row in shared for s in row), "the test wants rows that stop early"
+
+
+@pytest.mark.slow
+def test_each_sample_draws_from_its_own_stream(hf_engine, prompt, monkeypatch):
+    """Two prompts under one seed, and samples j=0 and j=1 of one prompt, use different keys (so different
+    uniforms at every step); every later step of a row uses the same key and the next step index."""
+    calls = []
+    real_draw = hf_module.draw
+
+    def spy(logp, keys, step):
+        calls.append((list(keys), step))
+        return real_draw(logp, keys, step)
+
+    monkeypatch.setattr(hf_module, "draw", spy)
+    other = prompt[:-2]
+    params = SamplingParams(max_new_tokens=5, seed=3)
+    hf_engine.sample([prompt, other], 2, params)
+    first_keys, first_step = calls[0]
+    want = [row_key(3, prompt, -1, j) for j in range(2)] + [row_key(3, other, -1, j) for j in range(2)]
+    assert first_step == 0 and sorted(first_keys) == sorted(want)
+    assert len(set(want)) == 4
+    assert [step for _, step in calls] == list(range(len(calls)))
+    for keys, _ in calls[1:]:
+        assert set(keys) <= set(want)
+    for step in range(5):
+        u = uniforms(want, step)
+        assert len(set(u.tolist())) == 4, (step, u)
+
+
+# ---------------------------------------------------------------- counter-based draw (fast, no model)
+
+
+def test_row_keys_are_stable_and_distinct():
+    """Keys hash (seed, prefix, forced token, index) with blake2b: the same on every run and platform."""
+    assert row_key(7, (1, 2, 3), -1, 0) == 6030356525935891770
+    assert uniforms([6030356525935891770], 0)[0] == pytest.approx(0.6861789100772433, abs=0)
+    assert row_key(7, [1, 2, 3], -1, 0) == sample_key(request_key(7, (1, 2, 3)), 0)
+    keys = {
+        row_key(7, (1, 2, 3), -1, 0),
+        row_key(7, (1, 2, 3), -1, 1),
+        row_key(8, (1, 2, 3), -1, 0),
+        row_key(7, (1, 2, 4), -1, 0),
+        row_key(7, (1, 2, 3), 5, 0),
+    }
+    assert len(keys) == 5
+
+
+def test_uniforms_are_open_and_decorrelated_across_steps():
+    keys = [sample_key(request_key(0, (1,)), j) for j in range(20_000)]
+    u0, u1 = uniforms(keys, 0), uniforms(keys, 1)
+    assert u0.dtype == np.float64 and (u0 > 0).all() and (u0 < 1).all()
+    assert abs(u0.mean() - 0.5) < 0.01 and abs(u0.var() - 1 / 12) < 0.005
+    assert abs(np.corrcoef(u0, u1)[0, 1]) < 0.05
+    assert np.array_equal(uniforms(keys[5:9], 0), u0[5:9])  # a key's uniform ignores the other keys
+
+
+def _chi_square_critical(df: int, z: float = 3.09) -> float:
+    """Upper critical value of chi-square(df) at the normal quantile z (Wilson-Hilferty; z=3.09: p=1e-3)."""
+    return df * (1 - 2 / (9 * df) + z * math.sqrt(2 / (9 * df))) ** 3
+
+
+def test_counter_draw_follows_the_distribution():
+    """Frequencies over 20k keys match p (chi-square), zero-probability tokens never come up, and the
+    returned log-probs are those of the chosen tokens."""
+    p = torch.tensor([0.3, 0.0, 0.2, 0.15, 0.0, 0.25, 0.1, 0.0])
+    logp = torch.log(p)  # -inf where p == 0, as the top-p nucleus leaves them
+    n = 20_000
+    keys = [sample_key(request_key(11, (1, 2)), j) for j in range(n)]
+    positive = p > 0
+    df = int(positive.sum()) - 1
+    for step in (0, 7):
+        ids, lp = draw(logp.expand(n, -1), keys, step)
+        assert ids.shape == (n,) and lp.shape == (n,)
+        counts = torch.bincount(ids, minlength=p.numel()).double()
+        assert counts[~positive].sum() == 0
+        exp = p.double()[positive] * n
+        stat = float(((counts[positive] - exp) ** 2 / exp).sum())
+        assert stat < _chi_square_critical(df), (step, stat, counts.tolist())
+        assert torch.equal(lp, logp[ids])
+    assert 18.0 < _chi_square_critical(4) < 19.0  # tables: 18.47
+
+
+def test_counter_draw_edges_and_row_independence():
+    """One-hot rows (greedy) always give their token, including mass on the first token followed by zeros;
+    a row's draw is the same whatever rows share the batch."""
+    v = 6
+    onehot = torch.full((3, v), float("-inf"))
+    onehot[0, 0] = onehot[1, 5] = onehot[2, 2] = 0.0
+    keys = [sample_key(request_key(1, (9,)), j) for j in range(3)]
+    for step in range(50):
+        ids, lp = draw(onehot, keys, step)
+        assert ids.tolist() == [0, 5, 2] and lp.tolist() == [0.0, 0.0, 0.0]
+    logp = torch.log_softmax(torch.randn(5, 100, generator=torch.Generator().manual_seed(0)), dim=-1)
+    keys = [sample_key(request_key(2, (3,)), j) for j in range(5)]
+    together, _ = draw(logp, keys, 4)
+    alone = [int(draw(logp[r : r + 1], keys[r : r + 1], 4)[0]) for r in range(5)]
+    assert together.tolist() == alone
+    reordered, _ = draw(logp[[3, 1]], [keys[3], keys[1]], 4)
+    assert reordered.tolist() == [alone[3], alone[1]]
+    with pytest.raises(ValueError):
+        draw(logp, keys[:2], 0)

@@ -11,15 +11,17 @@ import torch
 from ..errors import DiagnoseError
 from ..models import resolve_model
 from .base import Continuation, Sample, SamplingParams, Scores
-from .sampling import StopChecker, draw, processed_logprobs
+from .sampling import StopChecker, draw, processed_logprobs, request_key, sample_key
 
 
 @dataclass
 class _Job:
-    """One generated row: its prefix, and the forced first token (None: sample it)."""
+    """One generated row: its prefix, the forced first token (None: sample it), and its 64-bit sampling key
+    (from seed, prefix, forced token and sample index: its draws do not depend on the rest of the batch)."""
 
     prefix: tuple[int, ...]
     forced: int | None
+    key: int
 
 
 def _dtype(dtype, device: str) -> torch.dtype:
@@ -84,16 +86,30 @@ class HFEngine:
     # ---------------------------------------------------------------- protocol
 
     def sample(self, prompts: Sequence[Sequence[int]], n: int, params: SamplingParams) -> list[list[Sample]]:
-        """n samples per prompt; each prompt's KV cache is computed once and shared by its n rows."""
-        jobs = [_Job(tuple(int(t) for t in p), None) for p in prompts for _ in range(n)]
+        """n samples per prompt; each prompt's KV cache is computed once and shared by its n rows.
+
+        Sample j of a prompt draws from its own counter-based stream, keyed by (seed, prompt, -1, j).
+        """
+        jobs = []
+        for p in prompts:
+            prefix = tuple(int(t) for t in p)
+            base = request_key(params.seed, prefix, -1)
+            jobs.extend(_Job(prefix, None, sample_key(base, j)) for j in range(n))
         flat = self._run(jobs, params)
         return [flat[i * n : (i + 1) * n] for i in range(len(prompts))]
 
     def continue_from(
         self, requests: Sequence[Continuation], m: int, params: SamplingParams
     ) -> list[list[Sample]]:
-        """m continuations per (prefix, forced token); each prefix's KV cache is computed once."""
-        jobs = [_Job(tuple(int(t) for t in r.prefix), int(r.token)) for r in requests for _ in range(m)]
+        """m continuations per (prefix, forced token); each prefix's KV cache is computed once.
+
+        Continuation j of a request draws from its own stream, keyed by (seed, prefix, token, j).
+        """
+        jobs = []
+        for r in requests:
+            prefix, token = tuple(int(t) for t in r.prefix), int(r.token)
+            base = request_key(params.seed, prefix, token)
+            jobs.extend(_Job(prefix, token, sample_key(base, j)) for j in range(m))
         flat = self._run(jobs, params)
         return [flat[i * m : (i + 1) * m] for i in range(len(requests))]
 
@@ -182,7 +198,6 @@ class HFEngine:
                 raise DiagnoseError("generation needs a non-empty prefix (at least a BOS or prompt token)")
             groups.setdefault(job.prefix, []).append(i)
         prefixes = sorted(groups, key=len)
-        generator = torch.Generator(device=self.device).manual_seed(int(params.seed))
         stopper = StopChecker(self.tokenizer, params.stop, self.eos_ids)
         results: list[Sample | None] = [None] * len(jobs)
         # Pack whole prefix groups into prefill units of about batch_size rows; a group larger than a batch
@@ -193,17 +208,17 @@ class HFEngine:
             unit.append(prefix)
             unit_rows += len(groups[prefix])
             if unit_rows >= self.batch_size or k == len(prefixes) - 1:
-                self._run_unit(unit, groups, jobs, params, generator, stopper, results)
+                self._run_unit(unit, groups, jobs, params, stopper, results)
                 unit, unit_rows = [], 0
         return results  # type: ignore[return-value]
 
     @torch.inference_mode()
-    def _run_unit(self, unit, groups, jobs, params, generator, stopper, results) -> None:
+    def _run_unit(self, unit, groups, jobs, params, stopper, results) -> None:
         cache, mask, last_logits = self._prefill(list(unit))
         rows = [(g, i) for g, prefix in enumerate(unit) for i in groups[prefix]]
         for start in range(0, len(rows), self.batch_size):
             part = rows[start : start + self.batch_size]
-            self._decode(part, cache, mask, last_logits, jobs, params, generator, stopper, results)
+            self._decode(part, cache, mask, last_logits, jobs, params, stopper, results)
 
     def _prefill(self, prefixes: list[tuple[int, ...]]):
         """Left-padded forward pass over the distinct prefixes: their KV cache, mask and last logits."""
@@ -227,21 +242,22 @@ class HFEngine:
         )
         return out.past_key_values, mask, out.logits[:, -1].float()
 
-    def _decode(self, part, prefill_cache, prefill_mask, prefill_logits, jobs, params, generator, stopper,
-                results):
+    def _decode(self, part, prefill_cache, prefill_mask, prefill_logits, jobs, params, stopper, results):
         """Decode one slice of rows from an expanded copy of the prefill cache until every row stops.
 
         Finished rows are dropped from the cache once a quarter of the rows have finished (a cache copy);
-        until then they ride along and their draws are ignored.
+        until then they ride along and their draws are ignored. The token at generation index t of a row
+        is drawn with the uniform of (row key, t), whatever rows share the batch.
         """
         group_of = [g for g, _ in part]
         job_ids = [i for _, i in part]
+        keys = [jobs[i].key for i in job_ids]
         logp = processed_logprobs(
             prefill_logits.index_select(0, torch.tensor(group_of, device=self.device)),
             params.temperature,
             params.top_p,
         )
-        sampled, sampled_lp = draw(logp, generator)
+        sampled, sampled_lp = draw(logp, keys, 0)
         tokens: list[list[int]] = []
         lps: list[list[float]] = []
         reason: dict[int, str] = {}
@@ -272,7 +288,9 @@ class HFEngine:
                 use_cache=True,
             )
             cache, lengths, step = out.past_key_values, lengths + 1, step + 1
-            ids, lp = draw(processed_logprobs(out.logits[:, -1], params.temperature, params.top_p), generator)
+            # every row in the cache is at generation index step - 1 (all rows start together)
+            logp = processed_logprobs(out.logits[:, -1], params.temperature, params.top_p)
+            ids, lp = draw(logp, [keys[r] for r in rows], step - 1)
             for c, r in enumerate(rows):
                 if not live[c]:
                     continue

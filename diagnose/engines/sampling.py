@@ -1,10 +1,18 @@
 """Token sampling shared by the torch engines: temperature and top-p applied to a batch of logits, the
-log-prob of each chosen token under that same distribution, and per-row stop detection."""
+log-prob of each chosen token under that same distribution, counter-based draws, and per-row stop detection.
+
+Counter-based sampling: every sample owns a 64-bit key (a hash of seed, prefix, forced token and sample
+index) and its draw at generation step t is the inverse CDF of a uniform hashed from (key, t). A sample's
+tokens therefore depend on nothing but its own key and its own logits: not on the other rows of the batch,
+the batch size, or which rows were dropped from the cache mid-decode.
+"""
 
 from __future__ import annotations
 
+import hashlib
 from typing import Sequence
 
+import numpy as np
 import torch
 
 
@@ -28,10 +36,63 @@ def processed_logprobs(logits: torch.Tensor, temperature: float, top_p: float) -
     return logp
 
 
-def draw(logp: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-    """One token per row from log-probs [R, V]; returns (ids [R], their log-probs [R])."""
-    ids = torch.multinomial(logp.exp(), 1, generator=generator)
-    return ids.squeeze(-1), logp.gather(-1, ids).squeeze(-1)
+def _hash64(parts: tuple) -> int:
+    """A 64-bit hash of a tuple of ints, stable across runs, processes and platforms (no PYTHONHASHSEED)."""
+    return int.from_bytes(hashlib.blake2b(repr(parts).encode(), digest_size=8).digest(), "little")
+
+
+def request_key(seed: int, prefix: Sequence[int], token: int = -1) -> int:
+    """The key of one request: (seed, prefix, forced token or -1 for a free sample)."""
+    return _hash64(("request", int(seed), tuple(int(t) for t in prefix), int(token)))
+
+
+def sample_key(request: int, j: int) -> int:
+    """The key of sample j of a request (from `request_key`)."""
+    return _hash64(("sample", int(request), int(j)))
+
+
+def row_key(seed: int, prefix: Sequence[int], token: int, j: int) -> int:
+    """The 64-bit key of sample j of (seed, prefix, forced token or -1)."""
+    return sample_key(request_key(seed, prefix, token), j)
+
+
+def _splitmix64(x: np.ndarray) -> np.ndarray:
+    """Vectorised splitmix64 finaliser on uint64 arrays (wrap-around arithmetic is intended)."""
+    with np.errstate(over="ignore"):
+        z = x + np.uint64(0x9E3779B97F4A7C15)
+        z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        return z ^ (z >> np.uint64(31))
+
+
+def uniforms(keys: Sequence[int] | np.ndarray, step: int) -> np.ndarray:
+    """One uniform in the open interval (0, 1) per key for generation step `step` (float64, 53-bit)."""
+    keys = np.asarray(keys, dtype=np.uint64)
+    with np.errstate(over="ignore"):
+        bits = _splitmix64(keys ^ _splitmix64(np.full_like(keys, int(step) + 1)))
+    return ((bits >> np.uint64(11)).astype(np.float64) + 0.5) / float(1 << 53)
+
+
+def draw(logp: torch.Tensor, keys: Sequence[int] | np.ndarray, step: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """One token per row from log-probs [R, V] by inverse CDF of the row's uniform for (key, step).
+
+    Returns (ids [R], their log-probs [R]). The CDF is a float64 cumulative sum on logp's device; the pick
+    is the first token with positive probability whose CDF exceeds u x total, so rounding (or a parallel
+    scan that is not exactly monotone) never selects a zero-probability token; should no such token pass,
+    the last token with positive probability is taken.
+    """
+    if logp.shape[0] != len(keys):
+        raise ValueError(f"draw: {logp.shape[0]} rows but {len(keys)} keys")
+    p = logp.double().exp()
+    cdf = p.cumsum(-1)
+    u = torch.from_numpy(uniforms(keys, step)).to(logp.device)
+    target = (u * cdf[:, -1]).unsqueeze(-1)
+    positive = p > 0
+    hit = (cdf > target) & positive
+    first = hit.to(torch.uint8).argmax(-1)  # argmax returns the first maximal index
+    last = p.shape[-1] - 1 - positive.flip(-1).to(torch.uint8).argmax(-1)
+    ids = torch.where(hit.any(-1), first, last)
+    return ids, logp.gather(-1, ids.unsqueeze(-1)).squeeze(-1)
 
 
 class StopChecker:
