@@ -1,7 +1,8 @@
 """Chunked torch back end: two passes over the logits in [rows x vocab] blocks, O(block) extra memory.
 
 Pass 1 (`lse_pass`) gives the log-normalisers and the student's argmax; pass 2 (`stream_pass`) the sums
-listed in plan.py. Runs on any device; on the CPU it is the default.
+listed in plan.py. Runs on any device; on the CPU it is the default. The logits are rounded to float32 (exact
+for bf16/fp16/fp32) and every element-wise quantity is then computed, and summed, in float64.
 """
 
 from __future__ import annotations
@@ -13,8 +14,9 @@ import torch
 from .plan import LOG_FLOOR, PROXY_KEYS, StreamPlan
 
 ROWS = 64
-COLS = 16384
-SUM_DTYPE = torch.float64  # per-block row sums, merged across blocks in float64
+COLS = 8192
+F64 = torch.float64
+SUM_DTYPE = F64  # per-block row sums, merged across blocks in float64
 
 
 def _blocks(n: int, v: int, rows: int | None, cols: int | None):
@@ -34,12 +36,12 @@ def lse_pass(student, teachers, rows: int | None = None, cols: int | None = None
     n, v = student.shape
     dev = student.device
     n_cfg = len(teachers)
-    m = torch.full((1 + n_cfg, n), float("-inf"), device=dev)
-    rest = torch.zeros(1 + n_cfg, n, dtype=torch.float64, device=dev)  # sum of exp(x - max) but the max's own
+    m = torch.full((1 + n_cfg, n), float("-inf"), dtype=F64, device=dev)  # float32 values
+    rest = torch.zeros(1 + n_cfg, n, dtype=F64, device=dev)  # sum of exp(x - max) but the max's own
     arg = torch.zeros(n, dtype=torch.long, device=dev)
     for rs, cs in _blocks(n, v, rows, cols):
         for c, x in enumerate([student] + list(teachers)):
-            z = x[rs, cs].float()
+            z = x[rs, cs].float().double()
             bm, idx = z.max(-1)
             new = bm > m[c, rs]
             if c == 0:
@@ -50,10 +52,11 @@ def lse_pass(student, teachers, rows: int | None = None, cols: int | None = None
             hit = torch.nonzero(new, as_tuple=True)[0]
             e[hit, idx[hit]] = 0.0  # the new maximum's own term (= 1) is carried by the "+ 1" below
             old = rest[c, rs]
-            scale = torch.exp(m[c, rs] - safe).double()
+            scale = torch.exp(m[c, rs] - safe)
             rest[c, rs] = torch.where(new, scale * (old + 1.0), old) + e.sum(-1, dtype=SUM_DTYPE)
             m[c, rs] = m_new
     ls = torch.log1p(rest)
+    m = m.float()  # maxima of float32 values: exact
     return m[0], ls[0], m[1:], ls[1:], arg
 
 
@@ -84,8 +87,7 @@ def stream_pass(
     n, v = student.shape
     n_cfg = len(teachers)
     dev = student.device
-    m_s, m_t = norm[0], norm[2]
-    ls_s, ls_t = norm[1].float(), norm[3].float()
+    m_s, ls_s, m_t, ls_t = (x.double() for x in norm)
     out: dict = {}
 
     def acc(key, shape_cfg: bool, rs, c, value):
@@ -98,22 +100,24 @@ def stream_pass(
 
     for key in PROXY_KEYS:
         out[key] = torch.zeros(n_cfg, n, dtype=torch.float64, device=dev)
-    z_a, zt_a, piv, piv_ok = aux["z_a"], aux["zt_a"], aux["piv"], aux["piv_ok"]
+    z_a, zt_a, piv = (aux[k].double() for k in ("z_a", "zt_a", "piv"))
+    piv_ok = aux["piv_ok"]
+    taus = {key: x.double() for key, x in aux.items() if isinstance(key, tuple) and key[0] in ("tau_s", "tau_t")}
     for rs, cs in _blocks(n, v, rows, cols):
-        z = student[rs, cs].float()
+        z = student[rs, cs].float().double()
         logp = ((z - m_s[rs, None]) - ls_s[rs, None]).clamp_min_(LOG_FLOOR)
         p = logp.exp()
         pp = p * p
         acc("ent_s", False, rs, None, -(p * logp).sum(-1, dtype=SUM_DTYPE))
         dz = z - z_a[rs, None]
-        not_top = (torch.arange(cs.start, cs.stop, device=dev)[None, :] != aux["arg"][rs, None]).float()
+        not_top = (torch.arange(cs.start, cs.stop, device=dev)[None, :] != aux["arg"][rs, None]).double()
         if plan.clips:
             acc("spp_xtop", False, rs, None, (pp * not_top).sum(-1, dtype=SUM_DTYPE))
         for k in plan.thr_s:
-            tau = aux[("tau_s", k)][rs, None]
+            tau = taus[("tau_s", k)][rs, None]
             _threshold(acc, ("thr_s", k), False, rs, None, z < tau, z == tau, pp)
         for c, zt_all in enumerate(teachers):
-            zt = zt_all[rs, cs].float()
+            zt = zt_all[rs, cs].float().double()
             logq = ((zt - m_t[c, rs, None]) - ls_t[c, rs, None]).clamp_min_(LOG_FLOOR)
             q = logq.exp()
             pv = piv[c, rs, None]
@@ -159,10 +163,10 @@ def stream_pass(
                 ):
                     acc(("clip", clip, name), True, rs, c, val.sum(-1, dtype=SUM_DTYPE))
             for k in plan.thr_t:
-                tau = aux[("tau_t", k)][c, rs, None]
+                tau = taus[("tau_t", k)][c, rs, None]
                 _threshold(acc, ("thr_t", k), True, rs, c, zt < tau, zt == tau, pp)
             for k in plan.thr_u:
-                tau_s, tau_t = aux[("tau_s", k)][rs, None], aux[("tau_t", k)][c, rs, None]
+                tau_s, tau_t = taus[("tau_s", k)][rs, None], taus[("tau_t", k)][c, rs, None]
                 le = (z <= tau_s) & (zt <= tau_t)
                 lt = (z < tau_s) & (zt < tau_t)
                 _threshold(acc, ("thr_u", k), True, rs, c, lt, le & ~lt, pp)

@@ -15,7 +15,7 @@ from diagnose.alignment import safe_cosine
 from . import chunked
 from .plan import LOG_FLOOR, StreamPlan
 from .reference import node_stats_reference
-from .types import NodeStats, teacher_list
+from .types import NodeStats, finish_cosines, teacher_list
 
 SAMPLED = ("rkl_sampled", "rkl_baselined", "k1_loss", "k3_loss", "grpo_ref")
 TOPK = ("rkl_topk", "rkl_topk_unnorm", "fkl_topk")
@@ -28,13 +28,31 @@ def _floor(x):
     return x.clamp_min(LOG_FLOOR)
 
 
-def _dedup(ids: torch.Tensor, *others: torch.Tensor):
+def _q_minus_p(logp, logq):
+    """q - p from log-probs, as p expm1(log q - log p) where the two are close (no cancellation when both
+    are near 1, as at the argmax of a peaked row)."""
+    diff = logq - logp
+    near = diff.abs() < 0.5
+    return torch.where(near, logp.exp() * torch.expm1(torch.where(near, diff, 0.0)), logq.exp() - logp.exp())
+
+
+def _log_softmax_on(x, valid):
+    """Floored float64 log-softmax of x over the `valid` entries of the last axis, as (x - max) - log1p(sum of
+    exp(x - max) over the other entries): log p of an entry holding nearly all the mass keeps its digits.
+    NaN where every valid entry is -inf, as torch.log_softmax (the objectives) gives."""
+    x = x.masked_fill(~valid, float("-inf"))
+    m, am = x.max(-1, keepdim=True)
+    e = torch.exp(x - m).scatter(-1, am, 0.0)
+    return _floor((x - m) - torch.log1p(e.sum(-1, keepdim=True)))
+
+
+def _dedup(ids: torch.Tensor, *others: torch.Tensor, with_order: bool = False):
     """Sort ids along the last axis and mark padding (-1) and all but the last of repeated ids invalid (as
-    `ideal_gradient`'s scatter does); `others` follow the sort."""
+    `ideal_gradient`'s scatter does); `others` follow the sort. with_order: the sort's permutation last."""
     ids, order = ids.long().sort(dim=-1, stable=True)
     valid = ids >= 0
     valid[..., :-1] &= ids[..., :-1] != ids[..., 1:]  # of repeated ids the last occurrence counts
-    return (ids, valid, *(o.gather(-1, order) for o in others))
+    return (ids, valid, *(o.gather(-1, order) for o in others), *((order,) if with_order else ()))
 
 
 def _topk(logits: torch.Tensor, k: int):
@@ -142,7 +160,7 @@ def node_stats(
     )
     piv_ok = (lp_a > LOG_FLOOR) & (lq_a > LOG_FLOOR)
     piv64 = torch.where(piv_ok, lp_a - lq_a, 0.0)  # no pivot where a floor is hit at the argmax
-    aux: dict = {"z_a": z_a, "zt_a": zt_a, "piv": piv64.float(), "piv_ok": piv_ok, "arg": arg}
+    aux: dict = {"z_a": z_a, "zt_a": zt_a, "piv": piv64, "piv_ok": piv_ok, "arg": arg}
     topk_s = {k: _topk(student_logits, k) for k in sorted(s_k)}  # per k: ties are broken as torch.topk(k)
     topk_t = {k: [_topk(zt, k) for zt in teachers] for k in sorted(t_k)}
     for k, (vals, _) in topk_s.items():
@@ -154,20 +172,22 @@ def node_stats(
     ctx = _Context(student_logits, teachers, norm, cand_ids, g_cand, tokens, sums, aux, topk_s, topk_t, piv64)
     dot = torch.zeros(n_cfg, len(objectives), n, dtype=torch.float64, device=dev)
     d_sq, d_sup = torch.zeros_like(dot), torch.zeros_like(dot)
+    d_cand = torch.zeros(n_cfg, len(objectives), *cand_ids.shape, dtype=torch.float64, device=dev)
     fallback = []
     for i, o in enumerate(objectives):
         if o.name not in FUSED:
             fallback.append(i)
             continue
-        d_sq[:, i], d_cand = ctx.objective(o, advantages)
-        dot[:, i], d_sup[:, i] = ctx.candidate_terms(d_cand)
-    dot, d_sq, d_sup = dot.float(), d_sq.float(), d_sup.float()
-    g_sq = ctx.g_sq.float()
+        d_sq[:, i], d_c = ctx.objective(o, advantages)
+        d_c = d_c.expand(n_cfg, *cand_ids.shape)
+        dot[:, i], d_sup[:, i] = ctx.candidate_terms(d_c)
+        d_cand[:, i] = ctx.caller_order(d_c)
     if fallback:
         _fill_fallback(
             dot,
             d_sq,
             d_sup,
+            d_cand,
             fallback,
             objectives,
             student_logits,
@@ -177,32 +197,34 @@ def node_stats(
             tokens,
             advantages,
         )
-    cos_f, deg_f = safe_cosine(dot, g_sq.expand_as(dot), d_sq)
-    cos_s, deg_s = safe_cosine(dot, g_sq.expand_as(dot), d_sup)
-    spp = ctx.s_pp
+    spp, sqq = ctx.s_pp, sums["sqq"]
+    cos_f, cos_s, degenerate = finish_cosines(dot, ctx.g_sq, d_sq, d_sup, spp, sqq)
     return NodeStats(
         labels=[o.label for o in objectives],
         lse_student=(m_s + ls_s).float(),
         lse_teacher=(m_t + ls_t).float(),
-        g_sq=g_sq,
+        g_sq=ctx.g_sq,
         dot=dot,
         d_sq=d_sq,
         d_sq_support=d_sup,
+        d_cand=d_cand,
+        p_sq=spp.clone(),
+        q_sq=sqq.clone(),
         cos_full=cos_f,
         cos_support=cos_s,
-        degenerate=deg_f | deg_s,
+        degenerate=degenerate,
         kl_pq=(piv64 + sums["kl_r"]).float(),
         kl_qp=sums["kl_qp"].float(),
         js=sums["js"].float(),
         tv=(0.5 * (sums["tv"] + ctx.diff_top.abs())).float(),
-        cos_pq=safe_cosine(sums["spq"].float(), spp.float().expand(n_cfg, n), sums["sqq"].float())[0],
+        cos_pq=safe_cosine(sums["spq"].float(), spp.float().expand(n_cfg, n), sqq.float())[0],
         entropy_student=sums["ent_s"].float(),
         entropy_teacher=sums["ent_t"].float(),
     )
 
 
 def _fill_fallback(
-    dot, d_sq, d_sup, idx, objectives, student, teachers, cand_ids, g_cand, tokens, advantages
+    dot, d_sq, d_sup, d_cand, idx, objectives, student, teachers, cand_ids, g_cand, tokens, advantages
 ):
     """Objectives unknown to the kernels: the reference on row chunks (memory O(FALLBACK_ROWS * V))."""
     objs = [objectives[i] for i in idx]
@@ -218,10 +240,11 @@ def _fill_fallback(
             None if advantages is None else advantages[rs],
         )
         for j, i in enumerate(idx):
-            dot[:, i, rs], d_sq[:, i, rs], d_sup[:, i, rs] = (
+            dot[:, i, rs], d_sq[:, i, rs], d_sup[:, i, rs], d_cand[:, i, rs] = (
                 ref.dot[:, j],
                 ref.d_sq[:, j],
                 ref.d_sq_support[:, j],
+                ref.d_cand[:, j],
             )
 
 
@@ -236,10 +259,12 @@ class _Context:
         self.zt_a = aux["zt_a"].double()
         self.lp_top = _floor((aux["z_a"].double() - self.m_s) - self.ls_s)
         lq_top = _floor((self.zt_a - self.m_t) - self.ls_t)
-        self.diff_top = lq_top.exp() - self.lp_top.exp()  # q - p at the student's argmax, in float64
+        self.diff_top = _q_minus_p(self.lp_top, lq_top)  # q - p at the student's argmax, in float64
         self.topk_s, self.topk_t = topk_s, topk_t
-        ids, valid, g = _dedup(cand_ids.to(student.device), g_cand.to(student.device).float())
-        self.ids, self.valid = ids, valid
+        ids, valid, g, order = _dedup(
+            cand_ids.to(student.device), g_cand.to(student.device).double(), with_order=True
+        )
+        self.ids, self.valid, self.order = ids, valid, order
         self.g = torch.where(valid, g, 0.0).double()
         self.g_sq = (self.g * self.g).sum(-1)
         self.logp_c, self.logq_c = self._logprobs(ids.clamp_min(0))  # [N, K], [C, N, K]
@@ -251,19 +276,24 @@ class _Context:
             self.p_a = self.logp_a.exp()
             self.s_pp = spp_x + self.p_a * self.p_a
             self.e_sq = sums["sp_x"] ** 2 + spp_x  # |e_a - p|^2
-            match = (ids == tokens[:, None]) & valid
-            self.is_a = match.double()
-            self.g_a = (self.g * self.is_a).sum(-1)
+            self.is_a = ids == tokens[:, None]  # every slot holding a, repeats included
+            # e_a - p at the candidates; 1 - p_a = -expm1(log p_a) keeps its digits when p_a ~ 1
+            self.e_minus_p = torch.where(self.is_a, -torch.expm1(self.logp_c), -self.p_c)
         else:
             self.s_pp = spp_x
 
     def _logprobs(self, ids):
         """float64 floored log p and log q at ids [N, K] (log q: [C, N, K]); values are float32-exact."""
-        z = self.student.gather(1, ids).double()
-        zt = torch.stack([t.gather(1, ids) for t in self.teachers]).double()
+        z = self.student.gather(1, ids).float().double()  # the logits count as rounded to float32
+        zt = torch.stack([t.gather(1, ids) for t in self.teachers]).float().double()
         logp = _floor((z - self.m_s[:, None]) - self.ls_s[:, None])
         logq = _floor((zt - self.m_t[..., None]) - self.ls_t[..., None])
         return logp, logq
+
+    def caller_order(self, d_cand):
+        """d at the sorted candidates [C, N, K] -> the caller's slot order, 0 at padding slots."""
+        d_cand = torch.where(self.ids >= 0, d_cand, 0.0)
+        return torch.empty_like(d_cand).scatter_(-1, self.order.expand_as(d_cand), d_cand)
 
     def candidate_terms(self, d_cand):
         """(<g*, d>, |d on the candidates|^2) from d at the candidates [C, N, K]."""
@@ -303,7 +333,7 @@ class _Context:
         return self._pivoted(delta, s["r1"], s["r2"]), -self.p_c * (r_c - delta[..., None])
 
     def _fkl(self):
-        return self.sums["fkl_dd"] + self.diff_top**2, self.q_c - self.p_c
+        return self.sums["fkl_dd"] + self.diff_top**2, _q_minus_p(self.logp_c, self.logq_c)
 
     def _jsd(self, beta):
         s = self.sums
@@ -321,17 +351,22 @@ class _Context:
         s = self.sums
         key = ("clip", clip)
         q = self.q_c
-        q_u = torch.where(torch.where(q > 0, q * (self.logq_c - self.logp_c), 0.0) < clip, q, 0.0)
+        kept = torch.where(q > 0, q * (self.logq_c - self.logp_c), 0.0) < clip
+        q_u = torch.where(kept, q, 0.0)
+        qu_minus_p = torch.where(kept, _q_minus_p(self.logp_c, self.logq_c), -self.p_c)
         lq_top = _floor((self.zt_a - self.m_t) - self.ls_t)
         q_top = lq_top.exp()
-        qu_top = torch.where(torch.where(q_top > 0, q_top * (lq_top - self.lp_top), 0.0) < clip, q_top, 0.0)
+        kept_top = torch.where(q_top > 0, q_top * (lq_top - self.lp_top), 0.0) < clip
+        qu_top = torch.where(kept_top, q_top, 0.0)
         su_x = s[key + ("sU",)]
         s_u = su_x + qu_top
         sigma = -s[key + ("notU",)]  # s - 1 without cancellation
         p_top = self.lp_top.exp()
         mostly_kept = s_u >= 0.5
         d_top = torch.where(
-            mostly_kept, (qu_top - p_top) - p_top * sigma, qu_top * (-torch.expm1(self.lp_top)) - p_top * su_x
+            mostly_kept,
+            torch.where(kept_top, self.diff_top, -p_top) - p_top * sigma,
+            qu_top * (-torch.expm1(self.lp_top)) - p_top * su_x,
         )  # qU_a (1 - p_a) - p_a sum'
         pp_x = s["spp_xtop"]
         near_one = s[key + ("dd",)] - 2 * sigma * s[key + ("pd",)] + sigma * sigma * pp_x
@@ -339,7 +374,7 @@ class _Context:
         d_sq = d_top * d_top + torch.where(mostly_kept, near_one, near_zero).clamp_min(0.0)
         d_c = torch.where(
             mostly_kept[..., None],
-            (q_u - self.p_c) - self.p_c * sigma[..., None],
+            qu_minus_p - self.p_c * sigma[..., None],
             q_u - self.p_c * s_u[..., None],
         )
         is_top = self.ids == self.arg[:, None]
@@ -358,7 +393,7 @@ class _Context:
         else:
             adv = torch.as_tensor(advantages, device=l_a.device).double().expand_as(l_a)
         d_sq = adv * adv * self.e_sq
-        return d_sq, adv[..., None] * (self.is_a - self.p_c)
+        return d_sq, adv[..., None] * self.e_minus_p
 
     def _topk(self, name, k, support):
         n_cfg = len(self.teachers)
@@ -371,21 +406,20 @@ class _Context:
                 [self.topk_s[k][1].expand(n_cfg, -1, -1), torch.stack([ids for _, ids in self.topk_t[k]])], -1
             )
         s_ids, s_valid = _dedup(s_ids)
-        zs = torch.stack([self.student.gather(1, s_ids[c]) for c in range(n_cfg)]).double()
-        zts = torch.stack([t.gather(1, s_ids[c]) for c, t in enumerate(self.teachers)]).double()
+        zs = torch.stack([self.student.gather(1, s_ids[c]) for c in range(n_cfg)]).float().double()
+        zts = torch.stack([t.gather(1, s_ids[c]) for c, t in enumerate(self.teachers)]).float().double()
         match = (self.ids[None, :, :, None] == s_ids[:, :, None, :]) & s_valid[:, :, None, :]  # [C, N, K, kS]
         in_s = match.any(-1)
 
         def on_cand(d_s):  # d on S -> its value at each candidate in S (0 elsewhere)
             return (match.double() * d_s[:, :, None, :]).sum(-1)
 
-        if name == "rkl_topk":
-            logp = _floor(torch.log_softmax(zs.masked_fill(~s_valid, float("-inf")), -1))
-            logq = _floor(torch.log_softmax(zts.masked_fill(~s_valid, float("-inf")), -1))
+        if name == "rkl_topk":  # pivoted at the student's argmax on S, as rkl
+            logp, logq = _log_softmax_on(zs, s_valid), _log_softmax_on(zts, s_valid)
             p = torch.where(s_valid, logp.exp(), 0.0)
             l = logp - logq
-            kl = (p * l).sum(-1, keepdim=True)
-            d_s = -p * (l - kl)
+            r = torch.where(s_valid, l - l.gather(-1, logp.argmax(-1, keepdim=True)), 0.0)
+            d_s = -p * (r - (p * r).sum(-1, keepdim=True))
             return (d_s * d_s).sum(-1), on_cand(d_s)
         logp = _floor((zs - self.m_s[:, None]) - self.ls_s[:, None])
         p = torch.where(s_valid, logp.exp(), 0.0)
@@ -406,16 +440,24 @@ class _Context:
         outside = torch.where(cnt > tied_in_s, eq - torch.where(tie, p * p, 0.0).sum(-1), 0.0)
         off_pp = lt + outside.clamp_min(0.0)
         if name == "fkl_topk":
-            qt = torch.where(
-                s_valid, _floor(torch.log_softmax(zts.masked_fill(~s_valid, float("-inf")), -1)).exp(), 0.0
-            )
-            d_s = torch.where(s_valid, qt - p, 0.0)
+            d_s = torch.where(s_valid, _q_minus_p(logp, _log_softmax_on(zts, s_valid)), 0.0)
             d_cand = torch.where(in_s, on_cand(d_s), -self.p_c)
             return (d_s * d_s).sum(-1) + off_pp, d_cand
-        # rkl_topk_unnorm with full-vocabulary p and q
+        # rkl_topk_unnorm with full-vocabulary p and q: d = -p (l + 1 - inner) on S, p inner off S, with
+        # inner = sum_S p (l + 1). Where S holds the student's argmax, around L = l there:
+        # l + 1 - inner = (l - L) - sum_S p (l - L) + (L + 1)(1 - p(S)), 1 - p(S) = (1 - p_top) - p(S - top).
         logq = _floor((zts - self.m_t[..., None]) - self.ls_t[..., None])
-        l = logp - logq
-        inner = (p * (l + 1.0)).sum(-1, keepdim=True)
-        d_s = torch.where(s_valid, -p * (l + 1.0 - inner), 0.0)
+        top_in = (s_ids == self.arg[:, None]) & s_valid
+        has_top = top_in.any(-1, keepdim=True)
+        piv = torch.where(has_top, self.piv[..., None], 0.0)
+        r = torch.where(s_valid, (logp - logq) - piv, 0.0)
+        p_s = p.sum(-1, keepdim=True)
+        out_mass = torch.where(
+            has_top, -torch.expm1(self.lp_top)[:, None] - torch.where(top_in, 0.0, p).sum(-1, keepdim=True), 1.0 - p_s
+        ).clamp_min(0.0)  # 1 - p(S)
+        p_s = torch.where(has_top, 1.0 - out_mass, p_s)
+        s_pr = (p * r).sum(-1, keepdim=True)
+        inner = s_pr + (piv + 1.0) * p_s
+        d_s = torch.where(s_valid, -p * ((r - s_pr) + (piv + 1.0) * out_mass), 0.0)
         d_cand = torch.where(in_s, on_cand(d_s), self.p_c * inner)
         return (d_s * d_s).sum(-1) + inner[..., 0] ** 2 * off_pp, d_cand
