@@ -226,3 +226,16 @@ def test_counter_draw_edges_and_row_independence():
     assert reordered.tolist() == [alone[3], alone[1]]
     with pytest.raises(ValueError):
         draw(logp, keys[:2], 0)
+
+
+@pytest.mark.slow
+def test_per_request_length_limit_cuts_the_same_draws(hf_engine, prompt):
+    """A continuation limited to L tokens is the first L tokens of the unlimited one (same key): stopping a
+    row at its own limit is exactly what cutting it afterwards gives."""
+    params = SamplingParams(max_new_tokens=10, seed=4)
+    free = hf_engine.continue_from([Continuation(tuple(prompt), 504)], 3, params)[0]
+    cut = hf_engine.continue_from([Continuation(tuple(prompt), 504, max_new_tokens=3)], 3, params)[0]
+    for a, b in zip(free, cut, strict=True):
+        assert b.token_ids == a.token_ids[:3]
+        if len(a.token_ids) > 3:
+            assert b.finish_reason == "length"

@@ -70,3 +70,28 @@ def test_exact_values_match_monte_carlo():
         mc = sum(eng.success(p, c.token_ids) for c in cont) / n
         qk = eng.exact_q(p, tok)
         assert abs(mc - qk) < 4 * math.sqrt(max(qk * (1 - qk), 1e-4) / n) + 1e-3
+
+
+def test_exact_values_under_a_length_limit_shorter_than_the_horizon():
+    """With max_new_tokens M below the horizon, a response is cut at M tokens and judged as it stands; the
+    exact tables follow the same policy (checked by Monte Carlo at the root and at a node t = 3, whose
+    continuations may run M - 3 more tokens)."""
+    eng = make(seed=2, horizon=12, eos_bias=-2.0)
+    p = eng.prompt("21")
+    m, n = 5, 8000
+    _, v = eng.exact_values(p, max_new_tokens=m)
+    _, v_free = eng.exact_values(p)
+    assert abs(v - v_free) > 0.01  # the limit matters for this model
+    rollouts = eng.sample([p], n, SamplingParams(seed=5, max_new_tokens=m))[0]
+    assert max(len(s.token_ids) for s in rollouts) == m
+    mc = sum(eng.success(p, s.token_ids) for s in rollouts) / n
+    assert abs(mc - v) < 4 * math.sqrt(v * (1 - v) / n)
+    head = rollouts[0].token_ids[:3]
+    for tok in (0, 1, eng.tokenizer.eos_token_id):
+        cont = eng.continue_from(
+            [Continuation(tuple(p + head), tok)], n, SamplingParams(seed=6, max_new_tokens=m - 3)
+        )[0]
+        assert max(len(c.token_ids) for c in cont) <= m - 3
+        got = sum(eng.success(p, head + c.token_ids) for c in cont) / n
+        qk = eng.exact_q(p + head, tok, max_new_tokens=m)
+        assert abs(got - qk) < 4 * math.sqrt(max(qk * (1 - qk), 1e-4) / n) + 1e-3

@@ -45,6 +45,9 @@ class Continuation:
 
     prefix: tuple[int, ...]
     token: int
+    # This request's length limit (forced token included); None: the call's params.max_new_tokens. Engines
+    # may stop the row there; the estimator cuts every sample at it anyway.
+    max_new_tokens: int | None = None
 
 
 @dataclass

@@ -137,11 +137,18 @@ class ExactEngine:
         self._table = table
         self._value = np.zeros(v, dtype=np.int64)
         self._value[:digits] = np.arange(digits)
-        self._policies: dict[tuple[float, float], _Policy] = {}
+        self._policies: dict[tuple[float, float, int], _Policy] = {}
+        self._prob_tables: dict[tuple[float, float], np.ndarray] = {}
 
     # ---- the model -------------------------------------------------------------------------------------
 
     def _probs(self, temperature: float, top_p: float) -> np.ndarray:
+        key = (float(temperature), float(top_p))
+        if key not in self._prob_tables:
+            self._prob_tables[key] = self._make_probs(*key)
+        return self._prob_tables[key]
+
+    def _make_probs(self, temperature: float, top_p: float) -> np.ndarray:
         if temperature <= 0:
             raise DiagnoseError("exact engine: temperature must be > 0")
         z = self._table / temperature
@@ -158,30 +165,39 @@ class ExactEngine:
             p /= p.sum(-1, keepdims=True)
         return p
 
-    def policy(self, temperature: float = 1.0, top_p: float = 1.0) -> _Policy:
-        """The sampling policy and its exact value tables (memoised per temperature and top_p)."""
-        key = (float(temperature), float(top_p))
+    def policy(self, temperature: float = 1.0, top_p: float = 1.0, max_new_tokens: int | None = None) -> _Policy:
+        """The sampling policy and its exact value tables (memoised per temperature, top_p and length limit).
+
+        `max_new_tokens` = M is the total response length limit: a response cut at M tokens is judged as it
+        stands (as the engine's own sampling and the verifier do). None: no limit (the horizon ends every
+        response by token H + 1). Tables are indexed by the response position t = 0 .. T - 1, T = min(M, H + 1).
+        """
+        limit = self.horizon + 1 if max_new_tokens is None else min(int(max_new_tokens), self.horizon + 1)
+        if limit < 1:
+            raise DiagnoseError("exact engine: max_new_tokens must be >= 1")
+        key = (float(temperature), float(top_p), limit)
         if key not in self._policies:
-            probs = self._probs(*key)
+            probs = self._probs(*key[:2])
             h, m, v = self.horizon, self.modulus, self.vocab_size
             eos = self.tokenizer.eos_token_id
             n_last = v + 1
-            values = np.zeros((m, h + 1, n_last, m))
-            q = np.zeros((m, h + 1, n_last, m, v))
+            values = np.zeros((m, limit, n_last, m))
+            q = np.zeros((m, limit, n_last, m, v))
             sums = np.arange(m)
+            new_s = (sums[:, None] + self._value[None, :]) % m  # [m, v]: running sum after token k
             for target in range(m):
                 success = (sums == target).astype(np.float64)  # [m] by running sum
-                for t in range(h, -1, -1):
-                    nxt = min(t + 1, h)
-                    # Q(t, last, s, k): k = eos ends with verdict success(s); otherwise the next state.
-                    new_s = (sums[:, None] + self._value[None, :]) % m  # [m, v]
-                    cont = values[target, nxt][np.arange(v)[None, :], new_s]  # [m, v]: V(nxt, k, s')
-                    if t == h:
-                        cont = success[new_s]  # beyond the horizon the end token is forced next
+                for t in range(limit - 1, -1, -1):
+                    # Q(t, last, s, k): k = eos, or the last token the limit allows (t + 1 = T), ends the
+                    # response with verdict success(s'); otherwise the next state's value V(t + 1, k, s').
+                    if t + 1 >= limit:
+                        cont = success[new_s]
+                    else:
+                        cont = values[target, t + 1][np.arange(v)[None, :], new_s]  # [m, v]
                     qt = np.broadcast_to(cont, (n_last, m, v)).copy()
                     qt[..., eos] = success[None, :]
                     q[target, t] = qt
-                    values[target, t] = (probs[t] * qt).sum(-1)
+                    values[target, t] = (probs[min(t, h)] * qt).sum(-1)
             self._policies[key] = _Policy(probs=probs, values=values, q=q)
         return self._policies[key]
 
@@ -205,24 +221,39 @@ class ExactEngine:
         """The residue a response's digit sum must hit for this prompt."""
         return self._split(prompt_ids)[0]
 
-    def exact_values(self, prefix: Sequence[int], temperature: float = 1.0, top_p: float = 1.0):
+    def exact_values(
+        self,
+        prefix: Sequence[int],
+        temperature: float = 1.0,
+        top_p: float = 1.0,
+        max_new_tokens: int | None = None,
+    ):
         """Exact (Q [V] over every token, V) at node `prefix` = prompt + response so far (float64).
 
-        Assumes max_new_tokens covers the horizon and no stop strings (as `sample` does by default).
+        Q is the success probability of the policy that produced the response: the same temperature, top_p
+        and total response length limit `max_new_tokens` (None: no limit). No stop strings.
         """
         target, response = self._split(prefix)
-        pol = self.policy(temperature, top_p)
-        t, last, s = self._state(response)
+        pol = self.policy(temperature, top_p, max_new_tokens)
+        t = len(response)
+        if t >= pol.values.shape[1]:
+            raise DiagnoseError(f"exact engine: no node at response position {t} under this length limit")
+        _, last, s = self._state(response)
         return (
             torch.from_numpy(pol.q[target, t, last, s].copy()),
             float(pol.values[target, t, last, s]),
         )
 
     def exact_q(
-        self, prefix: Sequence[int], token: int, temperature: float = 1.0, top_p: float = 1.0
+        self,
+        prefix: Sequence[int],
+        token: int,
+        temperature: float = 1.0,
+        top_p: float = 1.0,
+        max_new_tokens: int | None = None,
     ) -> float:
         """Exact Q(u, k): success probability after forcing `token` at node `prefix`."""
-        return float(self.exact_values(prefix, temperature, top_p)[0][int(token)])
+        return float(self.exact_values(prefix, temperature, top_p, max_new_tokens)[0][int(token)])
 
     def success(self, prompt_ids: Sequence[int], response_ids: Sequence[int]) -> bool:
         """The task's verdict on a response given as token ids."""
@@ -248,10 +279,9 @@ class ExactEngine:
 
     # ---- the protocol ----------------------------------------------------------------------------------
 
-    def _generate(self, prefixes, forced, keys, params: SamplingParams) -> list[Sample]:
-        """Vectorised generation: one row per (prefix, forced token or -1, 64-bit key)."""
-        pol = self.policy(params.temperature, params.top_p)
-        probs = pol.probs
+    def _generate(self, prefixes, forced, keys, params: SamplingParams, limits=None) -> list[Sample]:
+        """Vectorised generation: one row per (prefix, forced token or -1, 64-bit key, length limit)."""
+        probs = self._probs(params.temperature, params.top_p)
         cdf = np.cumsum(probs, -1)
         cdf[..., -1] = 1.0  # the end token is last and always has mass: guards rounding
         logp = np.where(probs > 0, np.log(np.where(probs > 0, probs, 1.0)), LOG_FLOOR)
@@ -264,6 +294,7 @@ class ExactEngine:
         forced = np.asarray(forced, dtype=np.int64)
         eos = self.tokenizer.eos_token_id
         max_new = params.max_new_tokens
+        limits = np.full(n, max_new, dtype=np.int64) if limits is None else np.minimum(limits, max_new)
         out_tok = np.full((n, max_new), -1, dtype=np.int64)
         out_lp = np.zeros((n, max_new))
         alive = np.ones(n, dtype=bool)
@@ -283,7 +314,7 @@ class ExactEngine:
             lengths += alive
             s = (s + self._value[tok]) % self.modulus
             last = tok
-            alive &= tok != eos
+            alive &= (tok != eos) & (lengths < limits)
         samples = []
         for i in range(n):
             ids = out_tok[i, : lengths[i]].tolist()
@@ -322,14 +353,15 @@ class ExactEngine:
     def continue_from(
         self, requests: Sequence[Continuation], m: int, params: SamplingParams
     ) -> list[list[Sample]]:
-        flat, forced, keys = [], [], []
+        flat, forced, keys, limits = [], [], [], []
         for req in requests:
             base = _key("continue", params.seed, tuple(int(i) for i in req.prefix), int(req.token))
             for j in range(m):
                 flat.append(list(req.prefix))
                 forced.append(int(req.token))
                 keys.append(_key(base, j))
-        out = self._generate(flat, forced, keys, params) if flat else []
+                limits.append(params.max_new_tokens if req.max_new_tokens is None else int(req.max_new_tokens))
+        out = self._generate(flat, forced, keys, params, np.asarray(limits, dtype=np.int64)) if flat else []
         return [out[i * m : (i + 1) * m] for i in range(len(requests))]
 
     def score(

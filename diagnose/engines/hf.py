@@ -22,6 +22,7 @@ class _Job:
     prefix: tuple[int, ...]
     forced: int | None
     key: int
+    limit: int | None = None  # this row's length limit (None: params.max_new_tokens)
 
 
 def _dtype(dtype, device: str) -> torch.dtype:
@@ -109,7 +110,8 @@ class HFEngine:
         for r in requests:
             prefix, token = tuple(int(t) for t in r.prefix), int(r.token)
             base = request_key(params.seed, prefix, token)
-            jobs.extend(_Job(prefix, token, sample_key(base, j)) for j in range(m))
+            limit = None if r.max_new_tokens is None else int(r.max_new_tokens)
+            jobs.extend(_Job(prefix, token, sample_key(base, j), limit) for j in range(m))
         flat = self._run(jobs, params)
         return [flat[i * m : (i + 1) * m] for i in range(len(requests))]
 
@@ -261,13 +263,17 @@ class HFEngine:
         tokens: list[list[int]] = []
         lps: list[list[float]] = []
         reason: dict[int, str] = {}
+        limits = [
+            params.max_new_tokens if jobs[i].limit is None else min(jobs[i].limit, params.max_new_tokens)
+            for i in job_ids
+        ]
         for r, i in enumerate(job_ids):
             f = jobs[i].forced
             tokens.append([int(sampled[r]) if f is None else f])
             lps.append([float(sampled_lp[r]) if f is None else float(logp[r, f])])
             if stopper.hit(tokens[r]):
                 reason[r] = "stop"
-            elif params.max_new_tokens <= 1:
+            elif limits[r] <= 1:
                 reason[r] = "length"
         rows = [r for r in range(len(part)) if r not in reason]  # part index of each cache row
         if rows:
@@ -298,7 +304,7 @@ class HFEngine:
                 lps[r].append(float(lp[c]))
                 if stopper.hit(tokens[r]):
                     reason[r], live[c] = "stop", False
-                elif step >= params.max_new_tokens:
+                elif step >= limits[r]:
                     reason[r], live[c] = "length", False
             dead = live.count(False)
             if dead == len(rows):

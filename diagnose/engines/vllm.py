@@ -183,9 +183,10 @@ class VLLMEngine:
                 forced_lp[(prefix, int(tok))] = float(lp.logprob)
         prompts, sps, which = [], [], []
         for i, r in enumerate(requests):
-            if params.max_new_tokens > 1 and not stopper.hit([int(r.token)]):
+            limit = params.max_new_tokens if r.max_new_tokens is None else min(r.max_new_tokens, params.max_new_tokens)
+            if limit > 1 and not stopper.hit([int(r.token)]):
                 prompts.append([int(t) for t in r.prefix] + [int(r.token)])
-                sps.append(self._params(params, m, params.max_new_tokens - 1))
+                sps.append(self._params(params, m, limit - 1))
                 which.append(i)
         conts = dict(zip(which, (o.outputs for o in self._generate(prompts, sps)), strict=True))
         result = []

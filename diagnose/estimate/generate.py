@@ -30,6 +30,7 @@ class Request:
     token: int
     start: int
     count: int
+    max_new_tokens: int | None = None  # this request's length limit (None: the Generator's); see q.py
 
 
 class Generator:
@@ -45,15 +46,28 @@ class Generator:
         self.generated_tokens = 0
         self.engine_calls = 0
 
-    def key(self, prefix, token: int, index: int) -> str:
-        return sample_key(self.model_id, prefix, token, self.params, index)
+    def params_for(self, request: Request) -> SamplingParams:
+        """The sampling settings of one request (its own length limit, when it has one)."""
+        if request.max_new_tokens is None or request.max_new_tokens == self.params.max_new_tokens:
+            return self.params
+        return replace(self.params, max_new_tokens=int(request.max_new_tokens))
+
+    def key(self, prefix, token: int, index: int, params: SamplingParams | None = None) -> str:
+        return sample_key(self.model_id, prefix, token, params or self.params, index)
 
     def fetch(self, requests: Sequence[Request]) -> list[list[Sample]]:
         """The samples of every request, in index order."""
-        keys = [[self.key(r.prefix, r.token, r.start + j) for j in range(r.count)] for r in requests]
+        for r in requests:
+            if r.max_new_tokens is not None and r.max_new_tokens < 1:
+                raise ValueError(f"a request needs max_new_tokens >= 1, got {r.max_new_tokens}")
+        req_params = [self.params_for(r) for r in requests]
+        keys = [
+            [self.key(r.prefix, r.token, r.start + j, pr) for j in range(r.count)]
+            for r, pr in zip(requests, req_params, strict=True)
+        ]
         found = self.cache.get_many(k for ks in keys for k in ks)
         # Missing samples, as contiguous runs per request, grouped by (token kind, run start, run length).
-        groups: dict[tuple[bool, int, int], list[tuple[int, int]]] = {}
+        groups: dict[tuple[bool, int], list[tuple[int, int, int]]] = {}
         for ri, (r, ks) in enumerate(zip(requests, keys, strict=False)):
             j = 0
             while j < r.count:
@@ -69,15 +83,25 @@ class Generator:
         # separate call. The seed depends on the block start only, so sample j of a block is the same sample
         # whichever other requests shared the call (for engines that seed per request).
         for (is_rollout, start), members in sorted(groups.items()):
-            params = replace(self.params, seed=derive_seed(self.params.seed, start))
             for b in range(0, len(members), self.max_batch):
                 chunk = members[b : b + self.max_batch]
                 length = max(n for _, _, n in chunk)
+                # Requests of one call may have different length limits (a continuation from response position
+                # t may generate max_new_tokens - t more tokens): the call runs to the largest, each request
+                # carries its own limit, and every sample is cut at its limit below (exact: tokens before the
+                # cut do not depend on what comes after), so engines that ignore the per-request limit agree.
+                limit = max(req_params[ri].max_new_tokens for ri, _, _ in chunk)
+                params = replace(self.params, seed=derive_seed(self.params.seed, start), max_new_tokens=limit)
                 if is_rollout:
                     out = self.engine.sample([list(requests[ri].prefix) for ri, _, _ in chunk], length, params)
                 else:
                     reqs = [
-                        Continuation(prefix=requests[ri].prefix, token=requests[ri].token) for ri, _, _ in chunk
+                        Continuation(
+                            prefix=requests[ri].prefix,
+                            token=requests[ri].token,
+                            max_new_tokens=req_params[ri].max_new_tokens,
+                        )
+                        for ri, _, _ in chunk
                     ]
                     out = self.engine.continue_from(reqs, length, params)
                 self.engine_calls += 1
@@ -85,9 +109,18 @@ class Generator:
                 for (ri, s0, n), samples in zip(chunk, out, strict=False):
                     r = requests[ri]
                     for j, smp in enumerate(samples[:n]):
-                        new[self.key(r.prefix, r.token, s0 + j)] = smp
+                        smp = self._cut(smp, req_params[ri].max_new_tokens)
+                        new[self.key(r.prefix, r.token, s0 + j, req_params[ri])] = smp
                         self.generated_tokens += len(smp.token_ids)
                 self.generated += len(new)
                 self.cache.put_many(new)
                 found.update(new)
         return [[found[k] for k in ks] for ks in keys]
+
+    def _cut(self, sample: Sample, limit: int) -> Sample:
+        """The sample as a generation limited to `limit` tokens would have produced it."""
+        if len(sample.token_ids) <= limit:
+            return sample
+        ids = list(sample.token_ids[:limit])
+        text = self.engine.tokenizer.decode(ids, skip_special_tokens=True)
+        return Sample(token_ids=ids, logprobs=list(sample.logprobs[:limit]), text=text, finish_reason="length")
