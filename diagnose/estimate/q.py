@@ -1,9 +1,18 @@
 """Q-hat per candidate from verified targeted continuations; V-hat and g* on the candidate set.
 
-A `NodeEstimate` keeps the raw 0/1 outcomes of every candidate (the observed token's first outcome is its
-rollout's own verdict when `free` is set: one free, unbiased continuation), so counts, Q-hat, bootstrap
-resamples and split halves all come from the same record. `run_continuations` adds numbered continuations
-(index i of candidate k at a node is always the same sample, through the cache).
+A `NodeEstimate` keeps the raw 0/1 outcomes of every candidate, so counts, Q-hat, bootstrap resamples and
+split halves all come from the same record. `run_continuations` adds numbered continuations (index i of
+candidate k at a node is always the same sample, through the cache).
+
+Continuations follow the rollout's policy exactly: a continuation from response position t may generate at
+most max_new_tokens - t tokens (the forced one included), and a stop string that the forced token or the
+first continuation tokens complete across the prefix boundary ends it there, as it would have ended the
+rollout. Q is then the success rate of the very policy that produced the rollouts.
+
+The rollout's own verdict is NOT an outcome of its observed token by default (`free=False`): nodes are
+split and weighted by that verdict (correct vs incorrect rollouts), and conditioned on it the verdict is a
+biased draw of Q(u, observed) (measured on the exact engine: +0.19 on correct rollouts, -0.07 on incorrect
+ones). `free=True` keeps the old behaviour for unconditional use only.
 """
 
 from __future__ import annotations
@@ -13,6 +22,7 @@ from typing import Mapping, Sequence
 
 import torch
 
+from ..engines.base import Sample
 from .generate import Generator, Request
 from .nodes import Node
 from .rollouts import Question, Rollout
@@ -30,7 +40,7 @@ class NodeEstimate:
     cand_ids: list[int]
     p: list[float]  # student probabilities of the candidates (at the sampling temperature)
     outcomes: list[list[int]] = field(default_factory=list)
-    free: bool = True  # outcomes[0][0] is the rollout's own verdict (candidate 0 is the observed token)
+    free: bool = False  # outcomes[0][0] is the rollout's own verdict (biased under splits by that verdict)
 
     @property
     def id(self) -> str:
@@ -65,7 +75,7 @@ def new_estimates(
     rollouts: Sequence[Rollout],
     cand_ids: torch.Tensor,
     student_probs: torch.Tensor,
-    free: bool = True,
+    free: bool = False,
 ) -> list[NodeEstimate]:
     """NodeEstimates for nodes with candidate ids [N, K] (-1 pad; observed first) and student probs [N, V]."""
     out = []
@@ -112,24 +122,65 @@ def run_continuations(
     """Add alloc[(estimate index, candidate index)] new continuations to each candidate and verify them."""
     keys = [(e, k, c) for (e, k), c in sorted(alloc.items()) if c > 0]
     reqs = []
+    limit = gen.params.max_new_tokens
     for e, k, c in keys:
         est = estimates[e]
         ro = rollouts[est.node.rollout]
         prefix = tuple(ro.prompt_ids) + tuple(ro.token_ids[: est.node.position])
-        reqs.append(Request(prefix=prefix, token=est.cand_ids[k], start=est.generated(k), count=c))
+        reqs.append(
+            Request(
+                prefix=prefix,
+                token=est.cand_ids[k],
+                start=est.generated(k),
+                count=c,
+                max_new_tokens=limit - est.node.position,
+            )
+        )
     out = gen.fetch(reqs)
     spend = Spend()
     tok = gen.engine.tokenizer
+    stops = tuple(s for s in gen.params.stop if s)
     for (e, k, _), samples in zip(keys, out, strict=False):
         est = estimates[e]
         ro = rollouts[est.node.rollout]
         q = questions[ro.question]
         head = ro.token_ids[: est.node.position]
         for smp in samples:
-            est.outcomes[k].append(int(q.judge(tok, head + list(smp.token_ids), smp)))
             spend.continuations += 1
             spend.tokens += len(smp.token_ids)
+            ids = list(smp.token_ids)
+            if stops:
+                cut = boundary_stop(tok, head, ids, stops)
+                if cut is not None:
+                    ids = ids[:cut]
+                    smp = Sample(
+                        token_ids=ids,
+                        logprobs=list(smp.logprobs[:cut]),
+                        text=tok.decode(ids, skip_special_tokens=True),
+                        finish_reason="stop",
+                    )
+            est.outcomes[k].append(int(q.judge(tok, head + ids, smp)))
     return spend
+
+
+def boundary_stop(tokenizer, head: Sequence[int], cont: Sequence[int], stops: Sequence[str]) -> int | None:
+    """Length to cut a continuation at when a stop string spans the prefix boundary (None: no such stop).
+
+    Engines see only a continuation's own tokens when they look for stop strings, so a stop string begun in
+    the rollout's prefix and completed by the forced token (or the next few) goes unseen; the rollout itself
+    would have stopped there. Only occurrences that end inside the continuation count.
+    """
+    width = max(len(s) for s in stops) + 4
+    tail = list(head[-width:])
+    if not tail:
+        return None
+    base = tokenizer.decode(tail, skip_special_tokens=False)
+    already = {s for s in stops if s in base}
+    for j in range(1, min(len(cont), width) + 1):
+        text = tokenizer.decode(tail + list(cont[:j]), skip_special_tokens=False)
+        if any(s in text and s not in already for s in stops):
+            return j
+    return None
 
 
 def pack(estimates: Sequence[NodeEstimate]):
