@@ -18,7 +18,9 @@ One call does it all::
 Steps (each usable alone): `sample_rollouts` (rollouts.py) -> `select_nodes` / `refine_nodes` (nodes.py)
 -> `candidate_sets` (candidates.py) -> `run_continuations` (q.py, through the cached `Generator` of
 generate.py and cache.py) -> `node_stats` (stats.py: bias-corrected cosines, bootstrap intervals, teacher
-advantage) with `allocate` (adaptive.py) spending extra continuations where intervals are widest. The
+advantage; `pooled_alignment`: the noise-consistent group figure) with `allocate` (adaptive.py) spending
+extra continuations where intervals are widest; `design_weights` (nodes.py) gives the tokens each node
+stands for; diagnose.estimate.truth recomputes everything with exact Q on the exact engine. The
 `Estimator` class drives the steps; `estimate()` is its one-call front end. Everything talks to an engine
 only through the Engine protocol (sample, continue_from, score).
 """
@@ -27,7 +29,7 @@ from .adaptive import allocate, half_widths, uniform_allocate
 from .cache import MemoryCache, SampleCache, open_cache, sample_key
 from .candidates import candidate_sets
 from .generate import Generator, Request, derive_seed
-from .nodes import STRATEGIES, Node, refine_nodes, select_nodes
+from .nodes import STRATEGIES, Node, design_weights, refine_nodes, select_nodes, token_coverage
 from .pipeline import (
     EstimateConfig,
     EstimateResult,
@@ -44,10 +46,13 @@ from .stats import (
     bootstrap_q,
     corrected_cosine,
     effective_nodes,
+    ideal_degenerate,
     node_stats,
     node_stats_many,
     noise_term,
     noise_weights,
+    pooled_alignment,
+    pooled_from_sums,
     rollout_cosine,
     sparse_ideal,
 )
@@ -67,6 +72,8 @@ __all__ = [
     "STRATEGIES",
     "select_nodes",
     "refine_nodes",
+    "design_weights",
+    "token_coverage",
     "candidate_sets",
     "Generator",
     "Request",
@@ -89,6 +96,9 @@ __all__ = [
     "noise_weights",
     "sparse_ideal",
     "effective_nodes",
+    "ideal_degenerate",
+    "pooled_alignment",
+    "pooled_from_sums",
     "rollout_cosine",
     "allocate",
     "uniform_allocate",

@@ -141,3 +141,62 @@ def refine_nodes(
             chosen.append(Node(r, t))
             spent += c
     return sorted(chosen)
+
+
+def design_weights(
+    nodes: Sequence[Node], lengths: Sequence[int], strategy: str = "windows", groups: Sequence | None = None
+) -> list[float]:
+    """Tokens each selected node stands for (the inverse of its inclusion probability), per rollout set.
+
+    Node selection is not uniform over positions: under `windows` the first positions are always taken and
+    late ones rarely, so an unweighted mean over nodes is a mean over early tokens. Within a stratum (one
+    rollout's positions in one window) the chosen positions are a uniformly random subset (the shuffle inside
+    the rollout; every node of a pass costs the same), so conditionally on the count c chosen among its m
+    positions each stands for m / c tokens (post-stratification). Rollouts with no node in a window are
+    represented by the other rollouts of the same question in that window (their tokens are exchangeable):
+    the window's weights are scaled by its tokens over the tokens of its represented strata (only among
+    rollouts of the same `groups[r]`, e.g. the same verdict, so that per-group figures weight their own
+    tokens). Windows with no
+    node at all are not represented; `token_coverage` reports the share of tokens that are.
+
+    Sum over nodes of weight x value is then a (Horvitz-Thompson, post-stratified) estimate of the sum over
+    every token of every rollout, and ratios of such sums estimate per-token averages. `every` gives weight
+    1; `uniform` has one window; `refine` is stratified by the `windows` windows (its bisection nodes are
+    chosen by V-hat, not at random: the weights are then an approximation).
+    """
+    if strategy == "every":
+        return [1.0] * len(nodes)
+    anchor = {"windows": "start", "refine": "start", "windows_end": "end", "uniform": None}.get(strategy, "start")
+
+    def window(r: int, t: int) -> int:
+        return 0 if anchor is None else window_index(t, lengths[r], anchor)
+
+    tokens: dict[tuple[int, int], int] = {}
+    for r, length in enumerate(lengths):
+        for t in range(length):
+            key = (r, window(r, t))
+            tokens[key] = tokens.get(key, 0) + 1
+    chosen: dict[tuple[int, int], int] = {}
+    for n in nodes:
+        key = (n.rollout, window(n.rollout, n.position))
+        chosen[key] = chosen.get(key, 0) + 1
+    group = (lambda r: None) if groups is None else (lambda r: groups[r])  # noqa: E731
+    total_w: dict[tuple, int] = {}
+    covered_w: dict[tuple, int] = {}
+    for (r, w), m in tokens.items():
+        gw = (group(r), w)
+        total_w[gw] = total_w.get(gw, 0) + m
+        if chosen.get((r, w)):
+            covered_w[gw] = covered_w.get(gw, 0) + m
+    out = []
+    for n in nodes:
+        key = (n.rollout, window(n.rollout, n.position))
+        gw = (group(n.rollout), key[1])
+        out.append(tokens[key] / chosen[key] * total_w[gw] / covered_w[gw])
+    return out
+
+
+def token_coverage(weights: Sequence[float], lengths: Sequence[int]) -> float:
+    """Share of the rollouts' tokens that the selected nodes represent (1 when every window has a node)."""
+    total = sum(lengths)
+    return float(sum(weights)) / total if total else float("nan")

@@ -9,6 +9,7 @@ from typing import Callable, Mapping, Sequence
 
 import torch
 
+from .. import kernels
 from .. import objectives as objectives_mod
 from ..engines.base import SamplingParams
 from ..errors import DiagnoseError
@@ -18,10 +19,10 @@ from .adaptive import allocate, finished, half_widths, uniform_allocate
 from .cache import open_cache
 from .candidates import candidate_sets
 from .generate import Generator
-from .nodes import Node, refine_nodes, select_nodes
+from .nodes import Node, design_weights, refine_nodes, select_nodes, token_coverage
 from .q import NodeEstimate, Spend, new_estimates, pack, run_continuations
 from .rollouts import Question, Rollout, sample_rollouts
-from .stats import effective_nodes, node_stats_many, rollout_cosine
+from .stats import effective_nodes, ideal_degenerate, node_stats_many, rollout_cosine
 
 # teacher(rollouts, nodes) -> float logits [N, V] (on the student's prefixes) or integer top-k ids [N, k].
 TeacherFn = Callable[[Sequence[Rollout], Sequence[Node]], torch.Tensor]
@@ -52,7 +53,9 @@ class EstimateConfig:
     adaptive_step: int = 2
     max_per_candidate: int = 1024
     g_tolerance: float = 0.01  # adaptive: a node whose |g*| is confidently below this needs no more samples
-    free_sample: bool = True
+    # Count the rollout's own verdict as a continuation of its observed token. Off by default: it biases Q-hat
+    # within the correct/incorrect splits (see q.py); only for unconditional use.
+    free_sample: bool = False
     n_boot: int = 1000
     level: float = 0.95
     prior: float = 0.5
@@ -77,6 +80,7 @@ class Direction:
     objective: str
     d: list[torch.Tensor] = field(default_factory=list)  # per node: [K_i]
     d_sq_full: list[float] = field(default_factory=list)
+    d_zero: list[bool] = field(default_factory=list)  # d vanishes relative to its scale (kernels.D_REL_TOL)
     teacher_p: list[torch.Tensor] | None = None
 
 
@@ -186,14 +190,17 @@ class Estimator:
     def _spent(self) -> float:
         return self.spend.tokens if self.cfg.budget_unit == "tokens" else self.spend.continuations
 
-    def add_nodes(self, nodes: Sequence[Node]) -> list[NodeEstimate]:
-        """Score the student and teachers at new nodes, build candidates and directions, run continuations."""
+    def add_nodes(self, nodes: Sequence[Node], continuations: bool = True) -> list[NodeEstimate]:
+        """Score the student and teachers at new nodes, build candidates and directions, run continuations
+        (continuations=False: none yet, e.g. to fill in exact Q with diagnose.estimate.truth)."""
         nodes = [n for n in nodes if n not in {e.node for e in self.estimates}]
         if not nodes:
             return []
         new: list[NodeEstimate] = []
         for a in range(0, len(nodes), self.cfg.node_chunk):
             new.extend(self._add_chunk(nodes[a : a + self.cfg.node_chunk]))
+        if not continuations:
+            return new
         alloc = {}
         base = len(self.estimates) - len(new)
         for i, est in enumerate(new):
@@ -227,27 +234,41 @@ class Estimator:
                 )
         observed = [self.rollouts[n.rollout].token_ids[n.position] for n in nodes]
         cand = candidate_sets(z, observed, teach, self.cfg.k_student, self.cfg.k_teacher)
-        probs = log_probs(z).exp()
+        probs = log_probs(z.double()).exp()
         ests = new_estimates(nodes, self.rollouts, cand, probs, free=self.cfg.free_sample)
         tokens = torch.tensor(observed, dtype=torch.long)
         advantages = self._advantages(nodes)
         rows = [(name, payload) for name, payload in teach.items() if payload.dtype.is_floating_point]
-        for obj in self.objectives:
-            pairs = [("-", None)] if obj.needs == NEEDS_NONE else rows
-            for tname, tlog in pairs:
-                kw = {"advantages": advantages} if obj.needs == NEEDS_NONE else {}
-                d = obj.direction(z, tlog, tokens, **kw).double()
-                key = (tname, obj.label)
-                dirn = self.directions.setdefault(key, Direction(teacher=tname, objective=obj.label))
-                if tlog is not None and dirn.teacher_p is None:
-                    dirn.teacher_p = []
-                tp = log_probs(tlog).exp().double() if tlog is not None else None
-                for i, e in enumerate(ests):
-                    idx = torch.tensor(e.cand_ids, dtype=torch.long)
-                    dirn.d.append(d[i, idx])
-                    dirn.d_sq_full.append(float((d[i] ** 2).sum()))
-                    if tp is not None:
-                        dirn.teacher_p.append(tp[i, idx])
+        # d at the candidates and |d|^2 come from the fused kernels: float64 sums pivoted at the student's
+        # mode, accurate on peaked rows where float32 d over the vocabulary is not, and no [N, V] direction
+        # is ever materialised. g* is not known yet (zeros): only d, |d|^2 and the scales are used here. The
+        # chunked back end (any device) is the float64 one; the Triton kernel still streams in float32.
+        zeros = torch.zeros(cand.shape, dtype=torch.float64)
+        with_teacher = [o for o in self.objectives if o.needs != NEEDS_NONE]
+        without = [o for o in self.objectives if o.needs == NEEDS_NONE]
+        calls = []
+        if with_teacher and rows:
+            calls.append(([name for name, _ in rows], with_teacher, [t for _, t in rows], {}))
+        if without:
+            calls.append((["-"], without, [z], {"advantages": advantages}))
+        for tnames, objs, tlogits, kw in calls:
+            st = kernels.node_stats(z, tlogits, cand, zeros, objs, tokens=tokens, backend="chunked", **kw)
+            scale = st.p_sq.double()[None, :] + st.q_sq.double()  # [C, N]
+            for c, tname in enumerate(tnames):
+                tp = log_probs(tlogits[c].double()).exp() if tname != "-" else None
+                for o, obj in enumerate(objs):
+                    key = (tname, obj.label)
+                    dirn = self.directions.setdefault(key, Direction(teacher=tname, objective=obj.label))
+                    if tp is not None and dirn.teacher_p is None:
+                        dirn.teacher_p = []
+                    d_sq = st.d_sq[c, o].double()
+                    zero = d_sq <= (kernels.D_REL_TOL**2) * scale[c]
+                    for i, e in enumerate(ests):
+                        dirn.d.append(st.d_cand[c, o, i, : len(e.cand_ids)].double())
+                        dirn.d_sq_full.append(float(d_sq[i]))
+                        dirn.d_zero.append(bool(zero[i]))
+                        if tp is not None:
+                            dirn.teacher_p.append(tp[i, torch.tensor(e.cand_ids, dtype=torch.long)])
         self._student_logits.extend(z)
         self.estimates.extend(ests)
         return ests
@@ -359,6 +380,9 @@ class Estimator:
         cfg = self.cfg
         ids, p, s, c, mask = pack(self.estimates)
         records = []
+        g_zero = ideal_degenerate(s, c, mask, p) if self.estimates else []
+        weights = self.design_weights()
+        negligible = self.negligible()
         if self.estimates:
             z = torch.stack(self._student_logits)
             q_hat = torch.where(mask, s / c.clamp_min(1), 0.0)
@@ -377,6 +401,10 @@ class Estimator:
                     "rollout_correct": ro.correct,
                     "v_hat": float(ideal.value[i]),
                     "continuations": int(c[i].sum()) - (1 if e.free else 0),
+                    "weight": weights[i],
+                    "inclusion_prob": 1.0 / weights[i],
+                    "negligible": bool(negligible[i]),
+                    "degenerate": bool(g_zero[i]),
                     "candidates": [
                         {
                             "token": tok,
@@ -399,7 +427,7 @@ class Estimator:
                 s,
                 c,
                 mask,
-                [(d, dsq, tp) for _, d, dsq, tp in dts],
+                [(d, dsq, tp, self.directions[key].d_zero) for key, d, dsq, tp in dts],
                 n_boot=cfg.n_boot,
                 level=cfg.level,
                 prior=cfg.prior,
@@ -409,7 +437,7 @@ class Estimator:
             else []
         )
         for ((tname, oname), _, _, _), st in zip(dts, many, strict=False):
-            eff[f"{tname}|{oname}"] = effective_nodes(st.g_sq, st.noise, st.degenerate)
+            eff[f"{tname}|{oname}"] = effective_nodes(st.g_sq, st.noise, st.degenerate, weights)
             groups = [e.node.rollout for e in self.estimates]
             for tag, dsq in (("full", st.d_sq_full), ("support", st.d_sq_support)):
                 for r, val in rollout_cosine(st.dot, st.g_sq, st.noise, dsq, groups).items():
@@ -463,6 +491,7 @@ class Estimator:
             "budget": cfg.budget,
             "budget_unit": cfg.budget_unit,
             "max_half_width": float(max(hw)) if len(hw) else float("nan"),
+            "token_coverage": token_coverage(weights, [len(r.token_ids) for r in self.rollouts]),
             "effective_nodes": eff,
         }
         per_rollout = [
@@ -470,6 +499,21 @@ class Estimator:
             for (rid, t, o), vals in rollout_rows.items()
         ]
         return EstimateResult(self.rollouts, list(self.estimates), records, scores, summary, cfg, per_rollout)
+
+    def design_weights(self) -> list[float]:
+        """Tokens each estimated node stands for (inverse inclusion probability; see nodes.design_weights)."""
+        lengths = [len(r.token_ids) for r in self.rollouts]
+        groups = [(r.question, bool(r.correct)) for r in self.rollouts]
+        return design_weights([e.node for e in self.estimates], lengths, self.cfg.nodes, groups)
+
+    def negligible(self) -> torch.Tensor:
+        """Nodes adaptive allocation stopped because |g*| is confidently below g_tolerance (their few
+        continuations cannot resolve a cosine: left out of per-token means, kept in pooled figures)."""
+        if not self.estimates or self.cfg.allocation != "adaptive":
+            return torch.zeros(len(self.estimates), dtype=torch.bool)
+        _, p, s, c, mask = pack(self.estimates)
+        g_small = finished(p, s, c, mask, self.cfg.g_tolerance)
+        return g_small & ~ideal_degenerate(s, c, mask, p)
 
     def run(self, rollouts: Sequence[Rollout] | None = None) -> EstimateResult:
         self.sample(rollouts)

@@ -21,7 +21,8 @@ unbiased for sigma_k^2 (n_k >= 2; a candidate with one outcome has no variance e
 correction). Hence the noise term N = sum_k w_k s_k^2, w_k = p_k^2 (1 - 2 pi_k) + pi_k^2 S2, and
 
     |g|^2-corrected = |g-hat|^2 - N          (unbiased),
-    cos-corrected   = <d, g-hat> / sqrt(max(|g|^2-corrected, 0) |d|^2), clipped to [-1, 1].
+    cos-corrected   = <d, g-hat> / sqrt(|g|^2-corrected |d|^2), clipped to [-1, 1]; null (NaN) where
+                      |g|^2-corrected <= 0 (the noise eats the signal: unresolved).
 
 The raw cosine is dragged toward 0 because |g-hat|^2 is inflated by N; the corrected one removes that first
 order bias (it is still a ratio, so not exactly unbiased). The free rollout sample for the observed token is
@@ -38,13 +39,13 @@ intervals undercovered badly on high-Q nodes. Teacher advantage TA = sum_C (q_k 
 Q-hat (unbiased) and gets the percentile interval of its replicates.
 
 Trade-off, measured: the corrected cosine has less bias than the raw one where the signal is comparable to
-the noise (high Q), but a larger spread at small n (it can hit +-1 when the noise estimate eats |g-hat|^2);
-both are reported.
+the noise (high Q), but a larger spread at small n, and it is unresolved (null) where the noise estimate
+eats |g-hat|^2; both are reported. Neither is consistent for a MEAN over nodes at a fixed number of
+continuations (each node's ratio keeps its own bias); `pooled_alignment` is, and is what groups compare.
 
-Degenerate node: g*-hat = 0 (all Q-hat equal on C, or |C| < 2) or d = 0: the cosine is undefined and
-reported as 0. Effective node count: Kish's n_eff = (sum_n w_n)^2 / sum_n w_n^2 with w_n =
-max(|g_n|^2-corrected, 0), each node's share of the rollout-level |g*|^2 (nodes whose signal is within
-noise count for nothing); `informative` counts non-degenerate nodes with a positive corrected |g*|^2.
+Degenerate node: g*-hat = 0 (all Q-hat equal on C, or |C| < 2) or d = 0 relative to its scale: the cosine
+is undefined, reported as 0 and flagged. Effective node count (`effective_nodes`, the only definition):
+Kish's n_eff = (sum_n a_n)^2 / sum_n a_n^2 with a_n = w_n max(|g_n|^2-corrected, 0).
 """
 
 from __future__ import annotations
@@ -91,16 +92,42 @@ def noise_term(p, successes, counts, mask) -> torch.Tensor:
     return (noise_weights(p, mask) * q_variance(successes, counts)).sum(-1)
 
 
-def corrected_cosine(dot, g_sq, noise, d_sq):
-    """(raw cosine, bias-corrected cosine, degenerate flag) from per-node sums."""
+def corrected_cosine(dot, g_sq, noise, d_sq, unresolved: str = "nan"):
+    """(raw cosine, bias-corrected cosine, degenerate flag) from per-node sums.
+
+    Degenerate (g-hat = 0 or d = 0): both cosines 0 and flagged. Where the noise estimate eats |g-hat|^2
+    (corrected |g*|^2 <= 0) the corrected cosine is unresolved: NaN (`unresolved="nan"`, what every table
+    reports), or sign(<d, g-hat>) (`"sign"`, the far end, used only inside bootstrap replicates so that an
+    unresolvable replicate widens the interval instead of vanishing from it).
+    """
     dot, g_sq, noise, d_sq = _f64(dot), _f64(g_sq), _f64(noise), _f64(d_sq)
-    degenerate = (g_sq <= EPS) | (d_sq <= EPS)
-    raw = torch.where(degenerate, 0.0, dot / (g_sq * d_sq).clamp_min(EPS).sqrt())
-    gc = (g_sq - noise).clamp_min(0.0)
-    denom = (gc * d_sq).sqrt()
-    corr = torch.where(denom > EPS, dot / denom.clamp_min(EPS), torch.sign(dot))
+    # Zero means zero: g*-hat is set exactly to 0 where all Q-hat are equal (ideal_degenerate) and d where it
+    # vanishes relative to its scale, so no absolute epsilon is needed (on peaked rows |g*|^2 ~ 1e-20 is real).
+    degenerate = (g_sq <= 0) | (d_sq <= 0)
+    norms = torch.where(degenerate, 1.0, g_sq.clamp_min(0).sqrt() * d_sq.clamp_min(0).sqrt())
+    raw = torch.where(degenerate, 0.0, dot / norms)
+    gc = g_sq - noise
+    resolved = gc > 0
+    denom = torch.where(resolved & ~degenerate, gc.clamp_min(0).sqrt() * d_sq.clamp_min(0).sqrt(), 1.0)
+    fill = torch.sign(dot) if unresolved == "sign" else torch.full_like(dot, float("nan"))
+    corr = torch.where(resolved, dot / denom, fill)
     corr = torch.where(degenerate, 0.0, corr)
     return raw.clamp(-1, 1), corr.clamp(-1, 1), degenerate
+
+
+def ideal_degenerate(successes, counts, mask, p=None) -> torch.Tensor:
+    """Nodes whose g*-hat is exactly zero: fewer than two candidates with outcomes (and student mass), or
+    every such candidate with the same Q-hat (compared as exact fractions, not after rounding)."""
+    s, n = _f64(successes), _f64(counts)
+    live = mask & (n > 0)
+    if p is not None:
+        live = live & (_f64(p) > 0)
+    q = torch.where(live, s / n.clamp_min(1), float("nan"))
+    hi = torch.where(live, q, -1.0).amax(-1)
+    lo = torch.where(live, q, 2.0).amin(-1)
+    # s_i n_j == s_j n_i is the exact test; Q-hat values are ratios of small integers, so float64 division
+    # is exact enough to compare (distinct fractions with denominators < 2^26 differ by > 2^-52).
+    return (live.sum(-1) < 2) | (hi == lo)
 
 
 @dataclass
@@ -147,18 +174,30 @@ def node_stats_many(
     seed: int = 0,
     chunk: int = 128,
 ) -> list[NodeStats]:
-    """`node_stats` for several directions (d, d_sq_full, teacher_p or None) sharing one set of replicates."""
+    """`node_stats` for several directions sharing one set of replicates.
+
+    Each direction is (d, d_sq_full, teacher_p or None[, d_zero]): d_zero [N] flags nodes where d vanishes
+    relative to its scale (diagnose.kernels' relative rule); without it d is zero where |d|^2 is.
+    """
     p = torch.where(mask, _f64(p), 0.0)
     s, n = _f64(successes), _f64(counts)
     q_hat = s / n.clamp_min(1)
     g, v = sparse_ideal(p, q_hat, mask)
+    g_zero = ideal_degenerate(s, n, mask, p)
+    g = torch.where(g_zero[:, None], 0.0, g)  # exactly zero, not round-off
     noise = noise_term(p, s, n, mask)
-    nonempty = (mask & (n > 0)).sum(-1) >= 2
     alpha = (1 - level) / 2
     outs = []
-    for d, d_sq_full, tp in directions:
+    for spec in directions:
+        d, d_sq_full, tp = spec[:3]
+        d_zero = spec[3] if len(spec) > 3 and spec[3] is not None else None
         d = torch.where(mask, _f64(d), 0.0)
         d_sq_full, d_sq_support = _f64(d_sq_full), (d * d).sum(-1)
+        if d_zero is not None:
+            d_zero = torch.as_tensor(d_zero, dtype=torch.bool)
+            d = torch.where(d_zero[:, None], 0.0, d)
+            d_sq_full = torch.where(d_zero, 0.0, d_sq_full)
+            d_sq_support = torch.where(d_zero, 0.0, d_sq_support)
         dot, g_sq = (d * g).sum(-1), (g * g).sum(-1)
         cos_f, cos_fc, deg_f = corrected_cosine(dot, g_sq, noise, d_sq_full)
         cos_s, cos_sc, deg_s = corrected_cosine(dot, g_sq, noise, d_sq_support)
@@ -181,7 +220,7 @@ def node_stats_many(
                 cos_full_hi=torch.empty_like(dot),
                 cos_support_lo=torch.empty_like(dot),
                 cos_support_hi=torch.empty_like(dot),
-                degenerate=deg_f | deg_s | ~nonempty,
+                degenerate=deg_f | deg_s | g_zero,
                 ta=ta,
                 ta_lo=None if ta is None else torch.empty_like(dot),
                 ta_hi=None if ta is None else torch.empty_like(dot),
@@ -195,11 +234,12 @@ def node_stats_many(
         g_b, v_b = sparse_ideal(pc, q_b, mc)
         gsq_b = (g_b * g_b).sum(-1)
         noise_b = (noise_weights(p[sl], mask[sl]) * q_variance(draws, nc)).sum(-1)
-        for (d, _, tp), st in zip(directions, outs, strict=False):
+        for spec, st in zip(directions, outs, strict=False):
+            d, tp = spec[0], spec[2]
             dc = torch.where(mask[sl], _f64(d[sl]), 0.0)
             dot_b = (dc * g_b).sum(-1)
             for tag, dsq in (("full", st.d_sq_full[sl]), ("support", st.d_sq_support[sl])):
-                _, rep, _ = corrected_cosine(dot_b, gsq_b, noise_b, dsq)
+                _, rep, _ = corrected_cosine(dot_b, gsq_b, noise_b, dsq, unresolved="sign")
                 getattr(st, f"cos_{tag}_lo")[sl] = torch.quantile(rep, alpha, dim=0)
                 getattr(st, f"cos_{tag}_hi")[sl] = torch.quantile(rep, 1 - alpha, dim=0)
             if tp is not None:
@@ -219,12 +259,47 @@ def node_stats(p, successes, counts, mask, d, d_sq_full, teacher_p=None, **kw) -
     return node_stats_many(p, successes, counts, mask, [(d, d_sq_full, teacher_p)], **kw)[0]
 
 
-def effective_nodes(g_sq: torch.Tensor, noise: torch.Tensor, degenerate: torch.Tensor) -> dict[str, float]:
-    """Kish effective node count on corrected |g*|^2 weights, and the count of informative nodes."""
-    w = torch.where(degenerate, 0.0, (_f64(g_sq) - _f64(noise)).clamp_min(0.0))
-    total = float(w.sum())
-    n_eff = total * total / float((w * w).sum()) if total > 0 else 0.0
-    return {"effective_nodes": n_eff, "informative_nodes": int((w > 0).sum()), "nodes": int(w.numel())}
+def effective_nodes(g_sq, noise, degenerate, weights=None) -> dict[str, float]:
+    """The one effective node count: Kish's (sum a)^2 / sum a^2 with a_n = w_n max(|g_n|^2 - noise_n, 0).
+
+    a_n is node n's share of the pooled signal (w_n: tokens it stands for, 1 by default): nodes whose signal
+    is within noise count for nothing, and one dominant node counts as one. `informative` counts the nodes
+    with a positive corrected |g*|^2 that are not degenerate.
+    """
+    g_sq, noise = _f64(g_sq), _f64(noise)
+    w = torch.ones_like(g_sq) if weights is None else _f64(weights)
+    a = torch.where(torch.as_tensor(degenerate, dtype=torch.bool), 0.0, w * (g_sq - noise).clamp_min(0.0))
+    total = float(a.sum())
+    n_eff = total * total / float((a * a).sum()) if total > 0 else 0.0
+    return {"effective_nodes": n_eff, "informative_nodes": int((a > 0).sum()), "nodes": int(a.numel())}
+
+
+def pooled_alignment(dot_unit, g_sq, noise, live, weights=None):
+    """Noise-consistent alignment of a group of nodes: cos(concat sqrt(w) g*, concat sqrt(w) u), u = d / |d|.
+
+    dot_unit = <g*-hat, d> / |d| per node (0 where d = 0), live = 1 where d != 0. With A = sum w dot_unit
+    (unbiased: linear in Q-hat), B = sum w (|g-hat|^2 - noise) (unbiased for sum w |g*|^2) and U = sum w live,
+    the estimate A / sqrt(B U) converges to E_w[|g*| cos(g*, d)] / sqrt(E_w|g*|^2 E_w[live]) as nodes grow,
+    whatever the number of continuations per candidate: noise does not shrink it, so groups whose |g*|
+    differ (correct vs incorrect rollouts, Q near 1) compare fairly. NaN when B <= 0 or U = 0. Works on the
+    last axis (batches of replicates allowed).
+    """
+    dot_unit, g_sq, noise, live = (_f64(x) for x in (dot_unit, g_sq, noise, live))
+    w = torch.ones_like(dot_unit) if weights is None else _f64(weights)
+    a = (w * dot_unit).sum(-1)
+    b = (w * (g_sq - noise)).sum(-1)
+    u = (w * live).sum(-1)
+    return torch.from_numpy(np.asarray(pooled_from_sums(a.numpy(), b.numpy(), u.numpy()), dtype=np.float64))
+
+
+def pooled_from_sums(a, b, u):
+    """`pooled_alignment` from its sums A, B, U (numpy arrays of any matching shape): A / sqrt(B U), NaN
+    where B <= 0 or U <= 0. The summary calls this on per-rollout sums and their bootstrap replicates."""
+    a, b, u = (np.asarray(x, dtype=np.float64) for x in (a, b, u))
+    ok = (b > 0) & (u > 0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        out = np.clip(a / np.sqrt(np.where(ok, b * u, np.nan)), -1.0, 1.0)
+    return np.where(ok, out, np.nan)
 
 
 def rollout_cosine(dot, g_sq, noise, d_sq, groups, weights=None) -> dict[int, dict[str, float]]:

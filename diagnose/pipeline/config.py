@@ -90,6 +90,23 @@ class RunConfig:
         if not self.objectives:
             raise DiagnoseError("at least one --objective is needed")
 
+    def estimate_config(self, stop=()):
+        """The estimator settings this run uses (stop strings come from the task)."""
+        from ..estimate import EstimateConfig
+
+        return EstimateConfig(
+            rollouts_per_question=self.rollouts,
+            temperature=self.temperature,
+            max_new_tokens=self.max_new_tokens,
+            stop=tuple(stop),
+            seed=self.seed,
+            k_student=self.top_k,
+            k_teacher=self.top_k,
+            continuations=self.continuations,
+            budget=float(self.budget),
+            nodes=self.nodes,
+        )
+
     # ---- identity and persistence ----
     def identity(self) -> dict[str, Any]:
         return {k: v for k, v in asdict(self).items() if k not in NON_IDENTITY}

@@ -69,7 +69,10 @@ def frames_for_question(
                 "v_hat": float(rec["v_hat"]),
                 "n_candidates": len(cands),
                 "n_continuations": int(sum(c["count"] for c in cands)),
-                "degenerate": len({round(c["q_hat"], 12) for c in cands if c["count"] > 0}) <= 1,
+                "degenerate": bool(rec["degenerate"]),
+                "weight": float(rec["weight"]),
+                "inclusion_prob": float(rec["inclusion_prob"]),
+                "negligible": bool(rec["negligible"]),
                 "g_sq": g_sq,
                 "g_sq_unbiased": (g_sq - float(noise)) if noise is not None else None,
             }
@@ -94,6 +97,7 @@ def frames_for_question(
         key = by_node[s["node_id"]]
         prox = teacher_proxies.get((s["teacher"], s["node_id"]), {})
         corrected = s.get("cos_full_corrected")
+        corrected_s = s.get("cos_support_corrected")
         al_rows.append(
             {
                 "question_id": key[0],
@@ -109,6 +113,9 @@ def frames_for_question(
                 "cos_support_ci_low": s["cos_support_lo"],
                 "cos_support_ci_high": s["cos_support_hi"],
                 "cos_bias_corrected": corrected if corrected is not None and math.isfinite(corrected) else None,
+                "cos_support_bias_corrected": (
+                    corrected_s if corrected_s is not None and math.isfinite(corrected_s) else None
+                ),
                 "teacher_advantage": _nz(s.get("ta")),
                 "ta_ci_low": _nz(s.get("ta_lo")),
                 "ta_ci_high": _nz(s.get("ta_hi")),

@@ -75,19 +75,7 @@ class Runner:
                 )
 
     def estimate_config(self) -> EstimateConfig:
-        c = self.cfg
-        return EstimateConfig(
-            rollouts_per_question=c.rollouts,
-            temperature=c.temperature,
-            max_new_tokens=c.max_new_tokens,
-            stop=tuple(self.task.stop),
-            seed=c.seed,
-            k_student=c.top_k,
-            k_teacher=c.top_k,
-            continuations=c.continuations,
-            budget=float(c.budget),
-            nodes=c.nodes,
-        )
+        return self.cfg.estimate_config(stop=self.task.stop)
 
     def metadata(self) -> dict:
         return standard_metadata(
