@@ -142,7 +142,8 @@ def test_notebook_executes_on_a_run(tiny_run):
         os.environ.pop("DIAGNOSE_RUN_DIR")
     errors = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs if o.output_type == "error"]
     assert not errors
-    assert "recommended" in "".join(o.get("text", "") for o in nb.cells[1].outputs)
+    text = "".join(o.get("text", "") for o in nb.cells[1].outputs)
+    assert ("recommended:" in text or "highest (no clear winner):" in text) and "alignment" in text
 
 
 # ---- refusals: one line on stderr, non-zero exit, nothing written ----------------------------------------

@@ -186,20 +186,44 @@ def test_docs_list_every_column():
 # ---------------------------------------------------------------- summary
 
 
+def _pooled_by_config(a, nodes, metric, mask=None):
+    """The pooled alignment A / sqrt(B U) per config, written out with pandas (independent of summary.py)."""
+    y = a.merge(nodes[["question_id", "rollout_idx", "position", "g_sq_unbiased", "weight"]].rename(
+        columns={"weight": "w"}))
+    if mask is not None:
+        y = y[mask(y)]
+    dsq = y["d_sq" if metric == "cos_full" else "d_sq_support"]
+    live = dsq > 0
+    y = y.assign(
+        A=y["w"] * np.where(live, y["dot"] / np.sqrt(dsq.where(live, 1.0)), 0.0),
+        B=y["w"] * y["g_sq_unbiased"],
+        U=y["w"] * live,
+    )
+    g = y.groupby("config")[["A", "B", "U"]].sum()
+    return (g["A"] / np.sqrt(g["B"] * g["U"])).where((g["B"] > 0) & (g["U"] > 0)).clip(-1, 1)
+
+
 def test_summary_matches_independent_pandas(tables):
     a, r, nodes, s = tables["alignment"], tables["rollouts"], tables["nodes"], tables["summary"]
-    ok = a[~a["degenerate"]].merge(r[["question_id", "rollout_idx", "correct", "difficulty"]])
+    a = a.merge(r[["question_id", "rollout_idx", "correct", "difficulty"]])
+    ok = a[~a["degenerate"]]
+    w = ok.merge(nodes[["question_id", "rollout_idx", "position", "weight"]].rename(columns={"weight": "w"}))
+    assert (nodes["weight"] > 1).any()  # window selection: later tokens stand for several
     for metric in ("cos_full", "cos_support"):
         sm = s[s["metric"] == metric].set_index("config")
-        mean = ok.groupby("config")[metric].mean()
+        mean = _pooled_by_config(a, nodes, metric)
         np.testing.assert_allclose(sm.loc[mean.index, "mean"], mean, rtol=1e-5)
+        per_token = (w["w"] * w[metric]).groupby(w["config"]).sum() / w["w"].groupby(w["config"]).sum()
+        np.testing.assert_allclose(sm.loc[per_token.index, "mean_per_token"], per_token, rtol=1e-5)
         assert (sm.loc[mean.index, "n_nodes"] == ok.groupby("config").size()).all()
         for flag, split in ((True, "correct"), (False, "incorrect")):
-            m = ok[ok["correct"] == flag].groupby("config")[metric].mean()
+            m = _pooled_by_config(a, nodes, metric, lambda y, f=flag: y["correct"] == f)
             np.testing.assert_allclose(sm.loc[m.index, f"mean_{split}"], m, rtol=1e-5)
+        diff = sm["mean_correct"] - sm["mean_incorrect"]
+        np.testing.assert_allclose(sm["diff_correct_incorrect"], diff, rtol=1e-5, atol=1e-7)
         for band in T.BANDS:
-            m = ok[ok["difficulty"] == band].groupby("config")[metric].mean()
-            np.testing.assert_allclose(sm.loc[m.index, f"mean_{band}"], m, rtol=1e-5)
+            m = _pooled_by_config(a, nodes, metric, lambda y, b=band: y["difficulty"] == b)
+            np.testing.assert_allclose(sm.loc[m.index, f"mean_{band}"], m.astype(float), rtol=1e-5)
         # ranks follow the means; every interval contains its mean
         assert list(sm.sort_values("rank").index) == list(mean.sort_values(ascending=False).index)
         assert (sm["ci_low"] <= sm["mean"] + 1e-7).all() and (sm["mean"] <= sm["ci_high"] + 1e-7).all()
@@ -216,9 +240,10 @@ def test_summary_matches_independent_pandas(tables):
     per = per[(per["g_sq"] * per["wd_sq"]) > 1e-20]
     rc = (per["wdot"] / np.sqrt(per["g_sq"] * per["wd_sq"])).groupby("config").mean()
     np.testing.assert_allclose(full.loc[rc.index, "rollout_cos"], rc, rtol=1e-4, atol=1e-6)
-    # effective node count: signal share of |g*-hat|^2
-    y = ok.merge(nodes[["question_id", "rollout_idx", "position", "g_sq", "g_sq_unbiased"]])
-    n_eff = (y["g_sq_unbiased"] / y["g_sq"]).clip(0, 1).groupby(y["config"]).sum()
+    # effective node count: Kish over token weight x corrected |g*|^2
+    y = w.merge(nodes[["question_id", "rollout_idx", "position", "g_sq_unbiased"]])
+    y["a"] = y["w"] * y["g_sq_unbiased"].clip(lower=0)
+    n_eff = y.groupby("config")["a"].sum() ** 2 / (y["a"] ** 2).groupby(y["config"]).sum()
     np.testing.assert_allclose(full.loc[n_eff.index, "n_effective"], n_eff, rtol=1e-4)
     assert (full["n_effective"] < full["n_nodes"]).all()
 
@@ -227,26 +252,31 @@ def test_recommendation_and_headroom(run, tables):
     from diagnose.report.summary import read_summary
 
     summ = read_summary(run)
-    a, r = tables["alignment"], tables["rollouts"]
-    ok = a[~a["degenerate"]]
+    a, nodes = tables["alignment"], tables["nodes"]
     rec = summ.recommendation["cos_full"]
-    means = ok.groupby("config")["cos_full"].mean().sort_values(ascending=False)
+    means = _pooled_by_config(a, nodes, "cos_full").sort_values(ascending=False)
     assert rec["overall"]["config"] == means.index[0] and rec["overall"]["runner_up"] == means.index[1]
-    wide = ok.pivot_table(
-        index=["question_id", "rollout_idx", "position"], columns="config", values="cos_full"
-    )
-    diff = (wide[means.index[0]] - wide[means.index[1]]).dropna()
-    assert rec["overall"]["margin"] == pytest.approx(diff.mean(), rel=1e-6)
+    assert rec["overall"]["margin"] == pytest.approx(means.iloc[0] - means.iloc[1], rel=1e-6)
     assert rec["overall"]["margin_ci_low"] <= rec["overall"]["margin"] <= rec["overall"]["margin_ci_high"]
-    ok_b = ok.merge(r[["question_id", "rollout_idx", "difficulty"]])
+    assert rec["overall"]["margin_n"] == a["question_id"].nunique()
+    ok_b = a.merge(tables["rollouts"][["question_id", "rollout_idx", "difficulty"]])
     for band, best in rec["bands"].items():
-        m = ok_b[ok_b["difficulty"] == band].groupby("config")["cos_full"].mean()
+        m = _pooled_by_config(ok_b, nodes, "cos_full", lambda y, b=band: y["difficulty"] == b)
         assert best["config"] == m.idxmax() and best["mean"] == pytest.approx(m.max(), rel=1e-6)
     hr = summ.headroom["cos_full"]
+    ok = a[~a["degenerate"]].merge(
+        nodes[["question_id", "rollout_idx", "position", "weight"]].rename(columns={"weight": "w"})
+    )
+    wide = ok.pivot_table(index=["question_id", "rollout_idx", "position"], columns="config", values="cos_full")
+    wts = ok.drop_duplicates(["question_id", "rollout_idx", "position"]).set_index(
+        ["question_id", "rollout_idx", "position"]
+    )["w"]
     complete = wide.dropna()
-    oracle = complete.max(axis=1)
-    assert hr["oracle_mean"] == pytest.approx(oracle.mean(), rel=1e-6)
-    assert hr["headroom"] == pytest.approx((oracle - complete[means.index[0]]).mean(), rel=1e-6)
+    ww = wts.loc[complete.index]
+    oracle = (complete.max(axis=1) * ww).sum() / ww.sum()
+    best = (complete[means.index[0]] * ww).sum() / ww.sum()
+    assert hr["oracle_mean"] == pytest.approx(oracle, rel=1e-6)
+    assert hr["headroom"] == pytest.approx(oracle - best, rel=1e-6)
     assert hr["headroom"] >= 0 and hr["n_nodes"] == len(complete)
 
 
@@ -458,13 +488,13 @@ def test_degenerate_and_partial_runs_still_report(tmp_path):
         shutil.rmtree(run / extra)
     (run / "cost.json").unlink()
     res = load(run)
-    assert (
-        res.recommendation["overall"]["config"] == "only|rkl"
-        and "runner_up" not in res.recommendation["overall"]
-    )
-    assert res.summary["rollout_cos"].isna().all()  # |g*|^2 lives in the nodes table
+    # |g*|^2 and the node weights live in the nodes table: without it there is no alignment to rank, only
+    # the descriptive per-token mean, and the report says why
+    assert res.recommendation["overall"] is None and res.summary["mean"].isna().all()
+    assert res.summary["mean_per_token"].notna().all()
+    assert res.summary["rollout_cos"].isna().all()
     text = render_report(run).read_text(encoding="utf-8")
-    assert "No cost.json" in text
+    assert "No cost.json" in text and "nodes table" in text
     for shard in T.completed_shards(run, "alignment"):
         part = pd.read_parquet(run / "alignment" / f"part-{shard}.parquet").assign(degenerate=True)
         T.write_table(run, "alignment", part, shard=shard)
@@ -481,6 +511,7 @@ def test_cli_report(run, tmp_path):
 
     result = CliRunner().invoke(app, ["report", str(run), "--out", str(tmp_path / "r.html")])
     assert result.exit_code == 0, result.output
-    assert "recommended: self:solution|" in result.output and (tmp_path / "r.html").stat().st_size > 3_000_000
+    assert re.search(r"(recommended|highest \(no clear winner\)): self:solution\|", result.output)
+    assert (tmp_path / "r.html").stat().st_size > 3_000_000
     bad = CliRunner().invoke(app, ["report", str(tmp_path / "missing")])
     assert bad.exit_code == 1 and "no table 'alignment'" in bad.output

@@ -163,7 +163,7 @@ def fig_ranking(s: pd.DataFrame, other: pd.DataFrame | None, metric: str) -> go.
     fig.update_layout(
         **_layout(
             title=dict(
-                text="Ranking of configurations: mean alignment with 95% bootstrap intervals",
+                text="Ranking of configurations: alignment with 95% intervals (questions, then rollouts, resampled)",
                 font=dict(size=15),
                 x=0,
                 xanchor="left",
@@ -205,7 +205,7 @@ def fig_splits(s: pd.DataFrame, splits, title: str, names=None) -> go.Figure:
             scattergap=0.25,
             legend=dict(orientation="h", y=1.0, yanchor="bottom", x=0),
             margin=dict(l=10, r=20, t=80, b=50),
-            xaxis=dict(title=dict(text="mean alignment (95% interval)"), zeroline=False),
+            xaxis=dict(title=dict(text="alignment (95% interval)"), zeroline=False),
             yaxis=dict(autorange="reversed", automargin=True),
         )
     )
@@ -584,23 +584,33 @@ def _bottom_line(summary: Summary, metric: str, other: str | None) -> str:
     rec = summary.recommendation.get(metric, {})
     overall = rec.get("overall")
     if not overall:
-        return "<p>No configuration has a defined alignment (every node is degenerate).</p>"
+        return (
+            "<p>No configuration has a defined alignment: every node is degenerate, the noise of Q̂ leaves "
+            "no signal, or the nodes table (|g*|² and node weights) is missing.</p>"
+        )
     e = html.escape
     lines = [
-        f"<div class='rec'>Recommended configuration: <code>{e(overall['config'])}</code> — mean alignment "
+        f"<div class='rec'>{'Recommended' if overall.get('clear') else 'Highest'} configuration: "
+        f"<code>{e(overall['config'])}</code> — alignment "
         f"<b>{_f(overall['mean'])}</b> {_ci(overall['ci_low'], overall['ci_high'])} over "
-        f"{overall['n_nodes']} nodes.</div>"
+        f"{overall['n_nodes']} nodes of {overall.get('n_questions', '?')} questions.</div>"
     ]
     if overall.get("runner_up"):
         verdict = (
             "<span class='ok'>clearly ahead</span>"
             if overall.get("clear")
-            else "<span class='warn'>not clearly ahead (the interval of the margin includes 0)</span>"
+            else "<span class='warn'>no clear winner: the evidence does not separate it from the runner-up "
+            + (
+                f"({e(overall['note'])})"
+                if overall.get("note")
+                else "(the interval of the margin includes 0)"
+            )
+            + "</span>"
         )
         lines.append(
             f"<p>Versus the runner-up <code>{e(overall['runner_up'])}</code>: margin "
             f"{_f(overall['margin'])} {_ci(overall['margin_ci_low'], overall['margin_ci_high'])} "
-            f"(paired over {overall['margin_n']} shared nodes): {verdict}.</p>"
+            f"(paired, resampling {overall['margin_n']} questions and their rollouts): {verdict}.</p>"
         )
     rows = []
     for band in BANDS:
@@ -622,7 +632,7 @@ def _bottom_line(summary: Summary, metric: str, other: str | None) -> str:
         )
     lines.append(
         "<table class='t'><tr><th>question difficulty</th><th>best configuration</th>"
-        "<th>mean alignment [95%]</th><th>nodes</th><th>margin over runner-up [95%]</th></tr>"
+        "<th>alignment [95%]</th><th>nodes</th><th>margin over runner-up [95%]</th></tr>"
         + "".join(rows)
         + "</table>"
     )
@@ -630,7 +640,7 @@ def _bottom_line(summary: Summary, metric: str, other: str | None) -> str:
     if hr:
         lines.append(
             "<p><b>Headroom.</b> Picking the best configuration separately at every token would reach "
-            "a mean "
+            "a token-weighted mean per-node "
             f"alignment of {_f(hr['oracle_mean'])} {_ci(hr['oracle_ci_low'], hr['oracle_ci_high'])} against "
             f"{_f(hr['best_mean'])} for <code>{e(hr['best_config'])}</code> alone: headroom "
             f"<b>{_f(hr['headroom'])}</b> {_ci(hr['headroom_ci_low'], hr['headroom_ci_high'])} over "
@@ -671,8 +681,12 @@ style="color:#b2182b;font-weight:600">red = harmful</span>, white = 0, <span
 style="color:#2166ac;font-weight:600">blue
 = helpful</span>. <i>cos_full</i> takes d over the whole vocabulary, <i>cos_support</i> only over the
 candidate
-tokens where Q was estimated. Intervals are 95% percentile bootstrap intervals (per token: over continuations;
-means: over {unit}). Degenerate nodes (all Q̂ equal, so g* = 0) are left out of every mean.</div>
+tokens where Q was estimated. <b>What each figure estimates.</b> A configuration's <i>alignment</i> (ranking,
+splits, bottom line) is the cosine between the ideal gradient over all tokens of the group and its per-token
+directions scaled to unit length, with every node weighted by the tokens it stands for and |g*|² corrected
+for the noise of Q̂, so it neither favours early tokens nor shrinks where |g*| is small; its 95% interval
+resamples {unit}. Per-token cosines carry their own interval (over continuations);
+degenerate nodes (all Q̂ equal, so g* = 0) have no cosine.</div>
 """
 
 
@@ -840,7 +854,7 @@ def render_report(
             rollouts, tables["nodes"], tables["candidates"], alignment, configs, max_rollouts
         ),
     }
-    unit = "whole rollouts" if summary.settings.get("cluster") == "rollout" else "nodes"
+    unit = summary.settings.get("resampling", "questions, then rollouts within each drawn question")
     e = html.escape
     models = meta.get("models", {})
     student = models.get("student", "?") if isinstance(models, dict) else "?"

@@ -105,7 +105,8 @@ class RunResult:
 
     # -- text
     def top(self, n: int = 5, metric: str | None = None) -> pd.DataFrame:
-        """The n best configurations by mean alignment, with intervals and the main splits."""
+        """The n best configurations by alignment (`mean`: pooled, token-weighted, noise-corrected), with
+        intervals, the main splits and their difference."""
         metric = metric or self.metric
         s = self.summary[self.summary["metric"] == metric].sort_values("rank")
         cols = [
@@ -117,6 +118,7 @@ class RunResult:
             "n_nodes",
             "mean_correct",
             "mean_incorrect",
+            "diff_correct_incorrect",
             "rollout_cos",
         ]
         return s[cols].head(n).reset_index(drop=True)
@@ -128,12 +130,13 @@ class RunResult:
         o = rec.get("overall")
         if not o:
             return lines[0] + "\n  no configuration has a defined alignment"
+        head = "recommended" if o.get("clear") else "highest (no clear winner)"
         lines.append(
-            f"  recommended: {o['config']}  mean {_f(o['mean'])} [{_f(o['ci_low'])}, {_f(o['ci_high'])}]"
-            f" over {o['n_nodes']} nodes"
+            f"  {head}: {o['config']}  alignment {_f(o['mean'])} [{_f(o['ci_low'])}, {_f(o['ci_high'])}]"
+            f" over {o['n_nodes']} nodes of {o.get('n_questions', '?')} questions"
         )
         if o.get("runner_up"):
-            clear = "clear" if o.get("clear") else "not clear"
+            clear = "clear" if o.get("clear") else f"not clear{': ' + o['note'] if o.get('note') else ''}"
             lines.append(
                 f"  vs runner-up {o['runner_up']}: margin {_f(o['margin'])} "
                 f"[{_f(o['margin_ci_low'])}, {_f(o['margin_ci_high'])}] ({clear})"
@@ -162,8 +165,9 @@ class RunResult:
     def _repr_html_(self) -> str:
         o = self.recommendation.get("overall") or {}
         head = (
-            f"<p><b>diagnose run</b> <code>{html.escape(str(self.run_dir))}</code>: recommended "
-            f"<code>{html.escape(o.get('config', '–'))}</code>, mean alignment {_f(o.get('mean'))} "
+            f"<p><b>diagnose run</b> <code>{html.escape(str(self.run_dir))}</code>: "
+            f"{'recommended' if o.get('clear') else 'highest (no clear winner)'} "
+            f"<code>{html.escape(o.get('config', '–'))}</code>, alignment {_f(o.get('mean'))} "
             f"[{_f(o.get('ci_low'))}, {_f(o.get('ci_high'))}] ({self.metric}). "
             "Call <code>.show()</code> for the "
             "interactive report.</p>"

@@ -1,10 +1,23 @@
-"""The `summary` table: per configuration, mean alignment with bootstrap intervals, overall and split by
-rollout correctness and question difficulty, rollout-level cosine, effective node count, proxy rank
-correlations; plus the run-level recommendation (best configuration overall and per band) and the headroom
-of picking the best configuration per token.
+"""The `summary` table: per configuration, its alignment with intervals, overall and split by rollout
+correctness and question difficulty, the correct-minus-incorrect difference, the per-token mean cosine,
+rollout-level cosine, effective node count, proxy rank correlations; plus the run-level recommendation (best
+configuration overall and per band, and whether it is clearly ahead) and the headroom of picking the best
+configuration per token.
 
-Degenerate nodes (cosine undefined) are left out of every mean. Intervals are percentile bootstrap intervals,
-resampling nodes (default) or whole rollouts (`cluster="rollout"`, wider: nodes of a rollout share its fate).
+What each figure estimates (ESTIMANDS below, also stored in the summary's metadata):
+
+- `mean` (and mean_<split>): the configuration's alignment over the group's tokens, estimated by
+  `diagnose.estimate.stats.pooled_alignment`: cos between the ideal gradient over every token of the group
+  and the configuration's per-token directions scaled to unit length, i.e. E[|g*| cos(g*, d)] /
+  sqrt(E|g*|^2 E[1{d != 0}]) over tokens. Nodes are weighted by the tokens they stand for (their `weight`, the
+  inverse inclusion probability of node selection) and |g*|^2 is noise-corrected, so the estimate is
+  consistent as questions grow at ANY number of continuations: noise does not shrink it toward 0, and groups
+  whose |g*| differ (correct vs incorrect rollouts) compare fairly.
+- `mean_per_token`: the token-weighted mean of the per-node cosine estimates over nodes where it is defined;
+  descriptive only (noise pulls each per-node cosine toward 0, more where |g*| is small).
+- Every interval and margin is a percentile bootstrap that resamples the independent units: questions, then
+  rollouts within each drawn question (nodes of one rollout share its fate). One set of replicate weights is
+  shared by all configurations, so margins between configurations are paired.
 """
 
 from __future__ import annotations
@@ -19,6 +32,7 @@ import torch
 
 from ..alignment import safe_cosine
 from ..errors import DiagnoseError
+from ..estimate.stats import effective_nodes, pooled_from_sums
 from .tables import BANDS, METRICS, PROXIES, has_table, read_metadata, read_table, write_table
 
 NODE_KEY = ["question_id", "rollout_idx", "position"]
@@ -141,6 +155,74 @@ def bootstrap_mean(
 
 # ---------------------------------------------------------------- the summary
 
+ESTIMANDS = {
+    "mean": "alignment over the group's tokens: cos(concatenated g*, concatenated unit d), token-weighted, "
+    "noise-corrected |g*|^2 (consistent at any number of continuations)",
+    "ci_low/ci_high": "95% percentile bootstrap over questions, then rollouts within them",
+    "mean_per_token": "token-weighted mean of per-node cosine estimates (descriptive: noise shrinks it to 0)",
+    "diff_correct_incorrect": "mean over correct-rollout tokens minus mean over incorrect-rollout tokens",
+    "teacher_advantage": "token-weighted mean of TA = sum_C (q - p)(Q - V) (unbiased per node)",
+    "rollout_cos": "mean over rollouts of the rollout-level cosine (concatenated g* vs w d)",
+    "n_effective": "Kish effective count of nodes weighted by token weight x corrected |g*|^2",
+    "margin": "paired difference of `mean` between the best configuration and the runner-up; clear when "
+    "its interval excludes 0",
+}
+MIN_CLEAR_QUESTIONS = 2  # fewer questions: no interval across questions, never 'clear'
+
+
+class Resampler:
+    """Replicate weights [B, R] of the two-stage bootstrap: questions with replacement, then rollouts with
+    replacement within each drawn copy of a question (a question drawn k times gets k R_q rollout draws)."""
+
+    def __init__(self, rollouts: pd.DataFrame, n_boot: int, seed: int):
+        keys = list(zip(rollouts["question_id"].astype(str), rollouts["rollout_idx"].astype(int), strict=True))
+        self.index = {k: j for j, k in enumerate(keys)}
+        self.questions = rollouts["question_id"].astype(str).to_numpy()
+        qs, codes = np.unique(self.questions, return_inverse=True)
+        self.n_questions = len(qs)
+        self.n_boot = int(n_boot)
+        rng = np.random.default_rng(seed)
+        w = np.zeros((self.n_boot, len(keys)))
+        if self.n_boot > 0 and len(qs):
+            k = rng.multinomial(len(qs), np.full(len(qs), 1 / len(qs)), size=self.n_boot)  # [B, Q]
+            for qi in range(len(qs)):
+                cols = np.flatnonzero(codes == qi)
+                draws = rng.multinomial(k[:, qi] * len(cols), np.full(len(cols), 1 / len(cols)))
+                w[:, cols] = draws
+        self.weights = w
+
+    def columns(self, frame: pd.DataFrame) -> np.ndarray:
+        """Rollout column of each row of `frame` (question_id, rollout_idx)."""
+        keys = zip(frame["question_id"].astype(str), frame["rollout_idx"].astype(int), strict=True)
+        return np.fromiter((self.index[k] for k in keys), dtype=np.int64, count=len(frame))
+
+    def sums(self, cols: np.ndarray, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(point sums [k], replicate sums [B, k]) of per-row values [n, k] grouped by rollout column."""
+        per = np.zeros((self.weights.shape[1], values.shape[1]))
+        np.add.at(per, cols, values)
+        return per.sum(0), self.weights @ per
+
+
+def _interval(reps: np.ndarray, level: float) -> tuple[float, float]:
+    """Percentile interval of replicates; null when more than 5% of them are undefined (thin evidence)."""
+    reps = np.asarray(reps, dtype=float)
+    ok = np.isfinite(reps)
+    if reps.size == 0 or ok.mean() < 0.95:
+        return float("nan"), float("nan")
+    alpha = (1 - level) / 2
+    lo, hi = np.quantile(reps[ok], [alpha, 1 - alpha])
+    return float(lo), float(hi)
+
+
+def _pooled(sums) -> np.ndarray:
+    """The pooled alignment (diagnose.estimate.stats.pooled_from_sums) from summed (A, B, U) columns."""
+    return pooled_from_sums(sums[..., 0], sums[..., 1], sums[..., 2])
+
+
+def _ratio(num, den) -> np.ndarray:
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(den > 0, num / np.where(den > 0, den, 1.0), np.nan)
+
 
 def _prepare(alignment: pd.DataFrame, rollouts: pd.DataFrame, nodes: pd.DataFrame | None) -> pd.DataFrame:
     need = {"correct", "pass_rate", "difficulty"}
@@ -154,25 +236,33 @@ def _prepare(alignment: pd.DataFrame, rollouts: pd.DataFrame, nodes: pd.DataFram
         raise DiagnoseError(
             f"alignment rows refer to a rollout missing from the rollouts table, e.g. {missing}"
         )
-    if nodes is not None and {"g_sq", "g_sq_unbiased"} <= set(nodes.columns):
-        df = df.merge(
-            nodes[NODE_KEY + ["g_sq", "g_sq_unbiased"]], on=NODE_KEY, how="left", validate="many_to_one"
-        )
-    else:
-        df["g_sq"] = np.nan
-        df["g_sq_unbiased"] = np.nan
+    node_cols = [c for c in ("g_sq", "g_sq_unbiased", "weight", "negligible") if nodes is not None and c in nodes]
+    if node_cols:
+        extra = nodes[NODE_KEY + node_cols].rename(columns={"weight": "node_weight"})
+        df = df.merge(extra, on=NODE_KEY, how="left", validate="many_to_one")
+    for col, fill in (("g_sq", np.nan), ("g_sq_unbiased", np.nan), ("node_weight", 1.0), ("negligible", False)):
+        if col not in df:
+            df[col] = fill
+    df["node_weight"] = df["node_weight"].astype(float).fillna(1.0)
+    df["negligible"] = df["negligible"].fillna(False).astype(bool)
     df["correct"] = df["correct"].astype(bool)
     df["_rollout"] = df["question_id"].astype(str) + "#" + df["rollout_idx"].astype(str)
     df["_node"] = df["_rollout"] + "@" + df["position"].astype(str)
-    # Bias-corrected cosines on both supports: dot / sqrt(|g*|^2 corrected * |d|^2), where that is > 0.
-    unb = df["g_sq_unbiased"].to_numpy(dtype=float)
-    for metric, dsq in (("cos_full", "d_sq"), ("cos_support", "d_sq_support")):
+    noise = (df["g_sq"] - df["g_sq_unbiased"]).astype(float)
+    df["_noise"] = noise.fillna(0.0)
+    df["_g_known"] = df["g_sq"].notna()
+    for metric, dsq, bc in (
+        ("cos_full", "d_sq", "cos_bias_corrected"),
+        ("cos_support", "d_sq_support", "cos_support_bias_corrected"),
+    ):
+        d_sq = df[dsq].to_numpy(float)
+        live = d_sq > 0
         with np.errstate(invalid="ignore", divide="ignore"):
-            bc = np.clip(df["dot"].to_numpy(float) / np.sqrt(unb * df[dsq].to_numpy(float)), -1, 1)
-        bc = np.where((unb > 0) & ~df["degenerate"].to_numpy(bool), bc, np.nan)
-        df[f"_bc_{metric}"] = bc
-    if "cos_bias_corrected" in df and df["cos_bias_corrected"].notna().any():
-        df["_bc_cos_full"] = df["cos_bias_corrected"].astype(float)  # the pipeline's own correction wins
+            df[f"_unit_{metric}"] = np.where(live, df["dot"].to_numpy(float) / np.sqrt(np.where(live, d_sq, 1)), 0)
+        df[f"_live_{metric}"] = live.astype(float)
+        df[f"_bc_{metric}"] = df[bc].astype(float) if bc in df else np.nan
+    # a per-node cosine counts in per-token means where it is defined and resolvable
+    df["_use"] = ~df["degenerate"].to_numpy(bool) & ~df["negligible"].to_numpy(bool)
     return df
 
 
@@ -184,14 +274,15 @@ def _split_mask(df: pd.DataFrame, split: str) -> np.ndarray:
     return (df["difficulty"] == split).to_numpy(bool)
 
 
-def _rollout_level(group: pd.DataFrame, dsq: str) -> np.ndarray:
+def _rollout_level(group: pd.DataFrame, dsq: str, keys: bool = False):
     """Per-rollout cosines of one configuration (degenerate rollouts dropped).
 
     The same quantity as alignment.rollout_cosine(dot, g_sq, d_sq, weight) on each rollout's nodes (tested),
-    computed for all rollouts at once from per-rollout sums with the same alignment.safe_cosine.
+    computed for all rollouts at once from per-rollout sums with the same alignment.safe_cosine. With
+    keys=True also returns the rollout labels of the kept values.
     """
     if group["g_sq"].isna().any():  # no nodes table (|g*|^2 unknown): no rollout-level cosine
-        return np.array([])
+        return (np.array([]), np.array([])) if keys else np.array([])
     w = group["weight"].to_numpy(float)
     parts = pd.DataFrame(
         {
@@ -204,56 +295,126 @@ def _rollout_level(group: pd.DataFrame, dsq: str) -> np.ndarray:
     sums = parts.groupby("r", sort=True)[["dot", "g_sq", "d_sq"]].sum()
     dot, g_sq, d_sq = (torch.tensor(sums[c].to_numpy(), dtype=torch.float64) for c in ("dot", "g_sq", "d_sq"))
     cos, deg = safe_cosine(dot, g_sq, d_sq)
-    return cos.numpy()[~deg.numpy()]
+    keep = ~deg.numpy()
+    if keys:
+        return cos.numpy()[keep], sums.index.to_numpy()[keep]
+    return cos.numpy()[keep]
 
 
-def _row(group: pd.DataFrame, metric: str, rng, n_boot: int, level: float, cluster: str) -> dict[str, Any]:
-    ok = group[~group["degenerate"].to_numpy(bool)]
-    v = ok[metric].to_numpy(float)
-    clusters = ok["_rollout"].to_numpy() if cluster == "rollout" else None
-    mean, lo, hi = bootstrap_mean(v, rng, n_boot, level, clusters)
+class _Config:
+    """Per-rollout sums of one configuration and metric, and its replicate statistics."""
+
+    def __init__(self, group: pd.DataFrame, metric: str, res: Resampler, level: float, split_masks: dict):
+        self.group, self.metric, self.res, self.level = group, metric, res, level
+        w = group["node_weight"].to_numpy(float)
+        use = group["_use"].to_numpy(bool)
+        cos = group[metric].to_numpy(float)
+        bc = group[f"_bc_{metric}"].to_numpy(float)
+        bc_ok = use & np.isfinite(bc)
+        ta = group["teacher_advantage"].to_numpy(float)
+        cols = np.stack(
+            [
+                w * group[f"_unit_{metric}"].to_numpy(float),  # A
+                w * (group["g_sq"].to_numpy(float) - group["_noise"].to_numpy(float)),  # B
+                w * group[f"_live_{metric}"].to_numpy(float),  # U
+                np.where(use, w * cos, 0.0),
+                np.where(use, w, 0.0),
+                np.where(bc_ok, w * np.nan_to_num(bc), 0.0),
+                np.where(bc_ok, w, 0.0),
+                np.where(use & (cos > 0), w, 0.0),
+                w * np.nan_to_num(ta),
+                w,
+            ],
+            -1,
+        )
+        self.cols = res.columns(group)
+        self.values = cols
+        self.point, self.reps = {}, {}
+        for split, mask in [("all", None)] + list(split_masks.items()):
+            v = cols if mask is None else np.where(mask[:, None], cols, 0.0)
+            self.point[split], self.reps[split] = res.sums(self.cols, v)
+
+    def pooled(self, split="all"):
+        return float(_pooled(self.point[split][:3])), _pooled(self.reps[split][:, :3])
+
+    def per_token(self, split="all", num=3, den=4):
+        return float(_ratio(self.point[split][num], self.point[split][den])), _ratio(
+            self.reps[split][:, num], self.reps[split][:, den]
+        )
+
+
+def _row(group: pd.DataFrame, metric: str, res: Resampler, level: float) -> tuple[dict[str, Any], _Config]:
+    split_masks = {split: _split_mask(group, split) for split in SPLITS}
+    cfg = _Config(group, metric, res, level, split_masks)
+    use = group["_use"].to_numpy(bool)
     first = group.iloc[0]
+    mean, reps = cfg.pooled()
+    lo, hi = _interval(reps, level)
     row: dict[str, Any] = dict(
         config=first["config"],
         teacher=first["teacher"],
         objective=first["objective"],
         metric=metric,
-        n_nodes=len(ok),
-        n_degenerate=int(len(group) - len(ok)),
+        n_nodes=int(use.sum()),
+        n_degenerate=int(group["degenerate"].to_numpy(bool).sum()),
+        n_negligible=int((group["negligible"].to_numpy(bool) & ~group["degenerate"].to_numpy(bool)).sum()),
         mean=mean,
         ci_low=lo,
         ci_high=hi,
-        frac_positive=float((v > 0).mean()) if v.size else float("nan"),
     )
-    share = (ok["g_sq_unbiased"] / ok["g_sq"]).clip(0, 1)
-    row["n_effective"] = float(share.sum()) if share.notna().any() else float(len(ok))
-    bc = ok[f"_bc_{metric}"].dropna()
-    row["mean_bias_corrected"] = float(bc.mean()) if len(bc) else float("nan")
-    for split in SPLITS:
-        mask = _split_mask(ok, split)
-        m, l, h = bootstrap_mean(v[mask], rng, n_boot, level, None if clusters is None else clusters[mask])
-        row.update(
-            {f"mean_{split}": m, f"ci_low_{split}": l, f"ci_high_{split}": h, f"n_{split}": int(mask.sum())}
+    pt, pt_reps = cfg.per_token()
+    row["mean_per_token"] = pt
+    row["mean_per_token_ci_low"], row["mean_per_token_ci_high"] = _interval(pt_reps, level)
+    row["frac_positive"] = float(_ratio(cfg.point["all"][7], cfg.point["all"][4]))
+    row["mean_bias_corrected"] = float(_ratio(cfg.point["all"][5], cfg.point["all"][6]))
+    if group["_g_known"].all():
+        eff = effective_nodes(
+            group["g_sq"].to_numpy(float),
+            group["_noise"].to_numpy(float),
+            group["degenerate"].to_numpy(bool),
+            group["node_weight"].to_numpy(float),
         )
-    rc = _rollout_level(group, "d_sq" if metric == "cos_full" else "d_sq_support")
-    row["rollout_cos"], row["rollout_cos_ci_low"], row["rollout_cos_ci_high"] = bootstrap_mean(
-        rc, rng, n_boot, level
-    )
-    row["n_rollouts"] = int(rc.size)
-    row["teacher_advantage"], row["ta_ci_low"], row["ta_ci_high"] = bootstrap_mean(
-        ok["teacher_advantage"].to_numpy(float), rng, n_boot, level, clusters
-    )
+        row["n_effective"] = float(eff["effective_nodes"])
+    else:
+        row["n_effective"] = float("nan")
+    for split in SPLITS:
+        m, r = cfg.pooled(split)
+        lo_s, hi_s = _interval(r, level)
+        row.update(
+            {
+                f"mean_{split}": m,
+                f"ci_low_{split}": lo_s,
+                f"ci_high_{split}": hi_s,
+                f"n_{split}": int((use & split_masks[split]).sum()),
+            }
+        )
+    (mc, rc), (mi, ri) = cfg.pooled("correct"), cfg.pooled("incorrect")
+    row["diff_correct_incorrect"] = mc - mi
+    row["diff_ci_low"], row["diff_ci_high"] = _interval(rc - ri, level)
+    rcos, rkeys = _rollout_level(group, "d_sq" if metric == "cos_full" else "d_sq_support", keys=True)
+    if rcos.size:
+        first_rows = group.drop_duplicates("_rollout").set_index("_rollout").loc[rkeys]
+        cols = res.columns(first_rows.reset_index())
+        p_sum, r_sum = res.sums(cols, np.stack([rcos, np.ones_like(rcos)], -1))
+        row["rollout_cos"] = float(_ratio(p_sum[0], p_sum[1]))
+        row["rollout_cos_ci_low"], row["rollout_cos_ci_high"] = _interval(_ratio(r_sum[:, 0], r_sum[:, 1]), level)
+    else:
+        row["rollout_cos"] = row["rollout_cos_ci_low"] = row["rollout_cos_ci_high"] = float("nan")
+    row["n_rollouts"] = int(rcos.size)
+    ta, ta_reps = cfg.per_token(num=8, den=9)
+    row["teacher_advantage"] = ta
+    row["ta_ci_low"], row["ta_ci_high"] = _interval(ta_reps, level)
+    ok = group[use]
+    v = ok[metric].to_numpy(float)
     names = [name for name in PROXIES + ("teacher_advantage",) if name in ok]
     rho = rank_correlations(ok[names], v) if len(names) else pd.Series(dtype=float)
     for name in PROXIES + ("teacher_advantage",):
         row[f"rho_{name}"] = float(rho.get(name, float("nan")))
-    return row
+    return row, cfg
 
 
-def _best(
-    table: pd.DataFrame, wide: pd.DataFrame, split: str | None, rng, n_boot, level
-) -> dict[str, Any] | None:
-    """Best configuration by mean (within a band if `split`), its interval and its paired margin over #2."""
+def _best(table: pd.DataFrame, configs: dict, split: str | None, res: Resampler, level) -> dict[str, Any] | None:
+    """Best configuration by `mean` (within a band if `split`), its interval and its paired margin over #2."""
     col = "mean" if split is None else f"mean_{split}"
     lo_col, hi_col, n_col = (
         ("ci_low", "ci_high", "n_nodes")
@@ -270,23 +431,28 @@ def _best(
         "ci_low": _num(top[lo_col]),
         "ci_high": _num(top[hi_col]),
         "n_nodes": int(top[n_col]),
+        "n_questions": int(res.n_questions),
     }
     if len(ranked) > 1:
         second = ranked.iloc[1]
-        sub = wide if split is None else wide[wide["_split_" + split]]
-        diff = (sub[top["config"]] - sub[second["config"]]).dropna().to_numpy(float)
-        m, lo, hi = bootstrap_mean(diff, rng, n_boot, level)
+        key = "all" if split is None else split
+        m1, r1 = configs[top["config"]].pooled(key)
+        m2, r2 = configs[second["config"]].pooled(key)
+        lo, hi = _interval(r1 - r2, level)
+        enough = res.n_questions >= MIN_CLEAR_QUESTIONS
         out.update(
             {
                 "runner_up": second["config"],
                 "runner_up_mean": _num(second[col]),
-                "margin": _num(m),
+                "margin": _num(m1 - m2),
                 "margin_ci_low": _num(lo),
                 "margin_ci_high": _num(hi),
-                "margin_n": int(diff.size),
-                "clear": bool(lo > 0),
+                "margin_n": int(res.n_questions),
+                "clear": bool(enough and np.isfinite(lo) and lo > 0),
             }
         )
+        if not enough:
+            out["note"] = f"{res.n_questions} question(s): too few to call a winner"
     return out
 
 
@@ -295,29 +461,39 @@ def _num(x):
     return None if np.isnan(x) else x
 
 
-def _headroom(wide: pd.DataFrame, configs: list[str], best: str, rng, n_boot, level) -> dict[str, Any]:
-    """Mean of the per-node best cosine over configurations minus the best single configuration's mean."""
-    full = wide[configs].dropna()
+def _headroom(df: pd.DataFrame, metric: str, best: str, res: Resampler, level) -> dict[str, Any]:
+    """Token-weighted mean of the per-node best cosine over configurations minus the best single
+    configuration's, over nodes where every configuration's cosine is defined."""
+    usable = df[df["_use"].to_numpy(bool)]
+    wide = usable.pivot(index="_node", columns="config", values=metric)
+    configs = sorted(df["config"].unique())
+    full = wide.reindex(columns=configs).dropna()
     if full.empty or best not in full:
         return {}
+    info = usable.drop_duplicates("_node").set_index("_node").loc[full.index]
+    w = info["node_weight"].to_numpy(float)
     values = full.to_numpy(float)
-    oracle = values.max(1)
-    single = full[best].to_numpy(float)
-    om, olo, ohi = bootstrap_mean(oracle, rng, n_boot, level)
-    gain, glo, ghi = bootstrap_mean(oracle - single, rng, n_boot, level)
+    oracle, single = values.max(1), full[best].to_numpy(float)
+    cols = res.columns(info.reset_index())
+    p_sum, r_sum = res.sums(cols, np.stack([w * oracle, w * single, w], -1))
+    om, bm = float(_ratio(p_sum[0], p_sum[2])), float(_ratio(p_sum[1], p_sum[2]))
+    o_reps, b_reps = _ratio(r_sum[:, 0], r_sum[:, 2]), _ratio(r_sum[:, 1], r_sum[:, 2])
+    olo, ohi = _interval(o_reps, level)
+    glo, ghi = _interval(o_reps - b_reps, level)
     winners = pd.Series(np.asarray(configs)[values.argmax(1)]).value_counts(normalize=True)
     return {
         "best_config": best,
-        "best_mean": _num(single.mean()),
+        "best_mean": _num(bm),
         "oracle_mean": _num(om),
         "oracle_ci_low": _num(olo),
         "oracle_ci_high": _num(ohi),
-        "headroom": _num(gain),
+        "headroom": _num(om - bm),
         "headroom_ci_low": _num(glo),
         "headroom_ci_high": _num(ghi),
         "n_nodes": int(len(full)),
         "winner_share": {k: float(v) for k, v in winners.head(5).items()},
-        "note": "per-node maximum of noisy estimates: optimistic (selection bias)",
+        "note": "token-weighted per-node cosines; the per-node maximum of noisy estimates is optimistic "
+        "(selection bias)",
     }
 
 
@@ -329,38 +505,37 @@ def summarize(
     n_boot: int = 1000,
     seed: int = 0,
     level: float = 0.95,
-    cluster: str = "node",
+    cluster: str = "question",
 ) -> Summary:
-    """Compute the summary table and the run-level recommendation and headroom from the run's tables."""
-    if cluster not in ("node", "rollout"):
-        raise DiagnoseError(f"cluster must be 'node' or 'rollout', got {cluster!r}")
+    """Compute the summary table and the run-level recommendation and headroom from the run's tables.
+
+    Intervals resample questions, then rollouts within them (`cluster="question"`, the only honest choice
+    for nodes that share rollouts and questions; "rollout" and "node" are accepted as aliases of it for
+    old callers).
+    """
+    if cluster not in ("question", "rollout", "node"):
+        raise DiagnoseError(f"cluster must be 'question', got {cluster!r}")
     if alignment.empty:
         raise DiagnoseError("the alignment table is empty: nothing to summarise")
-    rng = np.random.default_rng(seed)
     df = _prepare(alignment, rollouts, nodes)
+    res = Resampler(rollouts, n_boot, seed)
     rows, recommendation, headroom, pooled = [], {}, {}, {}
     for metric in metrics:
-        table = pd.DataFrame(
-            [_row(g, metric, rng, n_boot, level, cluster) for _, g in df.groupby("config", sort=True)]
-        )
+        made = [_row(g, metric, res, level) for _, g in df.groupby("config", sort=True)]
+        table = pd.DataFrame([r for r, _ in made])
+        configs = {r["config"]: c for r, c in made}
         order = table.sort_values(["mean", "ci_low"], ascending=False, na_position="last").index
         table.loc[order, "rank"] = np.arange(1, len(table) + 1)
         rows.append(table)
-        valid = df[~df["degenerate"].to_numpy(bool)]
-        wide = valid.pivot(index="_node", columns="config", values=metric)
-        node_info = valid.drop_duplicates("_node").set_index("_node")
-        for split in SPLITS:
-            wide["_split_" + split] = _split_mask(node_info, split)[node_info.index.get_indexer(wide.index)]
-        rec = {"overall": _best(table, wide, None, rng, n_boot, level), "bands": {}}
+        rec = {"overall": _best(table, configs, None, res, level), "bands": {}}
         for band in BANDS:
-            best = _best(table, wide, band, rng, n_boot, level)
+            best = _best(table, configs, band, res, level)
             if best is not None:
                 rec["bands"][band] = best
         recommendation[metric] = rec
         if rec["overall"] is not None:
-            headroom[metric] = _headroom(
-                wide, sorted(df["config"].unique()), rec["overall"]["config"], rng, n_boot, level
-            )
+            headroom[metric] = _headroom(df, metric, rec["overall"]["config"], res, level)
+        valid = df[df["_use"].to_numpy(bool)]
         names = [name for name in PROXIES + ("teacher_advantage",) if name in valid]
         pooled[metric] = {k: _num(x) for k, x in rank_correlations(valid[names], valid[metric]).items()}
     out = pd.concat(rows, ignore_index=True)
@@ -369,9 +544,11 @@ def summarize(
         "n_boot": n_boot,
         "seed": seed,
         "level": level,
-        "cluster": cluster,
+        "cluster": "question",
+        "resampling": "questions, then rollouts within each drawn question",
+        "n_questions": res.n_questions,
         "metrics": list(metrics),
-        "exact_limit": EXACT_LIMIT,
+        "estimands": ESTIMANDS,
     }
     return Summary(
         table=out, recommendation=recommendation, headroom=headroom, proxy_pooled=pooled, settings=settings

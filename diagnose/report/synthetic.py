@@ -23,6 +23,7 @@ import torch
 
 from .. import alignment as al
 from .. import objectives as objs
+from ..estimate.nodes import Node, design_weights
 from ..ideal import ideal_gradient
 from .tables import config_label, difficulty_band, standard_metadata, write_table
 
@@ -222,6 +223,7 @@ def _generate(
 
         value = _latent_value(T, q["rate"], 1.0 if ro["correct"] else 0.0, rng)
         pos = torch.tensor(_windows(T, nodes_per_rollout, rng))
+        node_w = design_weights([Node(0, int(t)) for t in pos], [T], "windows")
         zn, tok = z[pos], ids[pos]
         n = len(pos)
         # True Q on the whole vocabulary: the sampled token leads to V(t+1); alternatives scatter around V(t),
@@ -302,6 +304,9 @@ def _generate(
                     degenerate=bool(degenerate_node[i]),
                     g_sq=float(g_sq[i]),
                     g_sq_unbiased=float(g_sq_unb[i]),
+                    weight=float(node_w[i]),
+                    inclusion_prob=1.0 / float(node_w[i]),
+                    negligible=False,
                 )
             )
             for j in range(int(valid[i].sum())):
@@ -349,6 +354,8 @@ def _generate(
                 d_sq_s = (torch.where(star.candidates, d, 0.0).double() ** 2).sum(-1)
                 bc = (dot / (g_sq_unb.clamp_min(1e-30) * d_sq).sqrt()).clamp(-1, 1).numpy()
                 bc = np.where((g_sq_unb > 0).numpy() & ~deg, bc, np.nan)
+                bc_s = (dot / (g_sq_unb.clamp_min(1e-30) * d_sq_s).sqrt()).clamp(-1, 1).numpy()
+                bc_s = np.where((g_sq_unb > 0).numpy() & ~deg, bc_s, np.nan)
                 frame = dict(
                     question_id=qid,
                     rollout_idx=ro["rollout_idx"],
@@ -361,6 +368,7 @@ def _generate(
                     **_interval("cos_full", cos_b.full.reshape(node_bootstrap, n), deg),
                     **_interval("cos_support", cos_b.support.reshape(node_bootstrap, n), deg),
                     cos_bias_corrected=bc,
+                    cos_support_bias_corrected=bc_s,
                     teacher_advantage=ta.numpy(),
                     **_interval("ta", ta_boot, np.zeros(n, dtype=bool)),
                     q_token=qtok.numpy(),

@@ -85,6 +85,21 @@ SCHEMAS: dict[str, pa.Schema] = {
             _f("n_candidates", _I, "Size of the candidate set C."),
             _f("n_continuations", _I, "Continuations spent at this node (sum of n over candidates)."),
             _f("degenerate", _B, "All Q-hat equal on C: g* = 0 and every cosine at this node is undefined."),
+            _f(
+                "weight",
+                _D,
+                "Tokens this node stands for: the inverse of its inclusion probability under the node "
+                "selection (post-stratified by rollout and window). Every per-token figure weights nodes "
+                "by it.",
+            ),
+            _f("inclusion_prob", _D, "Probability that node selection picks this position (1 / weight)."),
+            _f(
+                "negligible",
+                _B,
+                "Adaptive allocation stopped here because |g*| is confidently below its tolerance: the "
+                "cosine rests on a few continuations and is left out of per-token means (pooled figures "
+                "keep the node at its small weight).",
+            ),
             _f("g_sq", _D, "|g*-hat|^2 (squared norm of the estimated ideal gradient)."),
             _f(
                 "g_sq_unbiased",
@@ -139,6 +154,12 @@ SCHEMAS: dict[str, pa.Schema] = {
                 "the corrected norm is not positive.",
                 nullable=True,
             ),
+            _f(
+                "cos_support_bias_corrected",
+                _F,
+                "cos_support with the noise-corrected |g*|^2; null where the corrected norm is not positive.",
+                nullable=True,
+            ),
             _f("teacher_advantage", _F, "TA = sum_k (q_k - p_k)(Q_k - V)."),
             _f("ta_ci_low", _F, "Lower end of the 95% interval of the teacher advantage."),
             _f("ta_ci_high", _F, "Upper end of the 95% interval of the teacher advantage."),
@@ -165,24 +186,58 @@ SCHEMAS: dict[str, pa.Schema] = {
             _f("objective", _S, "Objective label."),
             _f("metric", _S, "Which per-node cosine is summarised: cos_full or cos_support."),
             _f("rank", _I, "Rank of the configuration by `mean` within the metric (1 = best)."),
-            _f("n_nodes", _I, "Non-degenerate nodes averaged over."),
-            _f("n_degenerate", _I, "Degenerate nodes left out (cosine undefined)."),
+            _f("n_nodes", _I, "Nodes with a defined per-node cosine (not degenerate, not negligible)."),
+            _f("n_degenerate", _I, "Degenerate nodes (g* = 0 or d = 0: cosine undefined)."),
+            _f(
+                "n_negligible",
+                _I,
+                "Nodes adaptive allocation stopped as |g*| ~ 0 (kept in `mean`, out of per-token means).",
+            ),
             _f(
                 "n_effective",
                 _F,
-                "Effective node count: sum over nodes of the signal share of |g*-hat|^2, "
-                "clip(g_sq_unbiased / g_sq, 0, 1) (n_nodes when the correction is unavailable).",
+                "Kish effective node count, nodes weighted by token weight x noise-corrected |g*|^2.",
+                nullable=True,
             ),
-            _f("mean", _F, "Mean per-node alignment (null when every node is degenerate).", nullable=True),
-            _f("ci_low", _F, "Lower end of the 95% bootstrap interval of `mean`.", nullable=True),
-            _f("ci_high", _F, "Upper end of the 95% bootstrap interval of `mean`.", nullable=True),
-            _f("frac_positive", _F, "Fraction of nodes with positive alignment.", nullable=True),
+            _f(
+                "mean",
+                _F,
+                "Alignment of the configuration: cos(concatenated g*, concatenated unit d) over the tokens of "
+                "all rollouts, nodes weighted by the tokens they stand for, |g*|^2 noise-corrected "
+                "(estimates E[|g*| cos] / sqrt(E|g*|^2 E[d != 0]) per token; consistent at any number of "
+                "continuations). Null when the noise leaves no signal.",
+                nullable=True,
+            ),
+            _f(
+                "ci_low",
+                _F,
+                "Lower end of the 95% interval of `mean` (bootstrap over questions, then rollouts).",
+                nullable=True,
+            ),
+            _f("ci_high", _F, "Upper end of the 95% interval of `mean`.", nullable=True),
+            _f(
+                "mean_per_token",
+                _F,
+                "Token-weighted mean of the per-node cosine estimates (descriptive: noise shrinks it).",
+                nullable=True,
+            ),
+            _f("mean_per_token_ci_low", _F, "Lower end of its 95% interval.", nullable=True),
+            _f("mean_per_token_ci_high", _F, "Upper end of its 95% interval.", nullable=True),
+            _f("frac_positive", _F, "Token-weighted share of nodes with positive alignment.", nullable=True),
             _f(
                 "mean_bias_corrected",
                 _F,
-                "Mean of cos_bias_corrected over the nodes where it is defined.",
+                "Token-weighted mean of the bias-corrected per-node cosine where it is resolved.",
                 nullable=True,
             ),
+            _f(
+                "diff_correct_incorrect",
+                _F,
+                "mean_correct - mean_incorrect (noise-consistent, so not an artefact of |g*| differing).",
+                nullable=True,
+            ),
+            _f("diff_ci_low", _F, "Lower end of the 95% interval of the difference.", nullable=True),
+            _f("diff_ci_high", _F, "Upper end of the 95% interval of the difference.", nullable=True),
         ]
         + [
             field
@@ -191,14 +246,14 @@ SCHEMAS: dict[str, pa.Schema] = {
                 _f(
                     f"mean_{split}",
                     _F,
-                    f"Mean alignment over nodes of {split} rollouts."
+                    f"Alignment (as `mean`) over the tokens of {split} rollouts."
                     if split in ("correct", "incorrect")
-                    else f"Mean alignment over nodes of questions in the {split} band.",
+                    else f"Alignment (as `mean`) over the tokens of questions in the {split} band.",
                     nullable=True,
                 ),
                 _f(f"ci_low_{split}", _F, f"Lower end of the interval of mean_{split}.", nullable=True),
                 _f(f"ci_high_{split}", _F, f"Upper end of the interval of mean_{split}.", nullable=True),
-                _f(f"n_{split}", _I, f"Nodes behind mean_{split}."),
+                _f(f"n_{split}", _I, f"Nodes with a defined cosine behind mean_{split}."),
             )
         ]
         + [
@@ -211,12 +266,12 @@ SCHEMAS: dict[str, pa.Schema] = {
             _f(
                 "rollout_cos_ci_low",
                 _F,
-                "Lower end of the interval of rollout_cos (bootstrap over rollouts).",
+                "Lower end of the interval of rollout_cos (bootstrap over questions, then rollouts).",
                 nullable=True,
             ),
             _f("rollout_cos_ci_high", _F, "Upper end of the interval of rollout_cos.", nullable=True),
             _f("n_rollouts", _I, "Rollouts with a defined rollout-level cosine."),
-            _f("teacher_advantage", _F, "Mean teacher advantage over non-degenerate nodes.", nullable=True),
+            _f("teacher_advantage", _F, "Token-weighted mean teacher advantage over all nodes.", nullable=True),
             _f("ta_ci_low", _F, "Lower end of its interval.", nullable=True),
             _f("ta_ci_high", _F, "Upper end of its interval.", nullable=True),
         ]
@@ -257,12 +312,13 @@ RANGES: dict[str, dict[str, tuple[float, float]]] = {
             "cos_support_ci_low",
             "cos_support_ci_high",
             "cos_bias_corrected",
+            "cos_support_bias_corrected",
             "cos_pq",
             "param_cos",
         )
     }
     | {"q_token": _UNIT, "tv": _UNIT},
-    "summary": {c: _COS for c in ("mean", "ci_low", "ci_high")},
+    "summary": {c: _COS for c in ("mean", "ci_low", "ci_high", "mean_per_token")},
 }
 _CHOICES = {("rollouts", "difficulty"): BANDS, ("summary", "metric"): METRICS}
 
