@@ -2,6 +2,7 @@
 
 import math
 
+import pandas as pd
 import pytest
 import torch
 
@@ -162,9 +163,13 @@ def test_bias_corrected_cosine_is_nearer_the_truth(world):
         raw.append(st.cos_support[keep])
         cor.append(st.cos_support_corrected[keep])
     truth = world["cos"][keep]
+    cor = torch.stack(cor)
+    # unresolved (noise >= |g-hat|^2) is null, not sign(dot); averaged where resolved
+    assert bool(torch.isnan(cor).any())
     bias_raw = (torch.stack(raw).mean(0) - truth).abs().mean()
-    bias_cor = (torch.stack(cor).mean(0) - truth).abs().mean()
-    assert bias_cor < 0.95 * bias_raw
+    bias_cor = (torch.nanmean(cor, 0) - truth).abs().mean()
+    print(f"bias raw {float(bias_raw):.3f} corrected {float(bias_cor):.3f}")
+    assert bias_cor < 0.6 * bias_raw
 
 
 def test_intervals_cover_the_truth(world):
@@ -257,7 +262,8 @@ def test_cache_resumes_and_reuses(tmp_path):
         estimate(Flaky(eng, 5), qs, teachers, ["rkl"], cfg, cache=tmp_path / "a.sqlite")
     resumed = estimate(eng, qs, teachers, ["rkl"], cfg, cache=tmp_path / "a.sqlite")
     fresh = estimate(eng, qs, teachers, ["rkl"], cfg, cache=tmp_path / "b.sqlite")
-    assert resumed.node_records == fresh.node_records and resumed.scores == fresh.scores
+    assert resumed.node_records == fresh.node_records
+    pd.testing.assert_frame_equal(pd.DataFrame(resumed.scores), pd.DataFrame(fresh.scores))
     assert resumed.summary["cache_hits"] > 0
     assert resumed.summary["generated"] < fresh.summary["generated"]
     # Adding a teacher and an objective reuses every rollout and continuation already on disk.
@@ -337,7 +343,8 @@ def test_adaptive_allocation_needs_fewer_continuations(world):
 
     out = compare_allocations(make, 0.2)
     assert out["nodes_met_both"] >= 0.6 * out["nodes"]
-    assert out["savings"] >= 1.25 and out["total_ratio"] >= 1.1
+    # (whole runs: 1.10 before the rollout verdict stopped counting as a free sample; 1.097 after)
+    assert out["savings"] >= 1.25 and out["total_ratio"] >= 1.05
     # The adaptive estimates are still right: the intervals cover the exact cosine at most nodes.
     est = out["estimators"]["adaptive"]
     res = est.results()
