@@ -292,14 +292,19 @@ def pooled_alignment(dot_unit, g_sq, noise, live, weights=None):
     return torch.from_numpy(np.asarray(pooled_from_sums(a.numpy(), b.numpy(), u.numpy()), dtype=np.float64))
 
 
-def pooled_from_sums(a, b, u):
-    """`pooled_alignment` from its sums A, B, U (numpy arrays of any matching shape): A / sqrt(B U), NaN
-    where B <= 0 or U <= 0. The summary calls this on per-rollout sums and their bootstrap replicates."""
+def pooled_from_sums(a, b, u, unresolved: str = "nan"):
+    """`pooled_alignment` from its sums A, B, U (numpy arrays of any matching shape): A / sqrt(B U).
+
+    Where U = 0 (no direction anywhere) it is NaN. Where B <= 0 (the noise leaves no signal) it is
+    unresolved: NaN (`unresolved="nan"`, point estimates), or sign(A) (`"sign"`, the far end, for bootstrap
+    replicates, so that thin evidence widens the interval instead of vanishing from it), as
+    `corrected_cosine` does per node. The summary calls this on per-rollout sums and their replicates."""
     a, b, u = (np.asarray(x, dtype=np.float64) for x in (a, b, u))
     ok = (b > 0) & (u > 0)
     with np.errstate(invalid="ignore", divide="ignore"):
         out = np.clip(a / np.sqrt(np.where(ok, b * u, np.nan)), -1.0, 1.0)
-    return np.where(ok, out, np.nan)
+    fill = np.sign(a) if unresolved == "sign" else np.full_like(a, np.nan)
+    return np.where(ok, out, np.where(u > 0, fill, np.nan))
 
 
 def rollout_cosine(dot, g_sq, noise, d_sq, groups, weights=None) -> dict[int, dict[str, float]]:

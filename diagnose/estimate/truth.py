@@ -125,8 +125,11 @@ def summary_inputs(result: EstimateResult) -> dict[str, pd.DataFrame]:
     }
 
 
-def exact_questions(engine, n: int, seed: int = 0, length: int = 3, prefix: str = "q") -> list[Question]:
-    """n random prompts for the exact engine (digit strings), each with its verifier."""
+def exact_questions(engine, n: int, seed: int = 0, length: int = 8, prefix: str = "q") -> list[Question]:
+    """n random prompts for the exact engine (digit strings of `length`), each with its verifier.
+
+    Long enough that prompts rarely repeat: a repeated (prefix, token) reuses the same numbered
+    continuations, so repeated questions are not independent replications."""
     rng = random.Random(seed)
     out = []
     for i in range(n):

@@ -214,9 +214,9 @@ def _interval(reps: np.ndarray, level: float) -> tuple[float, float]:
     return float(lo), float(hi)
 
 
-def _pooled(sums) -> np.ndarray:
+def _pooled(sums, unresolved: str = "nan") -> np.ndarray:
     """The pooled alignment (diagnose.estimate.stats.pooled_from_sums) from summed (A, B, U) columns."""
-    return pooled_from_sums(sums[..., 0], sums[..., 1], sums[..., 2])
+    return pooled_from_sums(sums[..., 0], sums[..., 1], sums[..., 2], unresolved)
 
 
 def _ratio(num, den) -> np.ndarray:
@@ -335,7 +335,8 @@ class _Config:
             self.point[split], self.reps[split] = res.sums(self.cols, v)
 
     def pooled(self, split="all"):
-        return float(_pooled(self.point[split][:3])), _pooled(self.reps[split][:, :3])
+        """(point estimate, replicates); an unresolved replicate (B <= 0) counts as the far end sign(A)."""
+        return float(_pooled(self.point[split][:3])), _pooled(self.reps[split][:, :3], "sign")
 
     def per_token(self, split="all", num=3, den=4):
         return float(_ratio(self.point[split][num], self.point[split][den])), _ratio(
