@@ -23,24 +23,7 @@ import torch
 from ..errors import DiagnoseError
 from ..objectives.base import LOG_FLOOR
 from .base import Continuation, Sample, SamplingParams, Scores
-
-_MASK64 = np.uint64(0xFFFFFFFFFFFFFFFF)
-
-
-def _splitmix64(x: np.ndarray) -> np.ndarray:
-    """Vectorised splitmix64 finaliser on uint64 arrays (wrap-around arithmetic is intended)."""
-    with np.errstate(over="ignore"):
-        z = x + np.uint64(0x9E3779B97F4A7C15)
-        z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
-        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
-        return z ^ (z >> np.uint64(31))
-
-
-def _uniform(keys: np.ndarray, step: int) -> np.ndarray:
-    """A uniform in (0, 1) per key for one generation step."""
-    with np.errstate(over="ignore"):
-        bits = _splitmix64(keys ^ _splitmix64(np.full_like(keys, step + 1)))
-    return ((bits >> np.uint64(11)).astype(np.float64) + 0.5) / float(1 << 53)
+from .sampling import uniforms
 
 
 def _key(*parts) -> int:
@@ -303,7 +286,7 @@ class ExactEngine:
             if not alive.any():
                 break
             tt = np.minimum(start_len + step, self.horizon)
-            u = _uniform(keys, step)
+            u = uniforms(keys, step)
             row_cdf = cdf[tt, last, s]
             tok = (u[:, None] > row_cdf).sum(-1)
             if step == 0:
