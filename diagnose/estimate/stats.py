@@ -60,6 +60,8 @@ EPS = 1e-20
 
 
 def _f64(x) -> torch.Tensor:
+    if isinstance(x, np.ndarray) and not x.flags.writeable:  # e.g. pandas columns: torch warns on those
+        x = np.array(x, dtype=np.float64)
     return torch.as_tensor(x, dtype=torch.float64)
 
 

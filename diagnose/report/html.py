@@ -122,7 +122,7 @@ def fig_ranking(s: pd.DataFrame, other: pd.DataFrame | None, metric: str) -> go.
             x=s["mean"],
             y=s["config"],
             mode="markers",
-            name=f"per-token {metric}",
+            name=f"alignment ({metric})",
             orientation="h",
             error_x=_err(s, "mean", "ci_low", "ci_high"),
             marker=dict(size=10, color="#2166ac"),
@@ -139,7 +139,7 @@ def fig_ranking(s: pd.DataFrame, other: pd.DataFrame | None, metric: str) -> go.
                 x=o["mean"],
                 y=o["config"],
                 mode="markers",
-                name=f"per-token {o['metric'].iloc[0]}",
+                name=f"alignment ({o['metric'].iloc[0]})",
                 orientation="h",
                 error_x=_err(o, "mean", "ci_low", "ci_high"),
                 marker=dict(size=8, symbol="diamond-open", color="#7f7f7f"),
@@ -295,7 +295,7 @@ def fig_position_heatmap(a: pd.DataFrame, configs: list[str], metric: str) -> go
     fig.update_layout(
         **_layout(
             title=dict(
-                text="Mean alignment by configuration and token position",
+                text="Mean per-node cosine by configuration and token position",
                 font=dict(size=15),
                 x=0,
                 xanchor="left",
@@ -893,8 +893,8 @@ metric {e(metric)} ({e(METRIC_NAMES[metric])}) · generated {
 {_cost_section(run_dir, tables, meta)}
 </section>
 <section id="ranking"><h2>Ranking of configurations</h2>
-<p class="caption">Mean per-token alignment of each configuration (teacher | objective), best first, with
-95% bootstrap
+<p class="caption">Alignment of each configuration (teacher | objective; pooled over all tokens, token-weighted,
+noise-corrected), best first, with 95% bootstrap
 intervals over {
         unit
     }. Grey diamonds: the same on the other support; red squares: the rollout-level cosine (g* and d
@@ -904,13 +904,14 @@ concatenated over all nodes of a rollout, averaged over rollouts).</p>
 <section id="correctness"><h2>Correct versus incorrect rollouts</h2>
 <p class="caption">Does the signal help on the rollouts that failed (where help is needed) as much as on
 those that
-succeeded? On correct rollouts Q̂ ≈ 1 at most tokens, so g* is small and noisy there.</p>
+succeeded? On correct rollouts Q̂ ≈ 1 at most tokens, so g* is small and noisy there; the alignment shown is
+noise-consistent, so that alone does not make the two groups differ.</p>
 {
         _div(
             fig_splits(
                 s,
                 ("correct", "incorrect"),
-                "Mean alignment on correct and on incorrect rollouts",
+                "Alignment on correct and on incorrect rollouts",
                 {"correct": "correct rollouts", "incorrect": "incorrect rollouts"},
             ),
             "fig-correctness",
@@ -925,7 +926,7 @@ bands: hard
 <details class="qtable"><summary>Questions, hardest first (click to open)</summary>{
         _questions_table(rollouts, alignment, best, metric)
     }</details></div>
-<div>{_div(fig_splits(s, BANDS, "Mean alignment by question difficulty"), "fig-bands")}</div></div>
+<div>{_div(fig_splits(s, BANDS, "Alignment by question difficulty"), "fig-bands")}</div></div>
 </section>
 <section id="positions"><h2>Configurations × token positions</h2>
 <p class="caption">Mean alignment of each configuration by where the token lies in the response (buttons:
