@@ -60,6 +60,11 @@ def run(
     top_k: Optional[int] = typer.Option(None, help="Candidates: student top-k ∪ each teacher's top-k ∪ observed."),
     budget: Optional[int] = typer.Option(None, help="Continuations per question, across its selected nodes."),
     engine: Optional[str] = typer.Option(None, help="Engine: hf or vllm."),
+    teacher_dtype: Optional[str] = typer.Option(
+        None,
+        help="Precision of external teachers: auto (the student's; default), float32, bfloat16, float16. A "
+        "coarser teacher differs from the student by rounding; rows where that is all are 'no signal'.",
+    ),
     seed: Optional[int] = typer.Option(None, help="Random seed (same seed, same tables)."),
     out: Optional[Path] = typer.Option(None, help="Run directory (rerun into it to resume)."),
     config: Optional[Path] = typer.Option(None, help="TOML config file; flags override it."),
@@ -84,6 +89,7 @@ def run(
         "top_k": top_k,
         "budget": budget,
         "engine": engine,
+        "teacher_dtype": teacher_dtype,
         "seed": seed,
         "param_space": param_space,
         "out": str(out) if out is not None else None,

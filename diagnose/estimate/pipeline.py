@@ -15,6 +15,7 @@ from ..engines.base import SamplingParams
 from ..errors import DiagnoseError
 from ..ideal import ideal_gradient
 from ..objectives.base import NEEDS_NONE, log_probs
+from . import signal as signal_mod
 from .adaptive import allocate, finished, half_widths, uniform_allocate
 from .cache import open_cache
 from .candidates import candidate_sets
@@ -81,6 +82,12 @@ class Direction:
     d: list[torch.Tensor] = field(default_factory=list)  # per node: [K_i]
     d_sq_full: list[float] = field(default_factory=list)
     d_zero: list[bool] = field(default_factory=list)  # d vanishes relative to its scale (kernels.D_REL_TOL)
+    signal: list[float] = field(default_factory=list)  # |d| / |d toward the student's rounding twins|
+
+    @property
+    def no_signal(self) -> list[bool]:
+        """d = 0, or d no larger than rounding of the logits alone makes it (signal.SIGNAL_FLOOR)."""
+        return [z or r <= signal_mod.SIGNAL_FLOOR for z, r in zip(self.d_zero, self.signal, strict=True)]
     teacher_p: list[torch.Tensor] | None = None
 
 
@@ -246,9 +253,19 @@ class Estimator:
         zeros = torch.zeros(cand.shape, dtype=torch.float64)
         with_teacher = [o for o in self.objectives if o.needs != NEEDS_NONE]
         without = [o for o in self.objectives if o.needs == NEEDS_NONE]
+        # Rounding twins of the student (signal.py): per distinct precision, the directions toward them size
+        # what rounding alone makes, so a teacher that differs from the student only by rounding reads as
+        # "no signal" instead of getting a full-size cosine.
+        us = {name: self.teacher_roundoff(name) for name, _ in rows}
+        twin_seed = int(self.cfg.seed) * 1_000_003 + len(self.estimates)
+        twin_sets = {u: signal_mod.twins(z, u, seed=twin_seed) for u in sorted(set(us.values()))}
+        twin_index, extra = {}, []
+        for u, ts in twin_sets.items():
+            twin_index[u] = list(range(len(rows) + len(extra), len(rows) + len(extra) + len(ts)))
+            extra.extend(ts)
         calls = []
         if with_teacher and rows:
-            calls.append(([name for name, _ in rows], with_teacher, [t for _, t in rows], {}))
+            calls.append(([name for name, _ in rows], with_teacher, [t for _, t in rows] + extra, {}))
         if without:
             calls.append((["-"], without, [z], {"advantages": advantages}))
         for tnames, objs, tlogits, kw in calls:
@@ -263,15 +280,27 @@ class Estimator:
                         dirn.teacher_p = []
                     d_sq = st.d_sq[c, o].double()
                     zero = d_sq <= (kernels.D_REL_TOL**2) * scale[c]
+                    if tname == "-":  # no teacher (the GRPO reference arm): nothing to compare with
+                        ratio = torch.full_like(d_sq, float("inf"))
+                    else:
+                        ratio = signal_mod.signal_ratio(d_sq, st.d_sq[twin_index[us[tname]], o])
                     for i, e in enumerate(ests):
                         dirn.d.append(st.d_cand[c, o, i, : len(e.cand_ids)].double())
                         dirn.d_sq_full.append(float(d_sq[i]))
                         dirn.d_zero.append(bool(zero[i]))
+                        dirn.signal.append(float(ratio[i]))
                         if tp is not None:
                             dirn.teacher_p.append(tp[i, torch.tensor(e.cand_ids, dtype=torch.long)])
         self._student_logits.extend(z)
         self.estimates.extend(ests)
         return ests
+
+    def teacher_roundoff(self, name: str) -> float:
+        """Unit roundoff of teacher `name`'s logits against the student's: the coarser of the two precisions
+        (a TeacherFn may say its own with a `roundoff` attribute; else it is taken as the student's)."""
+        student = signal_mod.roundoff(getattr(self.engine, "dtype", torch.float32))
+        own = getattr(self.teachers.get(name), "roundoff", None)
+        return max(student, float(own)) if own is not None else student
 
     def _advantages(self, nodes) -> torch.Tensor:
         """R - mean R over the question's rollouts (the GRPO reference arm's advantage)."""
@@ -427,7 +456,7 @@ class Estimator:
                 s,
                 c,
                 mask,
-                [(d, dsq, tp, self.directions[key].d_zero) for key, d, dsq, tp in dts],
+                [(d, dsq, tp, self.directions[key].no_signal) for key, d, dsq, tp in dts],
                 n_boot=cfg.n_boot,
                 level=cfg.level,
                 prior=cfg.prior,
@@ -449,11 +478,14 @@ class Estimator:
                         }
                     )
             for i, e in enumerate(self.estimates):
+                dirn = self.directions[(tname, oname)]
                 row = {
                     "node_id": e.id,
                     "teacher": tname,
                     "objective": oname,
                     "degenerate": bool(st.degenerate[i]),
+                    "signal_ratio": dirn.signal[i],
+                    "no_signal": dirn.no_signal[i],
                 }
                 for f in (
                     "cos_full",

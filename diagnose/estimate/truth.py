@@ -116,6 +116,7 @@ def summary_inputs(result: EstimateResult) -> dict[str, pd.DataFrame]:
                 "d_sq_support": s["d_sq_support"],
                 "weight": 1.0,
                 "degenerate": bool(s["degenerate"]),
+                "no_signal": bool(s.get("no_signal", False)),
             }
         )
     return {

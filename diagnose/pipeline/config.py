@@ -21,6 +21,7 @@ except ImportError:  # Python 3.10
 
 DEFAULT_TEACHERS = ["self:answer", "self:solution", "self:contrastive"]
 DEFAULT_OBJECTIVES = ["rkl", "fkl", "rkl_sampled", "jsd:beta=0.5", "rkl_topk"]
+TEACHER_DTYPES = ("auto", "float32", "bfloat16", "float16")
 # Keys that do not change any number (where the output goes, how it is shown): excluded from the identity.
 NON_IDENTITY = {"out", "progress"}
 
@@ -38,6 +39,7 @@ class RunConfig:
     budget: int = 40  # continuations per question, across the nodes of its rollouts
     nodes: str = "windows"  # node selection: windows (exponential widths), windows_end, uniform, every, refine
     engine: str = "hf"
+    teacher_dtype: str = "auto"  # external teachers' precision; auto = the student's (see estimate/signal.py)
     seed: int = 0
     temperature: float = 1.0
     max_new_tokens: int = 64
@@ -73,6 +75,10 @@ class RunConfig:
         for name in ("rollouts", "continuations", "questions", "top_k", "max_new_tokens"):
             if getattr(self, name) < 1:
                 raise DiagnoseError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
+        if self.teacher_dtype not in TEACHER_DTYPES:
+            raise DiagnoseError(
+                f"--teacher-dtype must be one of {', '.join(TEACHER_DTYPES)}, got {self.teacher_dtype!r}"
+            )
         if not self.temperature > 0:
             raise DiagnoseError(f"temperature must be > 0, got {self.temperature}")
         if self.engine not in engines.available():

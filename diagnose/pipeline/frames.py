@@ -130,6 +130,8 @@ def frames_for_question(
                 "d_sq_support": s["d_sq_support"],
                 "weight": 1.0,
                 "degenerate": bool(s["degenerate"]),
+                "signal_ratio": float(s.get("signal_ratio", math.inf)),
+                "no_signal": bool(s.get("no_signal", False)),
             }
         )
     rows = {"rollouts": ro_rows, "nodes": node_rows, "candidates": cand_rows, "alignment": al_rows}

@@ -64,7 +64,9 @@ class Runner:
             return
         with self.progress.status(f"loading student {self.cfg.student} ({self.cfg.engine})"):
             self.engine = engines.load(self.cfg.engine, self.cfg.student)
-            self.teacher_engines = load_teacher_engines(self.teacher_cfgs, self.engine, self.cfg.engine)
+            self.teacher_engines = load_teacher_engines(
+                self.teacher_cfgs, self.engine, self.cfg.engine, self.cfg.teacher_dtype
+            )
         limit = max_context(self.engine)
         for q in self.questions:
             n = len(render_prompt(self.engine.tokenizer, q.prompt))
@@ -84,6 +86,8 @@ class Runner:
             config_hash=self.cfg.digest(),
             temperature=self.cfg.temperature,
             engine=self.cfg.engine,
+            teacher_dtype=self.cfg.teacher_dtype,
+            student_dtype=str(getattr(self.engine, "dtype", "auto")).replace("torch.", ""),
         )
 
     # ---- one question --------------------------------------------------------------------------------

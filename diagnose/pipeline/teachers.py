@@ -9,18 +9,30 @@ import torch
 
 from .. import engines
 from ..errors import DiagnoseError
+from ..estimate.signal import roundoff
 from ..tasks import Question as TaskQuestion
 from ..teachers import ContextInputs, TeacherConfig, build_messages, check_compatible, parse_context, score_rollouts
 
 
-def load_teacher_engines(configs: Sequence[TeacherConfig], student_engine, engine_name: str) -> dict[str, object]:
-    """model -> engine; `self` is the student's engine. External teachers load in bf16 and must share the
-    student's tokenizer (checked before any work)."""
+def teacher_dtype(student_engine, dtype: str = "auto") -> str:
+    """The precision external teachers load in: `auto` is the student's (a teacher in a coarser precision than
+    the student differs from it by rounding alone; estimate/signal.py sizes that), else as given."""
+    if dtype != "auto":
+        return dtype
+    own = getattr(student_engine, "dtype", None)
+    return str(own).replace("torch.", "") if own is not None else "auto"
+
+
+def load_teacher_engines(
+    configs: Sequence[TeacherConfig], student_engine, engine_name: str, dtype: str = "auto"
+) -> dict[str, object]:
+    """model -> engine; `self` is the student's engine. External teachers load in `teacher_dtype(...)` (the
+    student's precision by default) and must share the student's tokenizer (checked before any work)."""
     out: dict[str, object] = {"self": student_engine}
     for cfg in configs:
         if cfg.is_self or cfg.model in out:
             continue
-        teacher = engines.load(engine_name, cfg.model, dtype="bfloat16")
+        teacher = engines.load(engine_name, cfg.model, dtype=teacher_dtype(student_engine, dtype))
         check_compatible(
             student_engine.tokenizer, teacher.tokenizer, cfg.model, student_engine.vocab_size, teacher.vocab_size
         )
@@ -55,6 +67,8 @@ class TeacherAtNodes:
 
     def __init__(self, cfg: TeacherConfig, engine, question: TaskQuestion, summary: str | None = None):
         self.cfg, self.engine, self.question, self.summary = cfg, engine, question, summary
+        own = getattr(engine, "dtype", None)
+        self.roundoff = None if own is None else roundoff(own)  # the estimator sizes rounding noise with it
         self.kept: dict[tuple[int, int], torch.Tensor] = {}
         self.tokens = 0
 

@@ -580,11 +580,22 @@ def _json_script(obj) -> str:
 # ---------------------------------------------------------------- page sections
 
 
+def _silence(rec: dict) -> str:
+    if not rec.get("no_signal"):
+        return ""
+    items = "; ".join(f"<code>{html.escape(x.split(': ')[0])}</code>: {html.escape(x.split(': ', 1)[1])}"
+                      for x in rec["no_signal"])
+    return (
+        "<p class='warn'><b>No signal</b> (the teacher differs from the student by no more than rounding of the "
+        f"logits; never ranked or recommended): {items}.</p>"
+    )
+
+
 def _bottom_line(summary: Summary, metric: str, other: str | None) -> str:
     rec = summary.recommendation.get(metric, {})
     overall = rec.get("overall")
     if not overall:
-        return (
+        return _silence(rec) + (
             "<p>No configuration has a defined alignment: every node is degenerate, the noise of Q̂ leaves "
             "no signal, or the nodes table (|g*|² and node weights) is missing.</p>"
         )
@@ -612,6 +623,8 @@ def _bottom_line(summary: Summary, metric: str, other: str | None) -> str:
             f"{_f(overall['margin'])} {_ci(overall['margin_ci_low'], overall['margin_ci_high'])} "
             f"(paired, resampling {overall['margin_n']} questions and their rollouts): {verdict}.</p>"
         )
+    if rec.get("no_signal"):
+        lines.append(_silence(rec))
     rows = []
     for band in BANDS:
         b = rec.get("bands", {}).get(band)

@@ -129,7 +129,8 @@ class RunResult:
         lines = [f"diagnose run {self.run_dir} ({self.metric})"]
         o = rec.get("overall")
         if not o:
-            return lines[0] + "\n  no configuration has a defined alignment"
+            silent = "".join(f"\n  no signal (never ranked): {x}" for x in rec.get("no_signal", []))
+            return lines[0] + "\n  no configuration has a defined alignment" + silent
         head = "recommended" if o.get("clear") else "highest (no clear winner)"
         lines.append(
             f"  {head}: {o['config']}  alignment {_f(o['mean'])} [{_f(o['ci_low'])}, {_f(o['ci_high'])}]"
@@ -141,6 +142,8 @@ class RunResult:
                 f"  vs runner-up {o['runner_up']}: margin {_f(o['margin'])} "
                 f"[{_f(o['margin_ci_low'])}, {_f(o['margin_ci_high'])}] ({clear})"
             )
+        for item in rec.get("no_signal", []):
+            lines.append(f"  no signal (never ranked): {item}")
         for band in BANDS:
             b = rec.get("bands", {}).get(band)
             if b:

@@ -240,6 +240,9 @@ def _prepare(alignment: pd.DataFrame, rollouts: pd.DataFrame, nodes: pd.DataFram
     if node_cols:
         extra = nodes[NODE_KEY + node_cols].rename(columns={"weight": "node_weight"})
         df = df.merge(extra, on=NODE_KEY, how="left", validate="many_to_one")
+    if "no_signal" not in df:
+        df["no_signal"] = False
+    df["no_signal"] = df["no_signal"].fillna(False).astype(bool)
     for col, fill in (("g_sq", np.nan), ("g_sq_unbiased", np.nan), ("node_weight", 1.0), ("negligible", False)):
         if col not in df:
             df[col] = fill
@@ -357,7 +360,8 @@ def _row(group: pd.DataFrame, metric: str, res: Resampler, level: float) -> tupl
         objective=first["objective"],
         metric=metric,
         n_nodes=int(use.sum()),
-        n_degenerate=int(group["degenerate"].to_numpy(bool).sum()),
+        n_degenerate=int((group["degenerate"].to_numpy(bool) & ~group["no_signal"].to_numpy(bool)).sum()),
+        n_no_signal=int(group["no_signal"].to_numpy(bool).sum()),
         n_negligible=int((group["negligible"].to_numpy(bool) & ~group["degenerate"].to_numpy(bool)).sum()),
         mean=mean,
         ci_low=lo,
@@ -422,7 +426,8 @@ def _best(table: pd.DataFrame, configs: dict, split: str | None, res: Resampler,
         if split is None
         else (f"ci_low_{split}", f"ci_high_{split}", f"n_{split}")
     )
-    ranked = table.dropna(subset=[col]).sort_values([col, lo_col], ascending=False)
+    ranked = table.dropna(subset=[col])
+    ranked = ranked[~_mostly_silent(ranked)].sort_values([col, lo_col], ascending=False)
     if ranked.empty:
         return None
     top = ranked.iloc[0]
@@ -454,6 +459,21 @@ def _best(table: pd.DataFrame, configs: dict, split: str | None, res: Resampler,
         )
         if not enough:
             out["note"] = f"{res.n_questions} question(s): too few to call a winner"
+    return out
+
+
+def _mostly_silent(table: pd.DataFrame) -> np.ndarray:
+    """Configurations with no signal at more than half of their nodes: never ranked first or recommended."""
+    total = table["n_nodes"] + table["n_degenerate"] + table["n_no_signal"]
+    return (table["n_no_signal"] > 0.5 * total).to_numpy(bool)
+
+
+def _silent(table: pd.DataFrame) -> list[str]:
+    """'config: no signal at k of n nodes' for the configurations that are mostly silent."""
+    out = []
+    for _, r in table[_mostly_silent(table)].iterrows():
+        total = int(r["n_nodes"] + r["n_degenerate"] + r["n_no_signal"])
+        out.append(f"{r['config']}: no signal at {int(r['n_no_signal'])} of {total} nodes")
     return out
 
 
@@ -525,10 +545,11 @@ def summarize(
         made = [_row(g, metric, res, level) for _, g in df.groupby("config", sort=True)]
         table = pd.DataFrame([r for r, _ in made])
         configs = {r["config"]: c for r, c in made}
-        order = table.sort_values(["mean", "ci_low"], ascending=False, na_position="last").index
+        key = table["mean"].where(~_mostly_silent(table))  # silent configurations rank last
+        order = table.assign(_key=key).sort_values(["_key", "ci_low"], ascending=False, na_position="last").index
         table.loc[order, "rank"] = np.arange(1, len(table) + 1)
         rows.append(table)
-        rec = {"overall": _best(table, configs, None, res, level), "bands": {}}
+        rec = {"overall": _best(table, configs, None, res, level), "bands": {}, "no_signal": _silent(table)}
         for band in BANDS:
             best = _best(table, configs, band, res, level)
             if best is not None:

@@ -379,6 +379,8 @@ def _generate(
                     d_sq_support=d_sq_s.numpy(),
                     weight=1.0,
                     degenerate=deg,
+                    signal_ratio=np.full(n, np.inf),
+                    no_signal=np.zeros(n, dtype=bool),
                 )
                 rows["alignment"].append(frame)
 

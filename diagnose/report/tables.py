@@ -176,7 +176,24 @@ SCHEMAS: dict[str, pa.Schema] = {
             _f("d_sq", _D, "|d|^2 over the whole vocabulary."),
             _f("d_sq_support", _D, "|d restricted to C|^2."),
             _f("weight", _F, "Per-node weight w scaling d (1 unless a weighting scheme is configured)."),
-            _f("degenerate", _B, "Cosine undefined here (g* = 0 or d = 0)."),
+            _f(
+                "degenerate",
+                _B,
+                "Cosine undefined here (g* = 0, d = 0, or no signal): reported as 0 and left out of every mean.",
+            ),
+            _f(
+                "signal_ratio",
+                _D,
+                "|d| over the rms |d| toward rounding twins of the student's logits (z + u max|z| xi, u the unit "
+                "roundoff of the coarser precision): how far the teacher is from the student beyond rounding "
+                "(inf for the GRPO reference arm).",
+            ),
+            _f(
+                "no_signal",
+                _B,
+                "signal_ratio <= 5 (or d = 0): the direction is rounding noise; its cosine is undefined and the "
+                "row counts in n_no_signal, never in a mean or ranking.",
+            ),
         ]
     ),
     "summary": pa.schema(
@@ -188,6 +205,7 @@ SCHEMAS: dict[str, pa.Schema] = {
             _f("rank", _I, "Rank of the configuration by `mean` within the metric (1 = best)."),
             _f("n_nodes", _I, "Nodes with a defined per-node cosine (not degenerate, not negligible)."),
             _f("n_degenerate", _I, "Degenerate nodes (g* = 0 or d = 0: cosine undefined)."),
+            _f("n_no_signal", _I, "Nodes where the direction is no larger than rounding noise (no_signal)."),
             _f(
                 "n_negligible",
                 _I,
