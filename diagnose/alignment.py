@@ -35,7 +35,7 @@ def safe_cosine(dot: torch.Tensor, a_sq: torch.Tensor, b_sq: torch.Tensor):
 
 def cosines(g: torch.Tensor, d: torch.Tensor, candidates: torch.Tensor) -> Cosines:
     """cos(g*, d) on `full` and `support` (d restricted to the boolean candidate mask [N, V])."""
-    g, d = g.float(), d.float()
+    g, d = g.double(), d.double()  # sums in float64 (an oracle must not round where the kernels do not)
     dot = (g * d).sum(-1)  # g* is zero off the candidates, so the dot is the same on both supports
     g_sq = (g * g).sum(-1)
     full, deg_full = safe_cosine(dot, g_sq, (d * d).sum(-1))

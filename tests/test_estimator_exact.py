@@ -168,15 +168,20 @@ def test_bias_corrected_cosine_is_nearer_the_truth(world):
     assert bool(torch.isnan(cor).any())
     bias_raw = (torch.stack(raw).mean(0) - truth).abs().mean()
     bias_cor = (torch.nanmean(cor, 0) - truth).abs().mean()
-    print(f"bias raw {float(bias_raw):.3f} corrected {float(bias_cor):.3f}")
-    assert bias_cor < 0.6 * bias_raw
+    # measured: raw 0.206, corrected 0.088 (mean |E cos - cos| over the informative nodes, 4 continuations);
+    # the correction scaled by 0.25 or 2 leaves the corrected bias above 0.11
+    assert float(bias_cor) <= 0.11 and float(bias_raw) >= 0.15
 
 
 def test_intervals_cover_the_truth(world):
+    """Per-node intervals cover the exact cosine and are narrow enough to say something once a node has 32
+    continuations per candidate (an interval of [-1, 1] everywhere would fail the width check). At the CLI's
+    2 continuations a single node's corrected cosine is unresolvable and its interval rightly spans about
+    [-1, 1]; the useful interval there is the pooled one (tests/test_validity.py)."""
     keep = world["informative"]
-    cover, cover_ta = [], []
-    for seed in range(50):
-        _, p, s, c, mask = pack(draw(world, 8, seed=500 + seed))
+    cover, cover_ta, width = [], [], []
+    for seed in range(20):
+        _, p, s, c, mask = pack(draw(world, 32, seed=500 + seed))
         st = node_stats(
             p, s, c, mask, world["d"], world["d_sq"], teacher_p=world["tp"], n_boot=200, seed=seed
         )
@@ -184,8 +189,10 @@ def test_intervals_cover_the_truth(world):
             ((st.cos_support_lo <= world["cos"] + 1e-9) & (world["cos"] <= st.cos_support_hi + 1e-9))[keep]
         )
         cover_ta.append(((st.ta_lo <= world["ta"] + 1e-9) & (world["ta"] <= st.ta_hi + 1e-9))[keep])
+        width.append((st.cos_support_hi - st.cos_support_lo)[keep])
     assert torch.stack(cover).double().mean() >= 0.90
     assert torch.stack(cover_ta).double().mean() >= 0.90
+    assert float(torch.cat(width).median()) <= 0.7
 
 
 def test_cost_is_set_by_the_budget_not_rollout_length():

@@ -62,16 +62,18 @@ def test_cosines_full_and_support():
     star = ideal_gradient(z, cand, q)
     d = objectives.get("fkl").direction(z, zt)
     cos = alignment.cosines(star.g, d, star.candidates)
-    manual_full = F.cosine_similarity(star.g, d, dim=-1)
-    manual_support = F.cosine_similarity(star.g, d * star.candidates, dim=-1)
+    g64, d64 = star.g.double(), d.double()  # cosines sum in float64
+    manual_full = F.cosine_similarity(g64, d64, dim=-1)
+    manual_support = F.cosine_similarity(g64, d64 * star.candidates, dim=-1)
+    assert cos.full.dtype == torch.float64
     torch.testing.assert_close(cos.full, manual_full)
     torch.testing.assert_close(cos.support, manual_support)
     assert not cos.degenerate.any()
     # restricting d to the support can only raise |cos|: the off-support part of d only adds to its norm
     assert (cos.support.abs() >= cos.full.abs() - 1e-6).all()
     # the ideal direction itself is perfectly aligned; its negation perfectly anti-aligned
-    torch.testing.assert_close(alignment.cosines(star.g, star.g, star.candidates).full, torch.ones(5))
-    torch.testing.assert_close(alignment.cosines(star.g, -star.g, star.candidates).full, -torch.ones(5))
+    torch.testing.assert_close(alignment.cosines(star.g, star.g, star.candidates).full, torch.ones(5, dtype=torch.float64))
+    torch.testing.assert_close(alignment.cosines(star.g, -star.g, star.candidates).full, -torch.ones(5, dtype=torch.float64))
 
 
 def test_teacher_advantage_sign():

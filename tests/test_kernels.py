@@ -77,8 +77,8 @@ def test_cosines_match_alignment_module():
     got = K.node_stats(z, zt, ids, g, [O.get("rkl")], tok, backend="chunked")
     g_dense, mask = K.dense_candidates(ids, g, z.shape[1])
     cos = cosines(g_dense, O.get("rkl").direction(z, zt[0]), mask)
-    torch.testing.assert_close(got.cos_full[0, 0], cos.full, atol=1e-5, rtol=0)
-    torch.testing.assert_close(got.cos_support[0, 0], cos.support, atol=1e-5, rtol=0)
+    torch.testing.assert_close(got.cos_full[0, 0].double(), cos.full, atol=1e-5, rtol=0)
+    torch.testing.assert_close(got.cos_support[0, 0].double(), cos.support, atol=1e-5, rtol=0)
 
 
 def test_teacher_list_equals_stacked_tensor():

@@ -12,6 +12,7 @@ import torch
 from .. import kernels
 from .. import objectives as objectives_mod
 from ..engines.base import SamplingParams
+from ..engines.sampling import processed_logprobs
 from ..errors import DiagnoseError
 from ..ideal import ideal_gradient
 from ..objectives.base import NEEDS_NONE, log_probs
@@ -241,7 +242,12 @@ class Estimator:
                 )
         observed = [self.rollouts[n.rollout].token_ids[n.position] for n in nodes]
         cand = candidate_sets(z, observed, teach, self.cfg.k_student, self.cfg.k_teacher)
-        probs = log_probs(z.double()).exp()
+        # p is the sampling policy's distribution: temperature (already in z) and the top-p nucleus, so a
+        # forced token outside the nucleus has p = 0 and no weight in g* = p (Q - V) or in V.
+        if self.cfg.top_p < 1.0:
+            probs = processed_logprobs(z, 1.0, self.cfg.top_p).double().exp()
+        else:
+            probs = log_probs(z.double()).exp()
         ests = new_estimates(nodes, self.rollouts, cand, probs, free=self.cfg.free_sample)
         tokens = torch.tensor(observed, dtype=torch.long)
         advantages = self._advantages(nodes)

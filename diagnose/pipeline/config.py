@@ -75,6 +75,13 @@ class RunConfig:
         for name in ("rollouts", "continuations", "questions", "top_k", "max_new_tokens"):
             if getattr(self, name) < 1:
                 raise DiagnoseError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
+        node_cost = (1 + self.top_k + self.top_k * len(self.teachers)) * self.continuations
+        if self.budget < node_cost:
+            raise DiagnoseError(
+                f"--budget {self.budget} buys no node: one node costs up to {node_cost} continuations "
+                f"((1 + top_k + top_k x {len(self.teachers)} teachers) x {self.continuations} continuations); "
+                "raise --budget or lower --top-k / --continuations"
+            )
         if self.teacher_dtype not in TEACHER_DTYPES:
             raise DiagnoseError(
                 f"--teacher-dtype must be one of {', '.join(TEACHER_DTYPES)}, got {self.teacher_dtype!r}"

@@ -1,0 +1,90 @@
+"""Configurations the docs promise, run for real: the default `diagnose run` (its teachers and objectives),
+self:summary and its cache, contrastive examples that never show the scored rollout, and the vLLM engine
+through `diagnose run`."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import pytest
+
+import diagnose
+from diagnose.pipeline import RunConfig
+from diagnose.pipeline.teachers import context_inputs
+from diagnose.report import config_label, read_table
+from diagnose.teachers.summaries import summarize
+
+SMALL = dict(questions=1, rollouts=2, max_new_tokens=24, budget=18, seed=0)
+
+
+def test_a_budget_that_buys_no_node_is_refused_up_front():
+    with pytest.raises(diagnose.errors.DiagnoseError, match="buys no node"):
+        RunConfig(budget=16).validate()  # default teachers: 1 + 2 + 2 x 3 = 9 candidates x 2 continuations = 18
+    RunConfig(budget=18).validate()
+
+
+def test_contrastive_examples_never_show_the_scored_rollout():
+    q = SimpleNamespace(prompt="2+2?", answer="4", solution=None, meta={})
+    rollouts = [SimpleNamespace(text=f"r{i}", correct=c) for i, c in enumerate([True, False, True, False])]
+    for i, scored in enumerate(rollouts):
+        inputs = context_inputs(q, rollouts, i, None)
+        assert inputs.correct_example != scored.text and inputs.incorrect_example != scored.text
+        assert inputs.correct_example in ("r0", "r2") and inputs.incorrect_example in ("r1", "r3")
+    # one rollout of each verdict: the scored one's own verdict has no other example left
+    two = rollouts[:2]
+    assert context_inputs(q, two, 0, None).correct_example is None
+    assert context_inputs(q, two, 1, None).incorrect_example is None
+
+
+@pytest.mark.slow
+def test_default_run_configuration_end_to_end(tmp_path, embedded_model_path):
+    """RunConfig's default teachers and objectives (what `make demo` runs), on one question."""
+    cfg = RunConfig()
+    res = diagnose.run(out=str(tmp_path / "run"), progress=False, **{**SMALL, "budget": cfg.budget})
+    al = read_table(tmp_path / "run", "alignment")
+    expected = {config_label(t, o.label) for t in cfg.teachers for o in map(diagnose.objectives.parse, cfg.objectives)}
+    assert set(al["config"]) == expected
+    assert set(res.summary["config"]) == expected
+    assert (tmp_path / "run" / "report.html").stat().st_size > 1_000_000
+
+
+@pytest.mark.slow
+def test_summary_context_and_its_cache(tmp_path, hf_engine):
+    sols = ["Add 3 and 4 to get 7, then double it: 14.", "Multiply 6 by 7: 42."]
+    first = summarize(hf_engine, sols, tmp_path / "s", seed=0, max_new_tokens=16)
+    assert len(first) == 2 and all(first) and len(list((tmp_path / "s").glob("*.json"))) == 2
+
+    class NoGeneration:  # a cached summary needs no engine call
+        model_id, tokenizer = hf_engine.model_id, hf_engine.tokenizer
+
+        def sample(self, *a, **k):
+            raise AssertionError("summary regenerated instead of read from the cache")
+
+    assert summarize(NoGeneration(), sols, tmp_path / "s", seed=0, max_new_tokens=16) == first
+    res = diagnose.run(
+        out=str(tmp_path / "run"), progress=False, teachers=["self:summary"], objectives=["rkl"], **SMALL
+    )
+    assert list((tmp_path / "run" / "cache" / "summaries").glob("*.json"))
+    assert set(res.alignment["teacher"]) == {"self:summary"}
+
+
+@pytest.mark.slow
+def test_vllm_engine_through_diagnose_run(tmp_path, vllm_engine, monkeypatch):
+    """`diagnose run --engine vllm` end to end (the session's vLLM engine stands in for a fresh start-up)."""
+    import diagnose.engines as engines
+
+    real = engines.load
+    monkeypatch.setattr(
+        engines, "load", lambda name, model, **kw: vllm_engine if name == "vllm" else real(name, model, **kw)
+    )
+    res = diagnose.run(
+        out=str(tmp_path / "run"),
+        progress=False,
+        engine="vllm",
+        teachers=["self:answer"],
+        objectives=["rkl", "fkl"],
+        **SMALL,
+    )
+    meta = diagnose.report.read_metadata(tmp_path / "run", "alignment")
+    assert meta["engine"] == "vllm"
+    assert len(res.alignment) > 0 and len(read_table(tmp_path / "run", "rollouts")) == 2
