@@ -1,0 +1,94 @@
+"""Unit checks of the statistics that the mutation run (tests/mutants.py, docs/testing.md) found untested:
+each test here kills a named mutant that survived the rest of the fast suite."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from diagnose.estimate import node_stats, select_nodes
+from diagnose.estimate.nodes import design_weights, token_coverage
+from diagnose.report import tables as T
+from diagnose.report.summary import Resampler, _interval, summarize
+from diagnose.report.synthetic import generate_run
+
+
+# kills stats.degenerate_absolute_epsilon
+def test_peaked_node_with_tiny_g_star_is_scored_not_degenerate():
+    """|g*|^2 ~ 1e-20 on a peaked row is real signal (no absolute epsilon): d = g* scores cosine 1."""
+    p = torch.tensor([[1 - 2e-10, 1e-10, 1e-10]], dtype=torch.float64)
+    s = torch.tensor([[4.0, 0.0, 0.0]], dtype=torch.float64)
+    c = torch.full((1, 3), 4.0, dtype=torch.float64)
+    mask = torch.ones(1, 3, dtype=torch.bool)
+    v = (p * s / c).sum(-1, keepdim=True) / p.sum(-1, keepdim=True)
+    g = p * (s / c - v)
+    assert 0 < float((g * g).sum()) < 1e-18
+    st = node_stats(p, s, c, mask, g, (g * g).sum(-1), n_boot=20)
+    assert not bool(st.degenerate[0])
+    assert float(st.cos_full[0]) == pytest.approx(1.0) and float(st.cos_full_corrected[0]) == pytest.approx(1.0)
+
+
+# kills stats.ta_point_p_minus_q
+def test_teacher_advantage_point_estimate():
+    gen = torch.Generator().manual_seed(0)
+    p = torch.softmax(torch.randn(5, 4, generator=gen), -1).double()
+    tp = torch.softmax(torch.randn(5, 4, generator=gen), -1).double()
+    q = torch.rand(5, 4, generator=gen).double()
+    mask = torch.ones(5, 4, dtype=torch.bool)
+    d = torch.randn(5, 4, generator=gen).double()
+    st = node_stats(p, q, torch.ones_like(q), mask, d, (d * d).sum(-1), teacher_p=tp, n_boot=10)
+    v = (p * q).sum(-1, keepdim=True)
+    torch.testing.assert_close(st.ta, ((tp - p) * (q - v)).sum(-1))
+
+
+# kills nodes.design_weights_no_window_rescale
+def test_design_weights_cover_every_token_when_some_rollouts_miss_a_window():
+    lengths = [200, 150, 90, 60]
+    for seed in range(20):
+        nodes = select_nodes(lengths, 20, lambda r, t: 1.0, "windows", seed=seed)
+        w = design_weights(nodes, lengths, "windows")
+        assert token_coverage(w, lengths) == pytest.approx(1.0)
+
+
+# kills summary.resample_rollouts_ignoring_questions
+def test_resampler_draws_questions_then_rollouts():
+    rollouts = pd.DataFrame(
+        {"question_id": np.repeat([f"q{i}" for i in range(6)], 4), "rollout_idx": np.tile(range(4), 6)}
+    )
+    res = Resampler(rollouts, 4000, seed=0)
+    per_q = res.weights.reshape(4000, 6, 4).sum(-1)  # total draws of each question's rollouts per replicate
+    assert np.all(per_q.sum(1) == 24) and np.all(per_q % 4 == 0)  # questions come in whole copies
+    # a question's copy count is multinomial(6, 1/6): variance 5/6, times 4 rollouts squared
+    assert per_q.var(0).mean() == pytest.approx(16 * 5 / 6, rel=0.1)
+
+
+# kills summary.clear_ignores_min_questions
+def test_one_question_is_never_a_clear_winner(tmp_path):
+    from diagnose.report.synthetic import TeacherSpec
+
+    teachers = (TeacherSpec("self:solution", 9.0, 0.5), TeacherSpec("self:hint", 0.0, 0.8))
+    run = generate_run(
+        tmp_path / "r",
+        seed=3,
+        n_questions=1,
+        rollouts_per_question=16,
+        nodes_per_rollout=16,
+        teachers=teachers,
+        objectives=("rkl",),
+        node_bootstrap=5,
+    )
+    tabs = {n: T.read_table(run, n) for n in ("rollouts", "nodes", "alignment")}
+    rec = summarize(tabs["alignment"], tabs["rollouts"], tabs["nodes"], n_boot=300, seed=1).recommendation
+    top = rec["cos_full"]["overall"]
+    assert top["margin_ci_low"] > 0  # the evidence inside the question separates them ...
+    assert top["clear"] is False and "too few" in top["note"]  # ... but one question is not a population
+
+
+# kills summary.interval_alpha_not_halved
+def test_interval_is_the_central_percentile_interval():
+    lo, hi = _interval(np.linspace(0.0, 1.0, 100_001), 0.95)
+    assert (lo, hi) == pytest.approx((0.025, 0.975), abs=1e-6)
+    lo, hi = _interval(np.linspace(0.0, 1.0, 100_001), 0.80)
+    assert (lo, hi) == pytest.approx((0.10, 0.90), abs=1e-6)
