@@ -138,6 +138,53 @@ def test_continuations_equal_recomputation_from_scratch(engine, prompts):
     assert (got - want).abs().max().item() < LOGPROB_TOL
 
 
+def test_continuations_with_early_finishers_equal_recomputation(hf_engine, prompts, monkeypatch):
+    """One call in which several rows of a batch finish within a few tokens (per-request limits, a stop
+    string, eos) while the others run on for many more: the hf engine drops finished rows from its KV cache
+    mid-decode once a quarter have finished (hf.py `_decode`). Every row's log-probs, the survivors' after
+    the drops included, equal scoring prefix + continuation from scratch. (hf only: vLLM keeps no such
+    cache of its own; its continuations are checked above.)"""
+    import diagnose.engines.hf as hf
+
+    engine, drops, select = hf_engine, [], hf._select_rows
+
+    def spy(cache, index):
+        drops.append(len(index))
+        return select(cache, index)
+
+    monkeypatch.setattr(hf, "_select_rows", spy)
+    blue = tuple(prompts[1] + hf_engine_tokens(engine, " Blue is"))
+    reqs = [  # 5 requests x 5 rows = 25 rows: one decode slice of the hf engine (batch_size 32)
+        Continuation(tuple(prompts[0]), 504, max_new_tokens=2),
+        Continuation(blue, 253, max_new_tokens=4),
+        Continuation(tuple(prompts[2]), 330, max_new_tokens=6),
+        Continuation(tuple(prompts[0]), 1348),
+        Continuation(blue, 253),
+    ]
+    m, longest = 5, 40
+    out = engine.continue_from(reqs, m, SamplingParams(max_new_tokens=longest, stop=("\n\n",), seed=4))
+    lengths = [len(c.token_ids) for conts in out for c in conts]
+    for req, conts in zip(reqs, out, strict=True):
+        assert len(conts) == m
+        for c in conts:
+            assert c.token_ids[0] == req.token and len(c.logprobs) == len(c.token_ids)
+            assert len(c.token_ids) <= (req.max_new_tokens or longest)
+    early = sum(n <= 6 for n in lengths)
+    assert early >= len(lengths) / 4, lengths  # enough finish early for the hf engine to drop rows ...
+    assert sum(n >= 20 for n in lengths) >= 3, lengths  # ... and others go on for many more tokens
+    assert len(drops) >= 2, f"no finished row was dropped from the cache: {drops}"  # drops[0]: the expansion
+    seqs, positions, ids = [], [], []
+    for req, conts in zip(reqs, out, strict=True):
+        for c in conts:
+            seqs.append(list(req.prefix) + c.token_ids)
+            positions.append([len(req.prefix) + j for j in range(len(c.token_ids))])
+            ids.append([[t] for t in c.token_ids])
+    scores = engine.score(seqs, positions, topk=1, token_ids=ids)
+    for c, s, seq in zip((c for conts in out for c in conts), scores, seqs, strict=True):
+        err = (torch.tensor(c.logprobs) - s.token_logprobs[:, 0]).abs().max().item()
+        assert err < LOGPROB_TOL, (err, len(c.token_ids), engine.tokenizer.decode(seq[-len(c.token_ids) :]))
+
+
 def test_stop_strings_stop_each_row(engine, prompts):
     stops = ("\n", ".", ",")
     params = SamplingParams(max_new_tokens=40, stop=stops, seed=9)

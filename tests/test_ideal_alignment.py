@@ -72,8 +72,9 @@ def test_cosines_full_and_support():
     # restricting d to the support can only raise |cos|: the off-support part of d only adds to its norm
     assert (cos.support.abs() >= cos.full.abs() - 1e-6).all()
     # the ideal direction itself is perfectly aligned; its negation perfectly anti-aligned
-    torch.testing.assert_close(alignment.cosines(star.g, star.g, star.candidates).full, torch.ones(5, dtype=torch.float64))
-    torch.testing.assert_close(alignment.cosines(star.g, -star.g, star.candidates).full, -torch.ones(5, dtype=torch.float64))
+    ones = torch.ones(5, dtype=torch.float64)
+    torch.testing.assert_close(alignment.cosines(star.g, star.g, star.candidates).full, ones)
+    torch.testing.assert_close(alignment.cosines(star.g, -star.g, star.candidates).full, -ones)
 
 
 def test_teacher_advantage_sign():

@@ -1,4 +1,21 @@
-"""Every closed-form direction d = -dL/dz equals torch.autograd of its loss as written."""
+"""Every closed-form direction d = -dL/dz equals torch.autograd of its loss as written, entry by entry.
+
+The objectives compute in float32 whatever the input dtype (docs/math.md: "float32 throughout"), so they are
+compared with float64 autograd on the same (float32-representable) logits with a per-element tolerance
+(`_assert_elementwise`):
+
+    |d_j - ref_j| <= 1e-5 |ref_j| + 4 (eps32 w_j + eps64 w64_j) L_j + 1e-35
+
+L_j = 1 + |log p_j| + |log q_j| + sum_k (p_k + q_k)(|log p_k| + |log q_k|) is the size of the log-probs that
+enter entry j (their float32 rounding is what float32 costs), w_j the weight they enter with: p_j (1 - p_j)
+for rkl, jsd (0 < beta) and rkl_topk (p renormalised on the support), so the mode of a peaked row, whose
+entry is tiny, must come out accurate to its own size (the mode shift in rkl_from_logprobs); p_j + q_j for
+q - p type directions (fkl, fkl_clipped, fkl_topk, jsd beta=0: a difference of two numbers near 1 is not
+promised beyond float32 rounding); p_j for rkl_topk_unnorm; (1 + |A|)(p_j + [j = a]) for the sampled-token
+directions A (e_a - p) (1 - p_a is a float32 difference). The eps64 term (w64 = p + q, or w for sampled
+ones) is the float64 reference's own rounding: autograd of KL as written cancels l_a against KL at a peaked
+mode. The 1e-35 floor is float32's underflow (entries below 1e-38 cannot be represented).
+"""
 
 from __future__ import annotations
 
@@ -142,9 +159,69 @@ def _inputs(n, vocab, seed, scale=2.0, dtype=torch.float32):
     return z, zt, tokens, adv
 
 
-def _assert_close(d, ref):
-    scale = ref.abs().max().item() + 1e-12
-    torch.testing.assert_close(d, ref, rtol=1e-4, atol=2e-6 * scale + 1e-9)
+EPS32 = torch.finfo(torch.float32).eps
+EPS64 = torch.finfo(torch.float64).eps
+SAMPLED = ("rkl_sampled", "rkl_baselined", "k1_loss", "k3_loss", "grpo_ref")
+
+
+def _advantage(name, logp, logq, tokens, adv=None):
+    """The scalar A of a sampled-token direction A (e_a - p), written out (float64 [N])."""
+    a = tokens[:, None]
+    l_a = (logp - logq).gather(-1, a)[:, 0]
+    if name == "rkl_sampled":
+        return -l_a
+    if name == "rkl_baselined":
+        return -(l_a - (logp.exp() * (logp - logq)).sum(-1))
+    if name == "k1_loss":
+        return -torch.ones_like(l_a)
+    if name == "k3_loss":
+        return torch.exp(-l_a) - 1.0
+    if name == "grpo_ref":
+        return torch.as_tensor(adv, dtype=torch.float64)
+    raise KeyError(name)
+
+
+def _allowance(name, params, z, zt, tokens=None, adv=None):
+    """Per-element float32 (and float64 reference) rounding allowance of objective `name` (module docstring)."""
+    z, zt = z.double(), zt.double()
+    if name == "rkl_topk":  # the direction lives on the support, with both distributions renormalised there
+        s = _support(z, zt, params)
+        z, zt = _restrict(z, s), _restrict(zt, s)
+    logp, logq = _lsm(z), _lsm(zt)
+    p, q = logp.exp(), logq.exp()
+    mag = logp.clamp_min(-1e4).abs() + logq.clamp_min(-1e4).abs()
+    size = 1.0 + mag + ((p + q) * mag).sum(-1, keepdim=True)
+    w64 = p + q
+    if name in ("rkl", "rkl_topk") or (name == "jsd" and params["beta"] > 0):
+        w = p * -torch.expm1(logp)  # p (1 - p), accurate where p is near 1
+    elif name in ("fkl", "fkl_clipped", "jsd"):
+        w = p + q
+    elif name == "fkl_topk":
+        w = p + _lsm(_restrict(zt, _topk_mask(zt, params["k"]))).exp()
+    elif name == "rkl_topk_unnorm":
+        w = p
+    elif name in SAMPLED:
+        big_a = _advantage(name, logp, logq, tokens, adv)
+        w = w64 = (1.0 + big_a.abs())[:, None] * (p + torch.zeros_like(p).scatter_(-1, tokens[:, None], 1.0))
+    else:
+        raise KeyError(name)
+    return EPS32 * w * size + EPS64 * w64 * size
+
+
+def _assert_elementwise(d, ref, allowance, rtol=1e-5, c=4.0, floor=1e-35):
+    """|d - ref| <= rtol |ref| + c allowance + floor at every entry (ref and allowance in float64)."""
+    d, ref = d.double(), ref.double()
+    assert d.shape == ref.shape == allowance.shape
+    err = (d - ref).abs()
+    bound = rtol * ref.abs() + c * allowance + floor
+    bad = ~(err <= bound)  # NaN counts as bad
+    if bad.any():
+        ratio = torch.where(bad, err / bound, torch.zeros_like(err)).nan_to_num(nan=float("inf"))
+        i, j = divmod(int(ratio.argmax()), d.shape[-1])
+        raise AssertionError(
+            f"{int(bad.sum())} of {d.numel()} entries off; worst [{i}, {j}]: got {d[i, j].item():.6e}, "
+            f"want {ref[i, j].item():.6e}, |err| {err[i, j].item():.3e} > bound {bound[i, j].item():.3e}"
+        )
 
 
 def test_every_name_is_registered():
@@ -159,7 +236,8 @@ def test_closed_form_matches_autograd(name, params, vocab):
     obj = objectives.get(name, **params)
     d = closed_form(obj, z, zt, tokens, adv)
     assert d.dtype == torch.float32 and d.shape == (n, vocab)
-    _assert_close(d, autograd_direction(name, obj.params, z, zt, tokens, adv))
+    ref = autograd_direction(name, obj.params, z.double(), zt.double(), tokens, adv.double())
+    _assert_elementwise(d, ref, _allowance(name, obj.params, z, zt, tokens, adv))
 
 
 @pytest.mark.parametrize("name,params", CONFIGS, ids=lambda x: str(x))
@@ -168,18 +246,22 @@ def test_bf16_input_is_upcast(name, params):
     obj = objectives.get(name, **params)
     d = closed_form(obj, z, zt, tokens, adv)
     assert d.dtype == torch.float32
-    _assert_close(d, autograd_direction(name, obj.params, z.float(), zt.float(), tokens, adv))
+    z, zt = z.double(), zt.double()  # bf16 values are exact in float64
+    ref = autograd_direction(name, obj.params, z, zt, tokens, adv.double())
+    _assert_elementwise(d, ref, _allowance(name, obj.params, z, zt, tokens, adv))
 
 
 @pytest.mark.parametrize("name,params", CONFIGS, ids=lambda x: str(x))
 def test_extreme_peakedness(name, params):
-    """Logit gaps in the hundreds: finite, and as close to float64 autograd as float32 allows."""
-    z, zt, tokens, adv = _inputs(4, 64, seed=2, scale=40.0)
-    obj = objectives.get(name, **params)
-    d = closed_form(obj, z, zt, tokens, adv)
-    assert torch.isfinite(d).all()
-    ref = autograd_direction(name, obj.params, z.double(), zt.double(), tokens, adv.double())
-    torch.testing.assert_close(d.double(), ref, rtol=1e-3, atol=1e-6 + 1e-3 * ref.abs().max().item())
+    """Logit gaps in the hundreds: finite, and every entry (the tiny ones at a peaked row's mode included) as
+    close to float64 autograd as float32 allows (the module docstring's per-element bound)."""
+    for vocab, seed in ((5, 5), (64, 2), (97, 97)):
+        z, zt, tokens, adv = _inputs(6, vocab, seed=seed, scale=40.0)
+        obj = objectives.get(name, **params)
+        d = closed_form(obj, z, zt, tokens, adv)
+        assert torch.isfinite(d).all()
+        ref = autograd_direction(name, obj.params, z.double(), zt.double(), tokens, adv.double())
+        _assert_elementwise(d, ref, _allowance(name, obj.params, z, zt, tokens, adv))
 
 
 @pytest.mark.parametrize("name,params", CONFIGS, ids=lambda x: str(x))
@@ -192,7 +274,8 @@ def test_neg_inf_logits_masked_vocabulary(name, params):
     d = closed_form(obj, torch.cat([z, pad], 1), torch.cat([zt, pad], 1), tokens, adv)
     assert torch.isfinite(d).all()
     assert (d[:, live:] == 0).all()
-    _assert_close(d[:, :live], autograd_direction(name, obj.params, z, zt, tokens, adv))
+    ref = autograd_direction(name, obj.params, z.double(), zt.double(), tokens, adv.double())
+    _assert_elementwise(d[:, :live], ref, _allowance(name, obj.params, z, zt, tokens, adv))
 
 
 def test_neg_inf_student_only_fkl_is_finite():
@@ -214,48 +297,88 @@ def test_teacher_equals_student_gives_zero_direction(name):
 # ---- expectations over the sampled token, by exact enumeration ----
 
 
-def _enumerate_expectation(obj, z, zt, **kw):
-    n, vocab = z.shape
-    p = torch.softmax(z.float(), -1)
-    total = torch.zeros(n, vocab)
-    for a in range(vocab):
-        tokens = torch.full((n,), a)
-        total += p[:, a : a + 1] * obj.direction(z, zt, tokens, **kw)
-    return total
+def _one_sample_written(name, logp, logq, a, adv=None):
+    """The one-sample direction A (e_a - p) at token a for every row, written out here in float64."""
+    p = logp.exp()
+    tokens = torch.full((p.shape[0],), a)
+    e_a = torch.zeros_like(p).scatter_(-1, tokens[:, None], 1.0)
+    return _advantage(name, logp, logq, tokens, adv)[:, None] * (e_a - p)
 
 
-@pytest.mark.parametrize(
-    "name,target",
-    [("rkl_sampled", "rkl"), ("rkl_baselined", "rkl"), ("k3_loss", "fkl"), ("k1_loss", None)],
-)
-def test_sampled_expectation_by_enumeration(name, target):
-    z, zt, _, _ = _inputs(4, 11, seed=6)
+def _expectation_written(name, logp, logq):
+    """What E_{a~p}[d] is: rkl's -p (l - KL(p||q)) for both rkl estimators, q - p for k3, 0 for k1 (float64)."""
+    p, q, l = logp.exp(), logq.exp(), logp - logq
+    if name in ("rkl_sampled", "rkl_baselined"):
+        return -p * (l - (p * l).sum(-1, keepdim=True))
+    if name == "k3_loss":
+        return q - p
+    if name == "k1_loss":
+        return torch.zeros_like(p)
+    raise KeyError(name)
+
+
+@pytest.mark.parametrize("name,target", [("rkl_sampled", "rkl"), ("rkl_baselined", "rkl"), ("k3_loss", "fkl"),
+                                         ("k1_loss", None)])  # fmt: skip
+@pytest.mark.parametrize("scale", [2.0, 6.0])
+def test_sampled_expectation_by_enumeration(name, target, scale):
+    """E_{a~p} of the one-sample direction, enumerated over every token a with the direction written out in
+    this file, equals the expectation written out in closed form; `expected_direction` equals it, and so does
+    the same enumeration of the object's own `direction` (per element, module docstring bound)."""
+    z, zt, _, _ = _inputs(4, 11, seed=6, scale=scale)
+    logp, logq = _lsm(z.double()), _lsm(zt.double())
+    p = logp.exp()
+    oracle = sum(p[:, a : a + 1] * _one_sample_written(name, logp, logq, a) for a in range(z.shape[1]))
+    closed = _expectation_written(name, logp, logq)
+    torch.testing.assert_close(oracle, closed, rtol=1e-10, atol=1e-13)  # the identity, in float64
+
     obj = objectives.get(name)
-    expected = _enumerate_expectation(obj, z, zt)
-    torch.testing.assert_close(obj.expected_direction(z, zt), expected, rtol=1e-4, atol=1e-6)
+    exp_d = obj.expected_direction(z, zt)
+    assert exp_d.dtype == torch.float32 and exp_d.shape == z.shape
     if target is None:
-        assert expected.abs().max().item() < 1e-6
+        assert (exp_d == 0).all()
     else:
-        torch.testing.assert_close(expected, objectives.get(target).direction(z, zt), rtol=1e-4, atol=1e-6)
+        _assert_elementwise(exp_d, oracle, _allowance(target, {}, z, zt))
+    enumerated, allowance = torch.zeros_like(oracle), torch.zeros_like(oracle)
+    for a in range(z.shape[1]):
+        tokens = torch.full((z.shape[0],), a)
+        enumerated += p[:, a : a + 1] * obj.direction(z, zt, tokens).double()
+        allowance += p[:, a : a + 1] * _allowance(name, {}, z, zt, tokens)
+    _assert_elementwise(enumerated, oracle, allowance)
 
 
 def test_grpo_ref_with_exact_q_is_the_ideal_gradient():
+    """With advantages A_a = Q_a - V, the exact expectation (enumerated here over a ~ p) of the GRPO token term
+    (Q_a - V)(e_a - p) is g* = p (Q - V); expected_direction, the object's direction averaged over a, and
+    ideal_gradient all equal the float64 g* written out here."""
     from diagnose.ideal import ideal_gradient
 
     n, vocab = 4, 9
     z, _, _, _ = _inputs(n, vocab, seed=7)
     q = torch.rand(n, vocab, generator=torch.Generator().manual_seed(8))
-    p = torch.softmax(z, -1)
-    value = (p * q).sum(-1, keepdim=True)
+    logp = _lsm(z.double())
+    p, q64 = logp.exp(), q.double()
+    value = (p * q64).sum(-1, keepdim=True)
+    g_star = p * (q64 - value)
+    oracle = torch.zeros(n, vocab, dtype=torch.float64)
+    for a in range(vocab):
+        e_a = torch.zeros_like(p)
+        e_a[:, a] = 1.0
+        oracle += p[:, a : a + 1] * (q64[:, a : a + 1] - value) * (e_a - p)
+    torch.testing.assert_close(oracle, g_star, rtol=1e-10, atol=1e-13)  # the identity, in float64
+
     obj = objectives.get("grpo_ref")
-    # one-sample direction with advantage Q_a - V, averaged exactly over a ~ p
-    expected = torch.zeros(n, vocab)
+    # g* entries are p (Q - V): float32 rounding of p and of Q - V (V a sum of p Q) costs ~eps32 (p + |g*|)
+    allowance = EPS32 * (p + g_star.abs())
+    expected = obj.expected_direction(z, token_advantages=(q - value.float()))
+    _assert_elementwise(expected, g_star, allowance)
+    enumerated = torch.zeros(n, vocab, dtype=torch.float64)
     for a in range(vocab):
         tokens = torch.full((n,), a)
-        expected += p[:, a : a + 1] * obj.direction(z, None, tokens, advantages=(q[:, a] - value[:, 0]))
-    torch.testing.assert_close(obj.expected_direction(z, token_advantages=q - value), expected)
+        adv = q64[:, a] - value[:, 0]
+        enumerated += p[:, a : a + 1] * obj.direction(z, None, tokens, advantages=adv.float()).double()
+    _assert_elementwise(enumerated, g_star, allowance)
     star = ideal_gradient(z, torch.arange(vocab).expand(n, vocab), q)
-    torch.testing.assert_close(expected, star.g, rtol=1e-4, atol=1e-7)
+    _assert_elementwise(star.g, g_star, allowance)
 
 
 def test_jsd_endpoints_are_fkl_and_rkl():

@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import importlib.metadata
 import json
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
+import torch
 
 import diagnose
 from diagnose.pipeline import RunConfig, Runner
@@ -80,15 +84,33 @@ def test_run_writes_consistent_tables(tiny_run):
     expected = {f"{t}|{o}" for t in TINY["teachers"] for o in TINY["objectives"]}
     assert set(al.config) == expected
     assert al.cos_full.between(-1, 1).all() and (al.cos_full_ci_low <= al.cos_full_ci_high).all()
-    assert (al.loc[al.degenerate, "cos_full"] == 0).all()
+    assert (al.loc[al.degenerate, ["cos_full", "cos_support"]] == 0).all().all()
+    # every live row's cosines are its own <g*, d> over the norms: g_sq from nodes, d_sq(_support) from the row
+    live = al[~al.degenerate].merge(nodes[KEYS["nodes"] + ["g_sq"]], on=KEYS["nodes"], validate="many_to_one")
+    assert len(live) >= 3, "the tiny run should have live (non-degenerate) nodes"
+    assert (live.g_sq > 0).all() and (live.d_sq > 0).all() and (live.d_sq_support > 0).all()
+    want_full = live["dot"] / np.sqrt(live.g_sq * live.d_sq)
+    want_support = live["dot"] / np.sqrt(live.g_sq * live.d_sq_support)
+    np.testing.assert_allclose(live.cos_full, want_full, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(live.cos_support, want_support, rtol=1e-5, atol=1e-6)
+    assert (live.cos_full.abs() > 1e-3).any()  # not all ~0: the check above has something to compare
     assert cands.q_hat.between(0, 1).all() and (cands.successes <= cands.n).all()
     # rkl_sampled is the same objective's one-sample estimate: its d differs from rkl's, its teacher is the same
     kl = al[al.objective == "rkl"].set_index(KEYS["nodes"] + ["teacher"]).kl_pq
     kl_s = al[al.objective == "rkl_sampled"].set_index(KEYS["nodes"] + ["teacher"]).kl_pq
     pd.testing.assert_series_equal(kl.sort_index(), kl_s.sort_index())
-    meta = read_metadata(out, "alignment")
-    assert meta["seeds"]["seed"] == 0 and "torch" in meta["versions"] or "torch" in json.dumps(meta)
-    assert RunConfig.from_sources(out / "config.toml").digest() == RunConfig(**{**TINY, "out": str(out)}).digest()
+    digest = RunConfig(**{**TINY, "out": str(out)}).digest()
+    for name in TABLES:
+        meta = read_metadata(out, name)
+        assert meta["seeds"] == {"seed": TINY["seed"]}, meta["seeds"]
+        assert meta["versions"]["torch"] == torch.__version__
+        assert meta["versions"]["diagnose"] == importlib.metadata.version("diagnose")
+        assert meta["models"] == {"student": RunConfig().student, "teachers": TINY["teachers"]}, meta["models"]
+        assert meta["config_hash"] == digest
+        assert meta["teacher_dtype"] == "auto"  # the default: external teachers follow the student
+        assert meta["student_dtype"] == "float32"  # the hf engine's choice on the CPU
+        assert meta["engine"] == "hf" and meta["temperature"] == 1.0
+    assert RunConfig.from_sources(out / "config.toml").digest() == digest
     cost = json.loads((out / "cost.json").read_text())
     assert cost["rollouts"] == len(ro) and cost["continuations"] > 0
 
@@ -116,18 +138,40 @@ def test_killed_run_resumes_to_the_same_tables(tiny_run, tmp_path):
         stderr=subprocess.DEVNULL,
         env=ENV,
     )
-    first = out / "alignment" / "part-q00000.parquet"
+    # the second question's sample cache (runner.py: cache/q00001.sqlite) holds rows once its first engine
+    # call has been written: the kill then lands mid-way through that question
+    cache = out / "cache" / "q00001.sqlite"
     deadline = time.time() + 600
-    while not first.exists() and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.1)
-    time.sleep(1.0)  # well inside the second question
+    cached = 0
+    while proc.poll() is None and time.time() < deadline:
+        cached = _cached_samples(cache)
+        if cached:
+            break
+        time.sleep(0.05)
     proc.send_signal(signal.SIGKILL)
     assert proc.wait() == -signal.SIGKILL, "the run finished before it could be killed"
-    assert not (out / "alignment" / "part-q00001.parquet").exists()
+    assert cached > 0, "no sample of the second question was cached before the deadline"
+    assert (out / "alignment" / "part-q00000.parquet").exists()
+    assert not (out / "alignment" / "part-q00001.parquet").exists(), "the second question had already finished"
+    assert _cached_samples(cache) >= cached  # what was committed survives the kill and is reused on resume
     done = _cli("run", "--config", str(cfg), "--out", str(out), "-q")
     assert done.returncode == 0, done.stderr
     for name in TABLES:
         pd.testing.assert_frame_equal(_sorted(read_table(out, name), name), _sorted(read_table(out_ref, name), name))
+
+
+def _cached_samples(path: Path) -> int:
+    """Rows committed to a run's sqlite sample cache (0 while it does not exist yet or is being created)."""
+    if not path.exists():
+        return 0
+    try:
+        db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=1.0)
+        try:
+            return int(db.execute("SELECT COUNT(*) FROM samples").fetchone()[0])
+        finally:
+            db.close()
+    except sqlite3.Error:  # not created yet, or locked for a moment
+        return 0
 
 
 def test_notebook_executes_on_a_run(tiny_run):
@@ -278,7 +322,8 @@ def test_batch_grid_writes_a_comparison(tmp_path, embedded_model_path):
 
 
 def test_param_space_option_adds_a_column(tmp_path, embedded_model_path):
-    """--param-space scores cos(J^T g*, J^T d) on the last block next to the logit-space cosine."""
+    """--param-space scores cos(J^T g*, J^T d) on the last block next to the logit-space cosine; live values
+    are recomputed here with param_space_alignment from the tables and the model itself."""
     cfg = {**TINY, "teachers": ["self:answer"], "objectives": ["rkl", "fkl"], "budget": 24}
     result = diagnose.run(out=str(tmp_path / "p"), progress=False, param_space=True, **cfg)
     al = result.alignment
@@ -287,5 +332,62 @@ def test_param_space_option_adds_a_column(tmp_path, embedded_model_path):
     # where g* = 0 its parameter-space image is 0 too: the cosine is undefined there as well
     assert (al.loc[al.degenerate, "param_cos"] == 0).all()
     live = al[~al.degenerate]
-    if len(live):  # the parameter-space image is a different vector: the two cosines are not identical
-        assert (live.param_cos - live.cos_full).abs().max() > 1e-4
+    assert len(live) > 0, "the run should have live (non-degenerate) nodes"
+    # the parameter-space image is a different vector: the two cosines are not identical
+    assert (live.param_cos - live.cos_full).abs().max() > 1e-4
+    _check_param_cos(result, live, embedded_model_path, cfg)
+
+
+def _check_param_cos(result, live, model_path, cfg, n_nodes=2):
+    """Recompute param_cos of rkl and fkl at up to n_nodes live nodes of teacher self:answer: p and q from full
+    forward passes of the student on its prompt and on the teacher's (the hinted prompt) + the response;
+    g* = p (Q-hat - V) on the candidates that have continuations (V their p-weighted mean Q-hat); d written
+    out (rkl: -p (l - KL(p||q)), fkl: q - p); both pulled back onto the last transformer block and the final
+    norm (param_cos.py's default subset) with param_space_alignment."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from diagnose import tasks
+    from diagnose.engines import render_prompt
+    from diagnose.param_space import param_space_alignment
+    from diagnose.teachers import ContextInputs, build_messages
+
+    tok = AutoTokenizer.from_pretrained(model_path)
+    model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32).eval()
+    subset = rf"layers\.{model.config.num_hidden_layers - 1}\.|(^|\.)norm\.weight$"
+    questions = {q.id: q for q in tasks.get(RunConfig().task).questions(cfg["questions"], seed=cfg["seed"])}
+    ro, nodes, cands = result.rollouts, result.nodes, result.candidates
+    live = live[live.teacher == "self:answer"].set_index(KEYS["nodes"] + ["objective"]).param_cos
+    keys = sorted({k[:3] for k in live.index})[:n_nodes]
+    assert keys, "no live node to recompute"
+    for key in keys:
+        r = ro[(ro.question_id == key[0]) & (ro.rollout_idx == key[1])].iloc[0]
+        response = [int(t) for t in r.token_ids]
+        q = questions[key[0]]
+        prompt = render_prompt(tok, q.prompt)
+        assert tok.decode(prompt) == r.prompt
+        hinted = render_prompt(tok, build_messages("answer", ContextInputs(question=q.prompt, answer=q.answer)))
+        ids = torch.tensor([prompt + response])
+        pos = len(prompt) + int(key[2]) - 1  # the logits there predict response[position]
+        with torch.no_grad():
+            z = model(ids).logits[0, pos].double()
+            zt = model(torch.tensor([hinted + response])).logits[0, len(hinted) + int(key[2]) - 1].double()
+        logp, logq = torch.log_softmax(z, -1), torch.log_softmax(zt, -1)
+        p, q_t = logp.exp(), logq.exp()
+        c = cands[(cands.question_id == key[0]) & (cands.rollout_idx == key[1]) & (cands.position == key[2])]
+        c = c[c.n > 0]
+        cid = torch.tensor(c.token_id.to_numpy(), dtype=torch.long)
+        q_hat = torch.tensor(c.q_hat.to_numpy(), dtype=torch.float64)
+        value = (p[cid] * q_hat).sum() / p[cid].sum()
+        g = torch.zeros_like(p)
+        g[cid] = p[cid] * (q_hat - value)
+        node = nodes[(nodes.question_id == key[0]) & (nodes.rollout_idx == key[1]) & (nodes.position == key[2])]
+        np.testing.assert_allclose(float((g * g).sum()), node.g_sq.iloc[0], rtol=1e-3)  # the run's own g*
+        l = logp - logq
+        dirs = {"rkl": -p * (l - (p * l).sum()), "fkl": q_t - p}
+        at = (torch.zeros(1, dtype=torch.long), torch.tensor([pos]))  # batch row, position of the node
+        d = torch.stack(list(dirs.values()))[None].float()  # [1 node, 2 directions, V]
+        res = param_space_alignment(model, ids, *at, g[None].float(), d, params=subset)
+        for j, name in enumerate(dirs):
+            if key + (name,) in live.index:
+                got, want = float(res.cos[0, j]), float(live[key + (name,)])
+                assert abs(got - want) < 1e-3, (key, name, got, want)
