@@ -34,6 +34,8 @@ from diagnose.estimate.truth import (
     concat_inputs,
     exact_q,
     exact_questions,
+    informed_teacher,
+    noisy_teacher,
     population_truth,
     run_per_question,
 )
@@ -76,24 +78,9 @@ def split_bias(n_questions: int) -> dict:
     return out
 
 
-def _noisy_teacher(eng, name: str, scale: float = 1.5):
-    def teacher(rollouts, nodes):
-        rows = []
-        for n in nodes:
-            ro = rollouts[n.rollout]
-            seq = ro.prompt_ids + ro.token_ids
-            cut = len(ro.prompt_ids) + n.position
-            z = eng.score([seq], [[cut]])[0].logits[0]
-            g = torch.Generator().manual_seed(hash((name, tuple(seq[:cut]))) % 2**31)
-            rows.append(z + scale * torch.randn(z.shape, generator=g))
-        return torch.stack(rows)
-
-    return teacher
-
-
 def false_clear_rate(runs: int) -> dict:
     eng, _ = _engines()
-    teachers = {"a": _noisy_teacher(eng, "a"), "b": _noisy_teacher(eng, "b")}
+    teachers = {"a": noisy_teacher(eng, "a"), "b": noisy_teacher(eng, "b")}
     clear = 0
     for seed in range(runs):
         res = run_per_question(eng, exact_questions(eng, QUESTIONS, seed=1000 + seed), teachers, ["fkl"], _config())
@@ -102,26 +89,9 @@ def false_clear_rate(runs: int) -> dict:
     return {"rate": clear / runs, "runs": runs, "questions_per_run": QUESTIONS}
 
 
-def _informed_teacher(eng, strength: float = 4.0):
-    """A teacher that knows Q: the student's logits plus strength x (Q - V) (clearly positive alignment)."""
-
-    def teacher(rollouts, nodes):
-        rows = []
-        for n in nodes:
-            ro = rollouts[n.rollout]
-            cut = len(ro.prompt_ids) + n.position
-            seq = ro.prompt_ids + ro.token_ids
-            z = eng.score([seq], [[cut]])[0].logits[0]
-            q, v = eng.exact_values(seq[:cut])
-            rows.append(z + strength * (q.float() - v))
-        return torch.stack(rows)
-
-    return teacher
-
-
 def coverage(runs: int) -> dict:
     eng, teacher = _engines()
-    teachers = {"t": engine_teacher(teacher), "informed": _informed_teacher(eng)}
+    teachers = {"t": engine_teacher(teacher), "informed": informed_teacher(eng)}
     objs = ["rkl", "fkl"]
     pop = population_truth(eng, exact_questions(eng, 1500, seed=7), teachers, objs, _config())
     truth = summarize(**concat_inputs(pop), n_boot=0).table.set_index(["config", "metric"])["mean"]

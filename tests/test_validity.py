@@ -19,6 +19,8 @@ from diagnose.estimate.truth import (
     exact_q,
     exact_questions,
     exact_result,
+    informed_teacher,
+    noisy_teacher,
     population_truth,
     run_per_question,
 )
@@ -242,24 +244,10 @@ def test_null_configurations_are_rarely_declared_clear():
     cfg = RunConfig(budget=60).estimate_config()
     cfg.n_boot = 10
 
-    def noisy(name):
-        def teacher(rollouts, nodes):
-            rows = []
-            for n in nodes:
-                ro = rollouts[n.rollout]
-                seq = ro.prompt_ids + ro.token_ids
-                z = eng.score([seq], [[len(ro.prompt_ids) + n.position]])[0].logits[0]
-                g = torch.Generator().manual_seed(hash((name, tuple(seq[: len(ro.prompt_ids) + n.position]))) % 2**31)
-                rows.append(z + 1.5 * torch.randn(z.shape, generator=g))
-            return torch.stack(rows)
-
-        return teacher
-
     clear = 0
     for seed in range(20):
-        runs = run_per_question(
-            eng, exact_questions(eng, 12, seed=100 + seed), {"a": noisy("a"), "b": noisy("b")}, ["fkl"], cfg
-        )
+        teachers = {"a": noisy_teacher(eng, "a"), "b": noisy_teacher(eng, "b")}
+        runs = run_per_question(eng, exact_questions(eng, 12, seed=100 + seed), teachers, ["fkl"], cfg)
         summ = summarize(**concat_inputs([r for _, r in runs]), n_boot=300, seed=seed, metrics=("cos_full",))
         clear += bool(summ.recommendation["cos_full"]["overall"].get("clear"))
     assert clear <= 3
@@ -333,19 +321,9 @@ def test_pooled_interval_covers_and_is_useful_at_the_defaults():
     so the truth is clearly positive. benchmarks/validity.py runs 100 seeds and more configurations."""
     eng = exact(seed=1, horizon=12)
 
-    def informed(rollouts, nodes):
-        rows = []
-        for n in nodes:
-            ro = rollouts[n.rollout]
-            seq = ro.prompt_ids + ro.token_ids
-            cut = len(ro.prompt_ids) + n.position
-            q, v = eng.exact_values(seq[:cut])
-            rows.append(eng.score([seq], [[cut]])[0].logits[0] + 4.0 * (q.float() - v))
-        return torch.stack(rows)
-
     cfg = RunConfig().estimate_config()
     cfg.n_boot = 10
-    teachers = {"informed": informed}
+    teachers = {"informed": informed_teacher(eng)}
     pop = population_truth(eng, exact_questions(eng, 400, seed=7), teachers, ["fkl"], cfg)
     truth = summarize(**concat_inputs(pop), n_boot=0, metrics=("cos_full",)).table.iloc[0]["mean"]
     assert truth > 0.3

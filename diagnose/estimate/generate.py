@@ -109,7 +109,8 @@ class Generator:
                 for (ri, s0, n), samples in zip(chunk, out, strict=False):
                     r = requests[ri]
                     for j, smp in enumerate(samples[:n]):
-                        smp = self._cut(smp, req_params[ri].max_new_tokens)
+                        if len(smp.token_ids) > req_params[ri].max_new_tokens:
+                            smp = cut_sample(smp, req_params[ri].max_new_tokens, self.engine.tokenizer, "length")
                         new[self.key(r.prefix, r.token, s0 + j, req_params[ri])] = smp
                         self.generated_tokens += len(smp.token_ids)
                 self.generated += len(new)
@@ -117,10 +118,10 @@ class Generator:
                 found.update(new)
         return [[found[k] for k in ks] for ks in keys]
 
-    def _cut(self, sample: Sample, limit: int) -> Sample:
-        """The sample as a generation limited to `limit` tokens would have produced it."""
-        if len(sample.token_ids) <= limit:
-            return sample
-        ids = list(sample.token_ids[:limit])
-        text = self.engine.tokenizer.decode(ids, skip_special_tokens=True)
-        return Sample(token_ids=ids, logprobs=list(sample.logprobs[:limit]), text=text, finish_reason="length")
+
+def cut_sample(sample: Sample, length: int, tokenizer, finish_reason: str) -> Sample:
+    """The first `length` tokens of a sample, as a generation that ended there (for `finish_reason`) would
+    have produced them: tokens before the cut do not depend on what came after."""
+    ids = list(sample.token_ids[:length])
+    text = tokenizer.decode(ids, skip_special_tokens=True)
+    return Sample(token_ids=ids, logprobs=list(sample.logprobs[:length]), text=text, finish_reason=finish_reason)

@@ -483,15 +483,16 @@ class Estimator:
                             "degenerate": val["degenerate"],
                         }
                     )
+            dirn = self.directions[(tname, oname)]
+            silent = dirn.no_signal  # one list per direction (the property builds it)
             for i, e in enumerate(self.estimates):
-                dirn = self.directions[(tname, oname)]
                 row = {
                     "node_id": e.id,
                     "teacher": tname,
                     "objective": oname,
                     "degenerate": bool(st.degenerate[i]),
                     "signal_ratio": dirn.signal[i],
-                    "no_signal": dirn.no_signal[i],
+                    "no_signal": silent[i],
                 }
                 for f in (
                     "cos_full",

@@ -22,8 +22,7 @@ from typing import Mapping, Sequence
 
 import torch
 
-from ..engines.base import Sample
-from .generate import Generator, Request
+from .generate import Generator, Request, cut_sample
 from .nodes import Node
 from .rollouts import Question, Rollout
 from .stats import sparse_ideal
@@ -152,13 +151,8 @@ def run_continuations(
             if stops:
                 cut = boundary_stop(tok, head, ids, stops)
                 if cut is not None:
-                    ids = ids[:cut]
-                    smp = Sample(
-                        token_ids=ids,
-                        logprobs=list(smp.logprobs[:cut]),
-                        text=tok.decode(ids, skip_special_tokens=True),
-                        finish_reason="stop",
-                    )
+                    smp = cut_sample(smp, cut, tok, "stop")
+                    ids = smp.token_ids
             est.outcomes[k].append(int(q.judge(tok, head + ids, smp)))
     return spend
 

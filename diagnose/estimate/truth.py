@@ -10,6 +10,7 @@ figures (pooled alignment, splits, margins) can be compared with their exact val
 from __future__ import annotations
 
 import copy
+import hashlib
 import random
 
 import pandas as pd
@@ -166,3 +167,38 @@ def population_truth(engine, questions, teachers, objectives, config) -> list[Es
         est.add_nodes([Node(r, t) for r, ro in enumerate(est.rollouts) for t in range(len(ro.token_ids))], False)
         out.append(exact_result(est))
     return out
+
+
+def noisy_teacher(engine, name: str, scale: float = 1.5):
+    """A teacher for null checks: the student's logits plus Gaussian noise of `scale`, drawn from a stream
+    keyed by (name, prefix) with a stable hash (teachers with the same scale have the same truth)."""
+
+    def teacher(rollouts, nodes):
+        rows = []
+        for n in nodes:
+            ro = rollouts[n.rollout]
+            seq = ro.prompt_ids + ro.token_ids
+            cut = len(ro.prompt_ids) + n.position
+            z = engine.score([seq], [[cut]])[0].logits[0]
+            key = hashlib.blake2b(repr((name, tuple(seq[:cut]))).encode(), digest_size=4).digest()
+            g = torch.Generator().manual_seed(int.from_bytes(key, "little") & 0x7FFFFFFF)
+            rows.append(z + scale * torch.randn(z.shape, generator=g))
+        return torch.stack(rows)
+
+    return teacher
+
+
+def informed_teacher(engine, strength: float = 4.0):
+    """A teacher that knows Q: the student's logits plus strength x (Q - V) (clearly positive alignment)."""
+
+    def teacher(rollouts, nodes):
+        rows = []
+        for n in nodes:
+            ro = rollouts[n.rollout]
+            seq = ro.prompt_ids + ro.token_ids
+            cut = len(ro.prompt_ids) + n.position
+            q, v = engine.exact_values(seq[:cut])
+            rows.append(engine.score([seq], [[cut]])[0].logits[0] + strength * (q.float() - v))
+        return torch.stack(rows)
+
+    return teacher
