@@ -37,7 +37,7 @@ browser:
 	  esac
 
 demo: setup
-	$(BIN)/diagnose run --out reports/demo
+	$(BIN)/diagnose run --config reports/demo.toml --out reports/demo
 
 bench: setup
 	for b in benchmarks/*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import functools
+import inspect
+import json
 import sys
 from pathlib import Path
 from typing import List, Optional
@@ -38,12 +40,10 @@ def user_errors(command):
     return wrapper
 
 
-# ---- diagnose run ----------------------------------------------------------------------------------------
+# ---- diagnose run / diagnose plan ------------------------------------------------------------------------
 
 
-@app.command()
-@user_errors
-def run(
+def run_options(
     student: Optional[str] = typer.Option(None, help="Student: `embedded` (default), a Hugging Face id or a path."),
     task: Optional[str] = typer.Option(None, help="Task spec, e.g. arithmetic, countdown, gsm8k:path=test.jsonl."),
     teacher: Optional[List[str]] = typer.Option(
@@ -59,7 +59,13 @@ def run(
     continuations: Optional[int] = typer.Option(None, help="Continuations per candidate token."),
     top_k: Optional[int] = typer.Option(None, help="Candidates: student top-k ∪ each teacher's top-k ∪ observed."),
     budget: Optional[int] = typer.Option(None, help="Continuations per question, across its selected nodes."),
+    max_new_tokens: Optional[int] = typer.Option(None, help="Response length limit (rollouts and continuations)."),
     engine: Optional[str] = typer.Option(None, help="Engine: hf or vllm."),
+    in_flight: Optional[int] = typer.Option(
+        None,
+        help="Questions worked on at once, their engine calls merged (0: auto, 8 on hf, 32 on vllm). Changes no "
+        "number: a run may be resumed with another value.",
+    ),
     teacher_dtype: Optional[str] = typer.Option(
         None,
         help="Precision of external teachers: auto (the student's; default), float32, bfloat16, float16. A "
@@ -75,30 +81,81 @@ def run(
     ),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
 ):
-    """Run (or resume) a diagnosis and write Parquet tables and report.html into the run directory."""
-    from .pipeline import RunConfig, Runner
+    """The options of `diagnose run`, shared with `diagnose plan` (declared here only, never called). Each one
+    is a RunConfig key (teacher/objective: teachers/objectives), except config and quiet; see run_config."""
 
-    overrides = {
-        "student": student,
-        "task": task,
-        "teachers": teacher or None,
-        "objectives": objective or None,
-        "questions": questions,
-        "rollouts": rollouts,
-        "continuations": continuations,
-        "top_k": top_k,
-        "budget": budget,
-        "engine": engine,
-        "teacher_dtype": teacher_dtype,
-        "seed": seed,
-        "param_space": param_space,
-        "out": str(out) if out is not None else None,
-    }
+
+def with_run_options(command):
+    """Give `command` the options of `run_options` before its own, so `run` and `plan` cannot drift apart;
+    the command receives them as **options."""
+    shared = list(inspect.signature(run_options, eval_str=True).parameters.values())
+    own = [
+        p
+        for p in inspect.signature(command, eval_str=True).parameters.values()
+        if p.kind is not inspect.Parameter.VAR_KEYWORD
+    ]
+    command.__signature__ = inspect.Signature(shared + own)
+    command.__annotations__ = {p.name: p.annotation for p in shared + own}
+    return command
+
+
+PLURAL = {"teacher": "teachers", "objective": "objectives"}
+
+
+def run_config(config: Optional[Path] = None, quiet: bool = False, **flags):
+    """The RunConfig those options describe: defaults < --config TOML < flags (an unset flag or an empty
+    repeatable one leaves the value below it); --quiet turns progress off."""
+    from .pipeline import RunConfig
+
+    overrides = {}
+    for name, value in flags.items():
+        if isinstance(value, list):
+            value = value or None
+        overrides[PLURAL.get(name, name)] = str(value) if isinstance(value, Path) else value
     cfg = RunConfig.from_sources(config, overrides)
     cfg.progress = not quiet
+    return cfg
+
+
+def echo_plan(cfg, as_json: bool = False) -> None:
+    """Load, calibrate and print the bill of a run (nothing is written)."""
+    from .pipeline.plan import plan as make_plan
+
+    bill = make_plan(cfg, progress=cfg.progress)
+    typer.echo(json.dumps(bill.to_dict()) if as_json else bill.describe())
+
+
+@app.command()
+@user_errors
+@with_run_options
+def run(
+    dry_run: bool = typer.Option(
+        False, "--dry-run", help="Print the plan (as `diagnose plan` does) and exit without creating anything."
+    ),
+    **options,
+):
+    """Run (or resume) a diagnosis and write Parquet tables and report.html into the run directory."""
+    from .pipeline import Runner
+
+    cfg = run_config(**options)
+    if dry_run:
+        echo_plan(cfg)
+        return
     result = Runner(cfg).run()
     typer.echo(result.describe())
     typer.echo(f"report: {Path(cfg.out) / 'report.html'}")
+
+
+@app.command()
+@user_errors
+@with_run_options
+def plan(
+    as_json: bool = typer.Option(False, "--json", help="Print the plan as one JSON object."),
+    **options,
+):
+    """The bill before a run: expected work for the config and an ETA from a short calibration on its engine
+    (takes the options of `diagnose run`; loads the models, creates nothing)."""
+    echo_plan(run_config(**options), as_json)
 
 
 @app.command("report")

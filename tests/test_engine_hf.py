@@ -239,3 +239,64 @@ def test_per_request_length_limit_cuts_the_same_draws(hf_engine, prompt):
         assert b.token_ids == a.token_ids[:3]
         if len(a.token_ids) > 3:
             assert b.finish_reason == "length"
+
+
+@pytest.mark.slow
+def test_prefixes_sharing_a_stem_continue_as_if_computed_alone(hf_engine, prompt):
+    """Node prefixes of one rollout (prompt + its first t tokens) share the prefill of their common stem; an
+    unrelated prefix does not. Every continuation log-prob equals scoring prefix + continuation from scratch,
+    and each request's samples equal those it gets alone."""
+    rollout = hf_engine.sample([prompt], 1, SamplingParams(max_new_tokens=16, seed=4))[0][0].token_ids
+    heads = [tuple(prompt) + tuple(rollout[:t]) for t in (0, 3, 7, 12)]
+    other = tuple(render_prompt(hf_engine.tokenizer, "Name a colour of the sky."))[-12:]  # shares < 16 tokens
+    stems, owner = hf_module._stems(sorted(heads + [other]), hf_engine.min_stem)
+    assert len(stems) == 2 and sorted(owner).count(owner[0]) in (1, 4)  # the heads share one stem
+    reqs = [Continuation(h, tok) for h in heads for tok in (rollout[len(h) - len(prompt)], 504)]
+    reqs.append(Continuation(other, 28))
+    params = SamplingParams(max_new_tokens=6, seed=9)
+    out = hf_engine.continue_from(reqs, 3, params)
+    seqs, positions, ids = [], [], []
+    for req, conts in zip(reqs, out, strict=True):
+        for c in conts:
+            seqs.append(list(req.prefix) + c.token_ids)
+            positions.append([len(req.prefix) + j for j in range(len(c.token_ids))])
+            ids.append([[t] for t in c.token_ids])
+    scores = hf_engine.score(seqs, positions, topk=1, token_ids=ids)
+    got = torch.tensor([lp for conts in out for c in conts for lp in c.logprobs])
+    want = torch.cat([s.token_logprobs[:, 0] for s in scores])
+    assert got.shape == want.shape and (got - want).abs().max().item() < 2e-4
+    for k in (0, 5, len(reqs) - 1):
+        _assert_same([out[k]], hf_engine.continue_from([reqs[k]], 3, params))
+
+
+def test_stems_group_shared_starts_and_leave_each_prefix_a_token():
+    prefixes = sorted([tuple(range(20)), tuple(range(20)) + (7, 8), tuple(range(18)) + (99,), (5,) * 30, (5,) * 31])
+    stems, owner = hf_module._stems(prefixes, 16)
+    assert [n for _, n in stems] == [18, 29]
+    assert owner == [0, 0, 0, 1, 1]
+    for p, o in zip(prefixes, owner, strict=True):
+        stem, n = stems[o]
+        assert p[:n] == stem and len(p) > n
+    assert len(hf_module._stems(prefixes, 25)[0]) == 4  # a longer minimum: only the two (5,)* rows share
+
+
+@pytest.mark.slow
+def test_scoring_sequences_that_share_a_stem_equals_scoring_each_alone(hf_engine, prompt):
+    """A question's rollouts (one prompt, different responses) are scored through their shared stem; the
+    logits at every asked position equal the plain path's (each sequence run from its first token)."""
+    outs = hf_engine.sample([prompt], 3, SamplingParams(max_new_tokens=10, seed=12))[0]
+    other = render_prompt(hf_engine.tokenizer, "Name a colour of the sky.")
+    seqs = [prompt + o.token_ids for o in outs] + [other + [504, 28]]
+    positions = [[len(prompt) + 1, len(prompt) + len(o.token_ids)] for o in outs] + [[len(other) + 1]]
+    assert hf_engine._logits_stemmed(seqs, positions) is not None  # the stem path is taken
+    shared = hf_engine.score(seqs, positions)
+    old = hf_engine.min_stem
+    try:
+        hf_engine.min_stem = 10**9  # nothing shares a stem: the plain path
+        plain = hf_engine.score(seqs, positions)
+    finally:
+        hf_engine.min_stem = old
+    for a, b in zip(shared, plain, strict=True):
+        assert a.logits.shape == b.logits.shape
+        assert (a.logits - b.logits).abs().max().item() < 2e-3
+        assert (a.logits.log_softmax(-1) - b.logits.log_softmax(-1)).abs().max().item() < 2e-4

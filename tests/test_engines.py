@@ -200,3 +200,22 @@ def test_stop_strings_stop_each_row(engine, prompts):
             elif s.finish_reason == "length":
                 assert len(s.token_ids) == 40
     assert stopped >= 6, "most rows should end on a stop string"
+
+
+def test_vllm_request_seeds_follow_the_request_not_the_batch(vllm_engine, prompts):
+    """On a GPU each vLLM request carries a seed from (seed, prefix, forced token): a continuation is the same
+    alone or beside other requests. On the CPU back end (seeded prefix-cache hits kill its worker) the
+    engine-level seed is used instead, and no request carries one."""
+    from diagnose.engines.sampling import request_key
+
+    params = SamplingParams(max_new_tokens=12, seed=3)
+    prefix = tuple(prompts[0])
+    if not vllm_engine.per_request_seeds:
+        assert vllm_engine._request_seed(params, prefix, 5) is None
+        return
+    seed = vllm_engine._request_seed(params, prefix, 5)
+    assert seed == request_key(3, prefix, 5) >> 34 and seed != vllm_engine._request_seed(params, prefix, 6)
+    alone = vllm_engine.continue_from([Continuation(prefix, 5)], 4, params)[0]
+    others = [Continuation(tuple(p), 7) for p in prompts[1:]]
+    together = vllm_engine.continue_from(others + [Continuation(prefix, 5)], 4, params)[-1]
+    assert [s.token_ids for s in together] == [s.token_ids for s in alone]

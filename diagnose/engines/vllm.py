@@ -1,9 +1,11 @@
 """The vLLM engine: rollouts and continuations through prefix-cached generation requests, scoring through
 separate prompt-logprob requests (those bypass the prefix cache, so they never share a request with sampling).
 
-Seeds: vLLM's engine-level seed (constructor `seed`) fixes the random stream. Per-request seeds are not
-used: on the CPU back end a seeded request that hits the prefix cache kills the worker, so
-`SamplingParams.seed` is ignored here (runs are repeatable for a fresh engine with the same requests).
+Seeds: on a GPU every request carries its own seed, derived from (SamplingParams.seed, prefix, forced token)
+(vLLM gives the j-th of its n children that seed + j), so a sample does not depend on which other requests
+share the call. On the CPU back end a seeded request that hits the prefix cache kills the worker, so there
+only the engine-level seed (constructor `seed`) fixes the random stream (runs are repeatable for a fresh
+engine with the same requests).
 Scripts that build this engine need an `if __name__ == "__main__":` guard: vLLM spawns worker processes.
 """
 
@@ -18,7 +20,7 @@ from ..errors import DiagnoseError
 from ..models import resolve_model
 from .base import Continuation, Sample, SamplingParams, Scores
 from .hf import _make_scores
-from .sampling import StopChecker
+from .sampling import StopChecker, request_key
 
 _MAX_IDS_PER_REQUEST = 128  # vLLM's cap on SamplingParams.logprob_token_ids
 
@@ -63,6 +65,7 @@ class VLLMEngine:
         os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
         self.seed = int(seed)
         self.max_model_len = int(max_model_len)
+        self.per_request_seeds = not cpu  # see the module docstring
         if cpu:
             # vLLM's CPU default of 128-token blocks caches nothing of a shorter prompt and recomputes up to
             # 127 tail tokens per continuation; 32 keeps the CPU kernels' preferred alignment.
@@ -109,6 +112,12 @@ class VLLMEngine:
             [TokensPrompt(prompt_token_ids=p) for p in prompts], params, use_tqdm=False
         )
 
+    def _request_seed(self, params: SamplingParams, prefix, token: int = -1) -> int | None:
+        """The seed of one request (None on the CPU back end); children j = 0..n-1 use it + j."""
+        if not self.per_request_seeds:
+            return None
+        return request_key(params.seed, prefix, token) >> 34  # 30 bits: seed + j stays small
+
     def _params(self, params: SamplingParams, n: int, max_tokens: int, logprobs: int | None = 0, **extra):
         from vllm import SamplingParams as VSP
 
@@ -142,8 +151,8 @@ class VLLMEngine:
         prompts = [[int(t) for t in p] for p in prompts]
         if n > 1:
             self._warm(prompts)
-        sp = self._params(params, n, params.max_new_tokens)
-        outs = self._generate(prompts, [sp] * len(prompts))
+        sps = [self._params(params, n, params.max_new_tokens, seed=self._request_seed(params, p)) for p in prompts]
+        outs = self._generate(prompts, sps)
         return [[self._sample(list(c.token_ids), self._token_logprobs(c), c, stopper) for c in o.outputs]
                 for o in outs]
 
@@ -186,7 +195,8 @@ class VLLMEngine:
             limit = params.max_new_tokens if r.max_new_tokens is None else min(r.max_new_tokens, params.max_new_tokens)
             if limit > 1 and not stopper.hit([int(r.token)]):
                 prompts.append([int(t) for t in r.prefix] + [int(r.token)])
-                sps.append(self._params(params, m, limit - 1))
+                seed = self._request_seed(params, r.prefix, int(r.token))
+                sps.append(self._params(params, m, limit - 1, seed=seed))
                 which.append(i)
         conts = dict(zip(which, (o.outputs for o in self._generate(prompts, sps)), strict=True))
         result = []

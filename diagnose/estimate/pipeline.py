@@ -26,6 +26,8 @@ from .q import NodeEstimate, Spend, new_estimates, pack, run_continuations
 from .rollouts import Question, Rollout, sample_rollouts
 from .stats import effective_nodes, ideal_degenerate, node_stats_many, rollout_cosine
 
+SELECTION_PASSES = 4  # most node-selection passes (each scores the student and teachers at its nodes)
+
 # teacher(rollouts, nodes) -> float logits [N, V] (on the student's prefixes) or integer top-k ids [N, k].
 TeacherFn = Callable[[Sequence[Rollout], Sequence[Node]], torch.Tensor]
 
@@ -171,6 +173,8 @@ class Estimator:
         self.directions: dict[tuple[str, str], Direction] = {}
         self.spend = Spend()
         self._student_logits: list[torch.Tensor] = []  # per node, at the sampling temperature [V]
+        # node -> (student logits, teacher payloads): scored, not yet committed
+        self._scored: dict[Node, tuple] = {}
 
     # ---- steps -----------------------------------------------------------------------------------------
 
@@ -204,18 +208,23 @@ class Estimator:
         nodes = [n for n in nodes if n not in {e.node for e in self.estimates}]
         if not nodes:
             return []
+        self._score([n for n in nodes if n not in self._scored])
         new: list[NodeEstimate] = []
         for a in range(0, len(nodes), self.cfg.node_chunk):
             new.extend(self._add_chunk(nodes[a : a + self.cfg.node_chunk]))
-        if not continuations:
-            return new
-        alloc = {}
-        base = len(self.estimates) - len(new)
-        for i, est in enumerate(new):
-            for k in range(len(est.cand_ids)):
-                alloc[(base + i, k)] = self._per_node() - (1 if (est.free and k == 0) else 0)
-        self.spend.add(run_continuations(self.gen, self.questions, self.rollouts, self.estimates, alloc))
+        if continuations:
+            self._first_continuations(len(self.estimates) - len(new))
         return new
+
+    def _first_continuations(self, start: int) -> None:
+        """One engine round: the initial continuations of every estimate from index `start` on."""
+        alloc = {}
+        for i in range(start, len(self.estimates)):
+            est = self.estimates[i]
+            for k in range(len(est.cand_ids)):
+                alloc[(i, k)] = self._per_node() - (1 if (est.free and k == 0) else 0)
+        if alloc:
+            self.spend.add(run_continuations(self.gen, self.questions, self.rollouts, self.estimates, alloc))
 
     def _student(self, nodes: Sequence[Node]) -> torch.Tensor:
         by_r: dict[int, list[int]] = {}
@@ -230,16 +239,38 @@ class Estimator:
                 out[i] = sc.logits[j].float()
         return torch.stack(out) / self.cfg.temperature
 
+    def _score(self, nodes: Sequence[Node]) -> None:
+        """One engine round per chunk: the student's and every teacher's logits at `nodes`, kept until the
+        nodes are committed (`_add_chunk`)."""
+        for a in range(0, len(nodes), self.cfg.node_chunk):
+            chunk = nodes[a : a + self.cfg.node_chunk]
+            z = self._student(chunk)
+            teach = {name: fn(self.rollouts, chunk) for name, fn in self.teachers.items()}
+            for name, payload in teach.items():
+                if payload.shape[0] != len(chunk) or (
+                    payload.dtype.is_floating_point and payload.shape != z.shape
+                ):
+                    raise DiagnoseError(
+                        f"teacher {name!r} returned shape {tuple(payload.shape)} for {len(chunk)} nodes"
+                    )
+            for i, n in enumerate(chunk):
+                rows = {name: payload[i] for name, payload in teach.items()}
+                self._scored[n] = (z[i], rows)
+
+    def _node_cost(self, r: int, t: int, candidates: int) -> float:
+        """What a node's initial continuations cost, from its actual candidate count (in tokens: the same upper
+        bound as `cost`, each continuation at most the rollout's remaining length)."""
+        conts = candidates * self._per_node() - (1 if self.cfg.free_sample else 0)
+        if self.cfg.budget_unit == "tokens":
+            return conts * max(1, len(self.rollouts[r].token_ids) - t)
+        return conts
+
     def _add_chunk(self, nodes: Sequence[Node]) -> list[NodeEstimate]:
-        z = self._student(nodes)
-        teach = {name: fn(self.rollouts, nodes) for name, fn in self.teachers.items()}
-        for name, payload in teach.items():
-            if payload.shape[0] != len(nodes) or (
-                payload.dtype.is_floating_point and payload.shape != z.shape
-            ):
-                raise DiagnoseError(
-                    f"teacher {name!r} returned shape {tuple(payload.shape)} for {len(nodes)} nodes"
-                )
+        """Commit scored nodes: candidates, student probabilities, directions and their signal checks."""
+        z = torch.stack([self._scored[n][0] for n in nodes])
+        teach = {name: torch.stack([self._scored[n][1][name] for n in nodes]) for name in self.teachers}
+        for n in nodes:
+            del self._scored[n]
         observed = [self.rollouts[n.rollout].token_ids[n.position] for n in nodes]
         cand = candidate_sets(z, observed, teach, self.cfg.k_student, self.cfg.k_teacher)
         # p is the sampling policy's distribution: temperature (already in z) and the top-p nucleus, so a
@@ -330,18 +361,31 @@ class Estimator:
             self.add_nodes(select_nodes(lengths, None, self.cost, "every"))
             return
         first = node_budget * (cfg.refine_fraction if cfg.nodes == "refine" else 1.0)
-        for p in range(4):
-            left = first - self._spent()
-            nodes = select_nodes(
-                lengths,
-                left,
-                self.cost,
-                "windows" if cfg.nodes == "refine" else cfg.nodes,
-                seed=cfg.seed + p,
-                exclude=[e.node for e in self.estimates],
-            )
-            if not self.add_nodes(nodes):
+        # Up to 4 selection passes (actual candidate sets are smaller than the nominal cost assumes, so a pass
+        # leaves budget for the next), each only scoring the student and teachers at its nodes; then one
+        # continuation round for all of them. In tokens, a pass plans with each continuation's upper bound;
+        # what the first round leaves unspent goes to a second round of passes.
+        passes = 0
+        for _ in range(2 if cfg.budget_unit == "tokens" else 1):
+            start, planned = len(self.estimates), 0.0
+            while passes < SELECTION_PASSES:
+                left = first - self._spent() - planned
+                nodes = select_nodes(
+                    lengths,
+                    left,
+                    self.cost,
+                    "windows" if cfg.nodes == "refine" else cfg.nodes,
+                    seed=cfg.seed + passes,
+                    exclude=[e.node for e in self.estimates],
+                )
+                passes += 1
+                new = self.add_nodes(nodes, continuations=False)
+                if not new:
+                    break
+                planned += sum(self._node_cost(e.node.rollout, e.node.position, len(e.cand_ids)) for e in new)
+            if start == len(self.estimates):
                 break
+            self._first_continuations(start)
         if cfg.nodes == "refine":
             for _ in range(64):
                 left = node_budget - self._spent()

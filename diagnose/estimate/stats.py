@@ -270,7 +270,8 @@ def effective_nodes(g_sq, noise, degenerate, weights=None) -> dict[str, float]:
     """
     g_sq, noise = _f64(g_sq), _f64(noise)
     w = torch.ones_like(g_sq) if weights is None else _f64(weights)
-    a = torch.where(torch.as_tensor(degenerate, dtype=torch.bool), 0.0, w * (g_sq - noise).clamp_min(0.0))
+    silent = torch.tensor(np.asarray(degenerate, dtype=bool))  # a copy: the input may be a read-only array
+    a = torch.where(silent, 0.0, w * (g_sq - noise).clamp_min(0.0))
     total = float(a.sum())
     n_eff = total * total / float((a * a).sum()) if total > 0 else 0.0
     return {"effective_nodes": n_eff, "informative_nodes": int((a > 0).sum()), "nodes": int(a.numel())}

@@ -23,7 +23,9 @@ DEFAULT_TEACHERS = ["self:answer", "self:solution", "self:contrastive"]
 DEFAULT_OBJECTIVES = ["rkl", "fkl", "rkl_sampled", "jsd:beta=0.5", "rkl_topk"]
 TEACHER_DTYPES = ("auto", "float32", "bfloat16", "float16")
 # Keys that do not change any number (where the output goes, how it is shown): excluded from the identity.
-NON_IDENTITY = {"out", "progress"}
+NON_IDENTITY = {"out", "progress", "in_flight"}
+# Questions processed at once when `in_flight` is 0 (auto): enough rows per engine call to keep it busy.
+AUTO_IN_FLIGHT = {"hf": 8, "vllm": 32}
 
 
 @dataclass
@@ -44,6 +46,9 @@ class RunConfig:
     temperature: float = 1.0
     max_new_tokens: int = 64
     param_space: bool = False
+    # Questions in flight at once (their engine calls merged); 0 = auto (per engine). Execution only: it
+    # changes no number, so a run may be resumed with another value.
+    in_flight: int = 0
     out: str = "reports/run"
     progress: bool = True
 
@@ -72,6 +77,8 @@ class RunConfig:
 
         if self.budget <= 0:
             raise DiagnoseError(f"--budget must be > 0, got {self.budget}")
+        if self.in_flight < 0:
+            raise DiagnoseError(f"--in-flight must be >= 0 (0: auto), got {self.in_flight}")
         for name in ("rollouts", "continuations", "questions", "top_k", "max_new_tokens"):
             if getattr(self, name) < 1:
                 raise DiagnoseError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
@@ -119,6 +126,10 @@ class RunConfig:
             budget=float(self.budget),
             nodes=self.nodes,
         )
+
+    def questions_in_flight(self) -> int:
+        """How many questions run at once: `in_flight`, or the engine's automatic choice."""
+        return self.in_flight or AUTO_IN_FLIGHT.get(self.engine, 4)
 
     # ---- identity and persistence ----
     def identity(self) -> dict[str, Any]:

@@ -26,9 +26,10 @@ class Progress:
 
     @contextlib.contextmanager
     def bar(self, description: str, total: int, completed: int = 0):
-        """Yields `advance()`; shows done/total, elapsed and ETA."""
+        """Yields a `Bar`: call it to advance; `.update(advance=, tokens_per_s=, rows=)` from any thread.
+        Shows done/total, elapsed, ETA, and the engine's work so far (rollouts, continuations, tokens/s)."""
         if not self.enabled:
-            yield lambda n=1: None
+            yield Bar(None, None)
             return
         columns = (
             TextColumn("{task.description}"),
@@ -37,7 +38,30 @@ class Progress:
             TimeElapsedColumn(),
             TextColumn("ETA"),
             TimeRemainingColumn(),
+            TextColumn("{task.fields[work]}"),
         )
         with RichProgress(*columns, console=self.console) as prog:
-            task = prog.add_task(description, total=total, completed=completed)
-            yield lambda n=1: prog.advance(task, n)
+            task = prog.add_task(description, total=total, completed=completed, work="")
+            yield Bar(prog, task)
+
+
+class Bar:
+    """Handle on one progress bar (a no-op when progress is off). Rich's Progress is thread-safe."""
+
+    def __init__(self, prog, task):
+        self.prog, self.task = prog, task
+
+    def __call__(self, n: int = 1) -> None:
+        self.update(advance=n)
+
+    def update(self, advance: int = 0, tokens_per_s: float | None = None, rows: dict | None = None) -> None:
+        if self.prog is None:
+            return
+        fields = {}
+        if rows is not None or tokens_per_s is not None:
+            rows = rows or {}
+            fields["work"] = (
+                f"{rows.get('sample', 0)} rollouts · {rows.get('continue', 0)} continuations · "
+                f"{tokens_per_s or 0:.0f} tok/s"
+            )
+        self.prog.update(self.task, advance=advance, **fields)

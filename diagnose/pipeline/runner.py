@@ -1,15 +1,19 @@
 """`diagnose run`, end to end: task -> student rollouts -> nodes -> candidates -> targeted continuations
 -> Q, V, g* -> teacher scoring -> d per objective -> alignment -> Parquet tables -> summary -> report.
 
-Work is done one question at a time and written as one shard per table (alignment last), so a killed run
-resumes at the first question whose alignment shard is missing; continuations are also cached on disk, so
-even a half-finished question restarts without regenerating what it had.
+Each question is worked on by itself and written as one shard per table (alignment last), so a killed run
+resumes with the questions whose alignment shard is missing; continuations are also cached on disk, so even a
+half-finished question restarts without regenerating what it had. Several questions are in flight at once
+(`in_flight`, worker threads): their engine calls are merged into shared calls (inflight.py), which keeps the
+engine busy without changing any question's numbers.
 """
 
 from __future__ import annotations
 
 import json
+import threading
 import time
+from collections import deque
 from pathlib import Path
 
 import torch
@@ -28,6 +32,7 @@ from ..teachers.scoring import max_context
 from ..teachers.summaries import summarize
 from .config import RunConfig
 from .frames import frames_for_question
+from .inflight import BatchedEngine, Batcher
 from .param_cos import param_cosines
 from .progress import Progress
 from .rundir import check_writable, open_run_dir, write_atomic
@@ -91,19 +96,24 @@ class Runner:
         )
 
     # ---- one question --------------------------------------------------------------------------------
-    def run_question(self, index: int) -> dict:
+    def run_question(self, index: int, engine=None, teacher_engines=None, exclusive=None) -> dict:
+        """Estimate one question and commit its shards (alignment last). `engine`/`teacher_engines`: what to
+        call (the batched wrappers when questions run in flight); `exclusive(fn)`: how to run direct model
+        work (parameter-space gradients) so that it never overlaps an engine call."""
+        engine = engine or self.engine
+        teacher_engines = teacher_engines or self.teacher_engines
         q = self.questions[index]
         t0 = time.time()
-        prompt_ids = render_prompt(self.engine.tokenizer, q.prompt)
+        prompt_ids = render_prompt(engine.tokenizer, q.prompt)
         eq = EstimateQuestion(id=q.id, prompt_ids=prompt_ids, verify=lambda text, q=q: self.task.verify(q, text))
         summary = None
         if any(tc.context == "summary" for tc in self.teacher_cfgs) and not q.meta.get("summary"):
             if q.solution:
-                summary = summarize(self.engine, [q.solution], self.out / "cache" / "summaries", self.cfg.seed)[0]
-        fns = {tc.label: TeacherAtNodes(tc, self.teacher_engines[tc.model], q, summary) for tc in self.teacher_cfgs}
+                summary = summarize(engine, [q.solution], self.out / "cache" / "summaries", self.cfg.seed)[0]
+        fns = {tc.label: TeacherAtNodes(tc, teacher_engines[tc.model], q, summary) for tc in self.teacher_cfgs}
         (self.out / "cache").mkdir(exist_ok=True)
         est = Estimator(
-            self.engine,
+            engine,
             [eq],
             fns,
             self.objectives,
@@ -114,9 +124,12 @@ class Runner:
             result = est.run()
         finally:
             est.cache.close()
-        param_cos = param_cosines(self.engine, est, fns, self.objectives) if self.cfg.param_space else {}
+        param_cos = {}
+        if self.cfg.param_space:
+            work = lambda: param_cosines(self.engine, est, fns, self.objectives)  # noqa: E731
+            param_cos = exclusive(work) if exclusive is not None else work()
         teacher_proxies = self._proxies(est, fns)
-        frames = frames_for_question(result, q, self.task, self.engine.tokenizer, teacher_proxies, fns, param_cos)
+        frames = frames_for_question(result, q, self.task, engine.tokenizer, teacher_proxies, fns, param_cos)
         meta = self.metadata()
         for name in TABLES:
             write_table(self.out, name, frames[name], shard=shard_id(index), metadata=meta)
@@ -176,15 +189,59 @@ class Runner:
             self.load()
             with self.progress.bar(
                 "questions", total=len(self.questions), completed=len(self.questions) - len(todo)
-            ) as advance:
-                for i in todo:
-                    self.run_question(i)
-                    advance()
+            ) as bar:
+                self.run_questions(todo, bar)
         with self.progress.status("summary and report"):
             self.write_cost()
             write_summary(self.out, seed=self.cfg.seed)
             render_report(self.out)
         return load_result(self.out)
+
+    def run_questions(self, todo: list[int], bar=None) -> None:
+        """Work through `todo` with up to `in_flight` questions at once, their engine calls merged.
+
+        Questions commit as they finish. If one fails, no new question starts, the others in flight finish
+        and commit, and the first error is raised (a rerun resumes with what is left)."""
+        workers = min(self.cfg.questions_in_flight(), len(todo))
+        show = bar.update if bar is not None else (lambda **_: None)
+        batcher = Batcher(on_call=lambda st: show(tokens_per_s=st.generated_per_s(), rows=dict(st.rows)))
+        wrapped: dict[int, BatchedEngine] = {}
+
+        def wrap(e):
+            return wrapped.setdefault(id(e), BatchedEngine(e, batcher))
+
+        engine = wrap(self.engine)
+        teachers = {name: wrap(e) for name, e in self.teacher_engines.items()}
+        queue, lock, errors = deque(todo), threading.Lock(), []
+
+        def worker() -> None:
+            try:
+                while True:
+                    with lock:
+                        if errors or not queue:
+                            return
+                        index = queue.popleft()
+                    batcher.working_on(index)
+                    try:
+                        self.run_question(index, engine, teachers, batcher.exclusive)
+                    except BaseException as err:  # noqa: BLE001 - re-raised by the main thread
+                        with lock:
+                            errors.append(err)
+                        return
+                    show(advance=1)
+            finally:
+                batcher.quit()
+
+        threads = [threading.Thread(target=worker, name=f"question-{k}", daemon=True) for k in range(workers)]
+        batcher.join(workers)  # all of them before any starts: the first dispatch waits for every worker
+        for t in threads:
+            t.start()
+        for t in threads:
+            while t.is_alive():  # join in slices so Ctrl-C reaches the main thread
+                t.join(0.2)
+        self.engine_stats = batcher.stats
+        if errors:
+            raise errors[0]
 
     def write_cost(self) -> dict:
         total: dict = {}

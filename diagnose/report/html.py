@@ -604,7 +604,7 @@ def _bottom_line(summary: Summary, metric: str, other: str | None) -> str:
         f"<div class='rec'>{'Recommended' if overall.get('clear') else 'Highest'} configuration: "
         f"<code>{e(overall['config'])}</code> — alignment "
         f"<b>{_f(overall['mean'])}</b> {_ci(overall['ci_low'], overall['ci_high'])} over "
-        f"{overall['n_nodes']} nodes of {overall.get('n_questions', '?')} questions.</div>"
+        f"{overall['n_nodes']} live nodes of {overall.get('n_questions', '?')} questions.</div>"
     ]
     if overall.get("runner_up"):
         verdict = (

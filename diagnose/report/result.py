@@ -131,10 +131,16 @@ class RunResult:
         if not o:
             silent = "".join(f"\n  no signal (never ranked): {x}" for x in rec.get("no_signal", []))
             return lines[0] + "\n  no configuration has a defined alignment" + silent
+        evidence = f"{o['n_nodes']} live nodes of {o.get('n_questions', '?')} questions"
+        if not o.get("clear"):
+            lines.append(
+                f"  no clear winner: the evidence ({evidence}) does not separate the configurations; "
+                "the highest point estimate is"
+            )
         head = "recommended" if o.get("clear") else "highest (no clear winner)"
         lines.append(
             f"  {head}: {o['config']}  alignment {_f(o['mean'])} [{_f(o['ci_low'])}, {_f(o['ci_high'])}]"
-            f" over {o['n_nodes']} nodes of {o.get('n_questions', '?')} questions"
+            f" over {evidence}"
         )
         if o.get("runner_up"):
             clear = "clear" if o.get("clear") else f"not clear{': ' + o['note'] if o.get('note') else ''}"

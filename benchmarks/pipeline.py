@@ -1,0 +1,109 @@
+"""Pipeline benchmark: how busy a whole `diagnose run` keeps the engine, against the engine's plain generate.
+
+For each engine (hf, vllm), in one process: load the run's models, then
+  run     `diagnose run` (the demo's configuration unless flags say otherwise) into a fresh directory, timed
+          from after model loading to the written report; its useful work is the rollout tokens plus the
+          continuation tokens it generated (cost.json);
+  plain   the same engine's `sample` on the run's own prompts at 32 rows (prompts x n), same sampling
+          settings (temperature, max_new_tokens, the task's stop strings): tokens generated / seconds.
+efficiency = (rollout + continuation tokens / run seconds) / (plain tokens / plain seconds); goal >= 0.7.
+The baseline is named and measured in the same run, so machine load cancels to first order.
+
+Run: python benchmarks/pipeline.py [--engines hf,vllm] [--questions N] [--budget B] ...
+The last line printed is JSON: {"hf": {"efficiency": e, "tokens_per_s": t, ...}, "vllm": {...}}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import tempfile
+import time
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # spinning OpenMP threads distort timings on small boxes
+
+PLAIN_ROWS = 32
+
+
+def plain_generate(engine, prompts, params, rows: int = PLAIN_ROWS) -> dict:
+    """Tokens/s of the engine's own sampling at `rows` rows on the given prompts (n per prompt)."""
+    from dataclasses import replace
+
+    n = max(1, rows // len(prompts))
+    use = prompts[: max(1, rows // n)]
+    engine.sample(use[:1], 1, replace(params, max_new_tokens=4))  # warm-up (allocator, kernels)
+    t0 = time.perf_counter()
+    out = engine.sample(use, n, replace(params, seed=params.seed + 1))
+    dt = time.perf_counter() - t0
+    tokens = sum(len(s.token_ids) for group in out for s in group)
+    return {"rows": len(use) * n, "tokens": tokens, "seconds": round(dt, 2), "tokens_per_s": tokens / dt}
+
+
+def bench_engine(name: str, overrides: dict) -> dict:
+    from diagnose.engines import SamplingParams, render_prompt
+    from diagnose.pipeline import RunConfig, Runner
+
+    out = tempfile.mkdtemp(prefix=f"bench-pipeline-{name}-")
+    cfg = RunConfig.from_sources(None, {**overrides, "engine": name, "out": out, "progress": False})
+    runner = Runner(cfg, progress=False)
+    t0 = time.perf_counter()
+    runner.load()
+    load_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    runner.run()
+    run_s = time.perf_counter() - t0
+    cost = json.load(open(os.path.join(out, "cost.json")))
+    useful = cost["generated_tokens"] + cost["continuation_tokens"]
+    prompts = [render_prompt(runner.engine.tokenizer, q.prompt) for q in runner.questions]
+    params = SamplingParams(
+        temperature=cfg.temperature, max_new_tokens=cfg.max_new_tokens, stop=tuple(runner.task.stop), seed=cfg.seed
+    )
+    plain = plain_generate(runner.engine, prompts, params)
+    run_tps = useful / run_s
+    result = {
+        "efficiency": round(run_tps / plain["tokens_per_s"], 3),
+        "tokens_per_s": round(run_tps, 1),
+        "plain_tokens_per_s": round(plain["tokens_per_s"], 1),
+        "run_seconds": round(run_s, 1),
+        "load_seconds": round(load_s, 1),
+        "rollout_tokens": cost["generated_tokens"],
+        "continuation_tokens": cost["continuation_tokens"],
+        "continuations": cost["continuations"],
+        "nodes": cost["nodes"],
+        "questions": cost["questions"],
+        "plain": plain,
+    }
+    close = getattr(runner.engine, "close", None)
+    if close is not None:
+        close()
+    return result
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--engines", default="hf,vllm")
+    ap.add_argument("--questions", type=int, default=None)
+    ap.add_argument("--budget", type=int, default=None)
+    ap.add_argument("--max-new-tokens", type=int, default=None)
+    ap.add_argument("--task", default=None)
+    args = ap.parse_args()
+    overrides = {
+        k: v
+        for k, v in {
+            "questions": args.questions,
+            "budget": args.budget,
+            "max_new_tokens": args.max_new_tokens,
+            "task": args.task,
+        }.items()
+        if v is not None
+    }
+    results = {}
+    for name in [e for e in args.engines.split(",") if e]:
+        results[name] = bench_engine(name, overrides)
+        print(name, json.dumps(results[name]), flush=True)
+    print(json.dumps(results))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,155 @@
+"""`diagnose plan` and `diagnose run --dry-run`: the bill's bounds against what real runs do, its remaining-length
+formula against brute force, and the command line (prints the bill, creates nothing, one `error:` line)."""
+
+from __future__ import annotations
+
+import json
+import math
+from statistics import mean
+
+import pytest
+from typer.testing import CliRunner
+
+import diagnose
+from diagnose import engines
+from diagnose.cli import app
+from diagnose.estimate import Estimator, Question, engine_teacher
+from diagnose.estimate.nodes import window_index
+from diagnose.pipeline import RunConfig
+from diagnose.pipeline.plan import expected_remaining, expected_work, node_costs, selection_remaining
+
+TINY = dict(
+    questions=2,
+    rollouts=2,
+    max_new_tokens=16,
+    budget=12,
+    top_k=2,
+    continuations=1,
+    teachers=["self:answer"],
+    objectives=["rkl"],
+    seed=0,
+)
+
+
+def _within(value, pair):
+    lo, hi = pair
+    return lo <= value <= hi
+
+
+def test_remaining_length_formula_matches_brute_force():
+    for strategy, anchor in (("windows", "start"), ("windows_end", "end")):
+        for n in range(1, 300):
+            by_window: dict[int, list[int]] = {}
+            for t in range(n):  # every position, grouped by the selection's own window function
+                by_window.setdefault(window_index(t, n, anchor), []).append(n - t)
+            brute = mean(mean(left) for left in by_window.values())
+            assert expected_remaining(n, strategy) == pytest.approx(brute, rel=1e-12), (strategy, n)
+    for n in range(1, 50):
+        assert expected_remaining(n, "uniform") == pytest.approx(mean(n - t for t in range(n)))
+    assert expected_remaining(0) == 0.0
+
+
+def test_selection_remaining_follows_where_the_budget_puts_nodes():
+    # a budget that buys every position: the mean over all positions, (n + 1) / 2
+    for n in (1, 5, 17, 40):
+        cfg = RunConfig(rollouts=3, top_k=1, continuations=1, teachers=["self:answer"], budget=10 * 3 * n)
+        assert selection_remaining(cfg, n) == pytest.approx((n + 1) / 2)
+    # a budget of a few nodes: windows whose share buys none pass it on, nodes land late (less left)
+    small = RunConfig(budget=40)  # defaults: a node costs up to 18, six windows at L = 46
+    assert selection_remaining(small, 46) < 0.6 * expected_remaining(46)
+
+
+@pytest.mark.parametrize(
+    "rollouts,top_k,continuations,teachers,extra,nodes",
+    [
+        (2, 1, 1, 1, 0, "windows"),
+        (2, 2, 1, 1, 3, "windows"),
+        (3, 2, 2, 2, 5, "windows"),
+        (4, 3, 1, 1, 30, "windows"),
+        (2, 1, 2, 2, 100, "windows"),
+        (1, 2, 1, 1, 7, "windows"),
+        (3, 2, 1, 1, 9, "windows_end"),
+        (3, 2, 1, 1, 9, "uniform"),
+        (3, 2, 1, 1, 20, "refine"),
+        (2, 1, 1, 1, 300, "every"),
+    ],
+)
+def test_bounds_hold_on_the_exact_engine(rollouts, top_k, continuations, teachers, extra, nodes):
+    """Node and continuation counts of real selections (exact engine: short rollouts, so the position cap is
+    exercised too) lie inside expected_work's bounds, for budgets from one nominal node upward."""
+    eng = engines.load("exact", "exact", seed=1)
+    fns = {f"t{i}": engine_teacher(engines.load("exact", "exact", seed=2 + i)) for i in range(teachers)}
+    for seed in range(4):
+        cfg = RunConfig(
+            questions=1, rollouts=rollouts, top_k=top_k, continuations=continuations,
+            teachers=["self:answer"] * teachers, seed=seed, max_new_tokens=8, nodes=nodes,
+        )
+        cfg.budget = node_costs(cfg)[1] + extra
+        prompt = eng.prompt(str(seed))
+        est = Estimator(eng, [Question(id="q", prompt_ids=prompt, verify=eng.verifier(prompt))], fns, ["rkl"],
+                        cfg.estimate_config())
+        est.sample()
+        est.select()
+        positions = sum(len(r.token_ids) for r in est.rollouts)
+        work = expected_work(cfg, positions / rollouts)
+        assert work["positions_per_question"] == positions
+        assert _within(len(est.estimates), work["nodes_per_question"]), (seed, len(est.estimates), work)
+        assert _within(est.spend.continuations, work["continuations_per_question"]), (seed, est.spend, work)
+
+
+def test_bounds_bracket_a_real_run(tmp_path, embedded_model_path):
+    out = tmp_path / "run"
+    result = diagnose.run(out=str(out), progress=False, **TINY)
+    cost = json.loads((out / "cost.json").read_text())
+    cfg = RunConfig(**TINY)
+    length = cost["generated_tokens"] / cost["rollouts"]
+    work = expected_work(cfg, length)
+    assert work["rollouts"] == cost["rollouts"] == len(result.rollouts) == 4
+    assert work["rollout_tokens"] == pytest.approx(cost["generated_tokens"])
+    nodes = result.nodes
+    assert len(nodes) == cost["nodes"]
+    assert _within(cost["nodes"], work["nodes"]) and _within(cost["continuations"], work["continuations"]), (
+        cost,
+        work,
+    )
+    # per question, with that question's own rollout length
+    for i, qid in enumerate(sorted(result.rollouts.question_id.unique())):
+        shard = json.loads((out / "cost" / f"q{i:05d}.json").read_text())
+        own = expected_work(RunConfig(**{**TINY, "questions": 1}), shard["generated_tokens"] / TINY["rollouts"])
+        assert _within(int((nodes.question_id == qid).sum()), own["nodes_per_question"])
+        assert _within(shard["continuations"], own["continuations_per_question"])
+    # continuation tokens are an estimate, not a bound: the right order of magnitude is all that is claimed
+    per_continuation = cost["continuation_tokens"] / cost["continuations"]
+    assert 0.25 < per_continuation / work["mean_remaining_tokens"] < 4, (per_continuation, work)
+
+
+def _tiny_toml(tmp_path, **values):
+    path = tmp_path / "tiny.toml"
+    path.write_text(RunConfig(**{**TINY, "questions": 1, **values}).to_toml())
+    return path
+
+
+def test_dry_run_prints_the_bill_and_creates_nothing(tmp_path, embedded_model_path):
+    out = tmp_path / "never"
+    res = CliRunner().invoke(app, ["run", "--dry-run", "--config", str(_tiny_toml(tmp_path)), "--out", str(out), "-q"])
+    assert res.exit_code == 0, res.output
+    for needle in ("rollout tokens", "nodes", "continuations", "continuation tokens", "teacher-scored tokens",
+                   "engine forward tokens", "ETA", "tokens/s", "model load", "not cached"):
+        assert needle in res.stdout, (needle, res.stdout)
+    assert not out.exists()
+    res = CliRunner().invoke(app, ["plan", "--json", "--config", str(_tiny_toml(tmp_path)), "--out", str(out), "-q"])
+    assert res.exit_code == 0, res.output
+    bill = json.loads(res.stdout)
+    assert bill["work"]["rollouts"] == 2 and bill["calibration"]["rows"] == 2 and not bill["calibration"]["cached"]
+    lo, hi = bill["eta_s"]
+    assert 0 < bill["load_s"] < lo <= hi and math.isfinite(hi)
+    assert not out.exists()
+
+
+def test_plan_with_a_missing_student_is_one_error_line(tmp_path):
+    out = tmp_path / "out"
+    res = CliRunner().invoke(app, ["plan", "--student", "/nonexistent", "--out", str(out)])
+    assert res.exit_code == 1
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error:") and "/nonexistent" in lines[0], res.stderr
+    assert "Traceback" not in res.output and not out.exists()
