@@ -9,7 +9,7 @@ For each engine (hf, vllm), in one process: load the run's models, then
 efficiency = (rollout + continuation tokens / run seconds) / (plain tokens / plain seconds); goal >= 0.7.
 The baseline is named and measured in the same run, so machine load cancels to first order.
 
-Run: python benchmarks/pipeline.py [--engines hf,vllm] [--questions N] [--budget B] ...
+Run: python benchmarks/pipeline.py [--engines hf,vllm] [--config reports/demo.toml] [--questions N] ...
 The last line printed is JSON: {"hf": {"efficiency": e, "tokens_per_s": t, ...}, "vllm": {...}}.
 """
 
@@ -40,12 +40,12 @@ def plain_generate(engine, prompts, params, rows: int = PLAIN_ROWS) -> dict:
     return {"rows": len(use) * n, "tokens": tokens, "seconds": round(dt, 2), "tokens_per_s": tokens / dt}
 
 
-def bench_engine(name: str, overrides: dict) -> dict:
+def bench_engine(name: str, overrides: dict, config: str | None = None) -> dict:
     from diagnose.engines import SamplingParams, render_prompt
     from diagnose.pipeline import RunConfig, Runner
 
     out = tempfile.mkdtemp(prefix=f"bench-pipeline-{name}-")
-    cfg = RunConfig.from_sources(None, {**overrides, "engine": name, "out": out, "progress": False})
+    cfg = RunConfig.from_sources(config, {**overrides, "engine": name, "out": out, "progress": False})
     runner = Runner(cfg, progress=False)
     t0 = time.perf_counter()
     runner.load()
@@ -83,6 +83,7 @@ def bench_engine(name: str, overrides: dict) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--engines", default="hf,vllm")
+    ap.add_argument("--config", default=None, help="a run TOML (e.g. reports/demo.toml); default: RunConfig's")
     ap.add_argument("--questions", type=int, default=None)
     ap.add_argument("--budget", type=int, default=None)
     ap.add_argument("--max-new-tokens", type=int, default=None)
@@ -100,7 +101,7 @@ def main() -> None:
     }
     results = {}
     for name in [e for e in args.engines.split(",") if e]:
-        results[name] = bench_engine(name, overrides)
+        results[name] = bench_engine(name, overrides, args.config)
         print(name, json.dumps(results[name]), flush=True)
     print(json.dumps(results))
 

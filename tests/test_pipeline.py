@@ -187,7 +187,8 @@ def test_notebook_executes_on_a_run(tiny_run):
     errors = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs if o.output_type == "error"]
     assert not errors
     text = "".join(o.get("text", "") for o in nb.cells[1].outputs)
-    assert ("recommended:" in text or "highest (no clear winner):" in text) and "alignment" in text
+    assert "alignment" in text and "live nodes of" in text
+    assert "recommended:" in text or ("no clear winner: the evidence" in text and "highest point estimate:" in text)
 
 
 # ---- refusals: one line on stderr, non-zero exit, nothing written ----------------------------------------

@@ -532,7 +532,7 @@ def test_cli_report(run, tmp_path):
 
     result = CliRunner().invoke(app, ["report", str(run), "--out", str(tmp_path / "r.html")])
     assert result.exit_code == 0, result.output
-    assert re.search(r"(recommended|highest \(no clear winner\)): self:solution\|", result.output)
+    assert re.search(r"(recommended|highest point estimate): self:solution\|", result.output)
     assert (tmp_path / "r.html").stat().st_size > 3_000_000
     bad = CliRunner().invoke(app, ["report", str(tmp_path / "missing")])
     assert bad.exit_code == 1 and "no table 'alignment'" in bad.output

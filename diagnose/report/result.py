@@ -133,11 +133,8 @@ class RunResult:
             return lines[0] + "\n  no configuration has a defined alignment" + silent
         evidence = f"{o['n_nodes']} live nodes of {o.get('n_questions', '?')} questions"
         if not o.get("clear"):
-            lines.append(
-                f"  no clear winner: the evidence ({evidence}) does not separate the configurations; "
-                "the highest point estimate is"
-            )
-        head = "recommended" if o.get("clear") else "highest (no clear winner)"
+            lines.append(f"  no clear winner: the evidence ({evidence}) does not separate the configurations")
+        head = "recommended" if o.get("clear") else "highest point estimate"
         lines.append(
             f"  {head}: {o['config']}  alignment {_f(o['mean'])} [{_f(o['ci_low'])}, {_f(o['ci_high'])}]"
             f" over {evidence}"
