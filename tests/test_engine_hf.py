@@ -9,6 +9,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from engine_checks import recomputation_error
 
 import diagnose.engines.hf as hf_module
 from diagnose.engines import Continuation, SamplingParams, render_prompt
@@ -255,16 +256,8 @@ def test_prefixes_sharing_a_stem_continue_as_if_computed_alone(hf_engine, prompt
     reqs.append(Continuation(other, 28))
     params = SamplingParams(max_new_tokens=6, seed=9)
     out = hf_engine.continue_from(reqs, 3, params)
-    seqs, positions, ids = [], [], []
-    for req, conts in zip(reqs, out, strict=True):
-        for c in conts:
-            seqs.append(list(req.prefix) + c.token_ids)
-            positions.append([len(req.prefix) + j for j in range(len(c.token_ids))])
-            ids.append([[t] for t in c.token_ids])
-    scores = hf_engine.score(seqs, positions, topk=1, token_ids=ids)
-    got = torch.tensor([lp for conts in out for c in conts for lp in c.logprobs])
-    want = torch.cat([s.token_logprobs[:, 0] for s in scores])
-    assert got.shape == want.shape and (got - want).abs().max().item() < 2e-4
+    n, err = recomputation_error(hf_engine, reqs, out)
+    assert n >= len(reqs) * 3 and err < 2e-4
     for k in (0, 5, len(reqs) - 1):
         _assert_same([out[k]], hf_engine.continue_from([reqs[k]], 3, params))
 
