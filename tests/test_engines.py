@@ -7,7 +7,7 @@ import math
 
 import pytest
 import torch
-from engine_checks import recomputation_error
+from engine_checks import recomputation_error, rescored
 from scipy.stats import chisquare
 
 from diagnose.engines import Continuation, SamplingParams, render_prompt
@@ -165,13 +165,7 @@ def test_continuations_with_early_finishers_equal_recomputation(hf_engine, promp
     assert early >= len(lengths) / 4, lengths  # enough finish early for the hf engine to drop rows ...
     assert sum(n >= 20 for n in lengths) >= 3, lengths  # ... and others go on for many more tokens
     assert len(drops) >= 2, f"no finished row was dropped from the cache: {drops}"  # drops[0]: the expansion
-    seqs, positions, ids = [], [], []
-    for req, conts in zip(reqs, out, strict=True):
-        for c in conts:
-            seqs.append(list(req.prefix) + c.token_ids)
-            positions.append([len(req.prefix) + j for j in range(len(c.token_ids))])
-            ids.append([[t] for t in c.token_ids])
-    scores = engine.score(seqs, positions, topk=1, token_ids=ids)
+    seqs, scores = rescored(engine, reqs, out)
     for c, s, seq in zip((c for conts in out for c in conts), scores, seqs, strict=True):
         err = (torch.tensor(c.logprobs) - s.token_logprobs[:, 0]).abs().max().item()
         assert err < LOGPROB_TOL, (err, len(c.token_ids), engine.tokenizer.decode(seq[-len(c.token_ids) :]))

@@ -173,8 +173,6 @@ class Estimator:
         self.directions: dict[tuple[str, str], Direction] = {}
         self.spend = Spend()
         self._student_logits: list[torch.Tensor] = []  # per node, at the sampling temperature [V]
-        # node -> (student logits, teacher payloads): scored, not yet committed
-        self._scored: dict[Node, tuple] = {}
 
     # ---- steps -----------------------------------------------------------------------------------------
 
@@ -194,10 +192,7 @@ class Estimator:
 
     def cost(self, r: int, t: int) -> float:
         """Upper bound of a node's cost in budget units (actual candidate sets can only be smaller)."""
-        conts = self._nominal_candidates() * self._per_node() - (1 if self.cfg.free_sample else 0)
-        if self.cfg.budget_unit == "tokens":
-            return conts * max(1, len(self.rollouts[r].token_ids) - t)
-        return conts
+        return self._node_cost(r, t, self._nominal_candidates())
 
     def _spent(self) -> float:
         return self.spend.tokens if self.cfg.budget_unit == "tokens" else self.spend.continuations
@@ -208,7 +203,6 @@ class Estimator:
         nodes = [n for n in nodes if n not in {e.node for e in self.estimates}]
         if not nodes:
             return []
-        self._score([n for n in nodes if n not in self._scored])
         new: list[NodeEstimate] = []
         for a in range(0, len(nodes), self.cfg.node_chunk):
             new.extend(self._add_chunk(nodes[a : a + self.cfg.node_chunk]))
@@ -239,38 +233,26 @@ class Estimator:
                 out[i] = sc.logits[j].float()
         return torch.stack(out) / self.cfg.temperature
 
-    def _score(self, nodes: Sequence[Node]) -> None:
-        """One engine round per chunk: the student's and every teacher's logits at `nodes`, kept until the
-        nodes are committed (`_add_chunk`)."""
-        for a in range(0, len(nodes), self.cfg.node_chunk):
-            chunk = nodes[a : a + self.cfg.node_chunk]
-            z = self._student(chunk)
-            teach = {name: fn(self.rollouts, chunk) for name, fn in self.teachers.items()}
-            for name, payload in teach.items():
-                if payload.shape[0] != len(chunk) or (
-                    payload.dtype.is_floating_point and payload.shape != z.shape
-                ):
-                    raise DiagnoseError(
-                        f"teacher {name!r} returned shape {tuple(payload.shape)} for {len(chunk)} nodes"
-                    )
-            for i, n in enumerate(chunk):
-                rows = {name: payload[i] for name, payload in teach.items()}
-                self._scored[n] = (z[i], rows)
-
     def _node_cost(self, r: int, t: int, candidates: int) -> float:
-        """What a node's initial continuations cost, from its actual candidate count (in tokens: the same upper
-        bound as `cost`, each continuation at most the rollout's remaining length)."""
+        """What a node's initial continuations cost with `candidates` candidates (in tokens: an upper bound,
+        each continuation at most the rollout's remaining length)."""
         conts = candidates * self._per_node() - (1 if self.cfg.free_sample else 0)
         if self.cfg.budget_unit == "tokens":
             return conts * max(1, len(self.rollouts[r].token_ids) - t)
         return conts
 
     def _add_chunk(self, nodes: Sequence[Node]) -> list[NodeEstimate]:
-        """Commit scored nodes: candidates, student probabilities, directions and their signal checks."""
-        z = torch.stack([self._scored[n][0] for n in nodes])
-        teach = {name: torch.stack([self._scored[n][1][name] for n in nodes]) for name in self.teachers}
-        for n in nodes:
-            del self._scored[n]
+        """Score the student and teachers at nodes (one engine round), then build candidates, student
+        probabilities, directions and their signal checks."""
+        z = self._student(nodes)
+        teach = {name: fn(self.rollouts, nodes) for name, fn in self.teachers.items()}
+        for name, payload in teach.items():
+            if payload.shape[0] != len(nodes) or (
+                payload.dtype.is_floating_point and payload.shape != z.shape
+            ):
+                raise DiagnoseError(
+                    f"teacher {name!r} returned shape {tuple(payload.shape)} for {len(nodes)} nodes"
+                )
         observed = [self.rollouts[n.rollout].token_ids[n.position] for n in nodes]
         cand = candidate_sets(z, observed, teach, self.cfg.k_student, self.cfg.k_teacher)
         # p is the sampling policy's distribution: temperature (already in z) and the top-p nucleus, so a

@@ -42,8 +42,12 @@ class Throughput:
     calls: int = 0
     rows: dict = field(default_factory=lambda: defaultdict(int))  # kind -> sequences generated or scored
     tokens: dict = field(default_factory=lambda: defaultdict(int))  # kind -> tokens generated
-    busy_s: float = 0.0  # seconds inside engine calls
     seconds: dict = field(default_factory=lambda: defaultdict(float))  # kind -> seconds inside its calls
+
+    @property
+    def busy_s(self) -> float:
+        """Seconds inside engine calls."""
+        return sum(self.seconds.values())
 
     def generated_per_s(self) -> float:
         elapsed = time.perf_counter() - self.started
@@ -128,7 +132,6 @@ class Batcher:
     def _account(self, kind: str, members: list[_Call], seconds: float) -> None:
         s = self.stats
         s.calls += 1
-        s.busy_s += seconds
         s.seconds[kind] += seconds
         for c in members:
             if c.error is not None or c.result is None or kind == "exclusive":

@@ -208,7 +208,9 @@ class Runner:
         wrapped: dict[int, BatchedEngine] = {}
 
         def wrap(e):
-            return wrapped.setdefault(id(e), BatchedEngine(e, batcher))
+            if id(e) not in wrapped:
+                wrapped[id(e)] = BatchedEngine(e, batcher)
+            return wrapped[id(e)]
 
         engine = wrap(self.engine)
         teachers = {name: wrap(e) for name, e in self.teacher_engines.items()}
