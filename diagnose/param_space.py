@@ -1,4 +1,4 @@
-"""Alignment in parameter space: cos(J^T g*, J^T d) per node, J = dz/dtheta at the node (DESIGN §1).
+"""Alignment in parameter space: cos(J^T g*, J^T d) per node, J = dz/dtheta at the node (see docs/kernels.md).
 
 The network couples tokens, so the parameter update a logit direction induces can align differently from
 the direction itself. One forward pass per batch of sequences; `torch.func.vjp` gives the pullback and

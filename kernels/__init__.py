@@ -1,4 +1,4 @@
-"""diagnose.kernels: fused per-node alignment statistics over large vocabularies (DESIGN §5).
+"""diagnose.kernels: fused per-node alignment statistics over large vocabularies (docs/kernels.md).
 
     >>> from diagnose import kernels, objectives
     >>> objs = [objectives.get("rkl"), objectives.get("fkl"), objectives.parse("jsd:beta=0.5")]

@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from .. import atomic
 from ..errors import DiagnoseError
 from .config import RunConfig, tomllib
 
@@ -13,12 +14,8 @@ CONFIG_FILE = "config.toml"
 
 
 def write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "w") as fh:
-        fh.write(text)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    """Replace `path` with `text` atomically (diagnose.atomic.write_text; other modules import it from here)."""
+    atomic.write_text(path, text)
 
 
 def check_writable(out: Path) -> None:

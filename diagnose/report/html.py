@@ -14,7 +14,6 @@ import datetime as _dt
 import html
 import json
 import math
-import os
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +23,7 @@ import plotly.graph_objects as go
 from plotly.colors import diverging
 from plotly.offline import get_plotlyjs
 
+from .. import atomic
 from ..errors import DiagnoseError
 from .assets import CSS, JS
 from .summary import Summary, read_summary, summarize_run
@@ -826,6 +826,166 @@ def load_tables(run_dir) -> dict[str, pd.DataFrame | None]:
     return out
 
 
+# One function per section of the page, in page order; render_report joins them.
+
+
+def _header(run_dir: Path, meta: dict, configs: list[str], metric: str) -> str:
+    """The page header: run, student, number of configurations, metric, when generated."""
+    e = html.escape
+    models = meta.get("models", {})
+    student = models.get("student", "?") if isinstance(models, dict) else "?"
+    synthetic = "<span class='badge'>synthetic data</span>" if meta.get("synthetic") else ""
+    title = f"diagnose · on-policy distillation alignment report {synthetic}"
+    now = _dt.datetime.now(_dt.timezone.utc)
+    return f"""<header class="top"><div class="inner"><h1>{title}</h1>
+<div class="sub">run <b>{e(run_dir.resolve().name)}</b> · student {e(str(student))} · {len(configs)} configurations ·
+metric {e(metric)} ({e(METRIC_NAMES[metric])}) · generated {now:%Y-%m-%d %H:%M} UTC</div>
+</div></header>"""
+
+
+def _section_bottom_line(summary: Summary, metric: str, other: str | None, unit: str) -> str:
+    """Bottom line: the recommendation overall and per difficulty band, headroom, and what alignment means."""
+    return f"""<section class="bottomline" id="bottom-line"><h2>Bottom line</h2>
+{_bottom_line(summary, metric, other)}
+{_LEGEND.replace("{unit}", unit)}
+</section>"""
+
+
+def _section_cost(run_dir: Path, tables: dict, meta: dict) -> str:
+    """Cost of this run: rollouts, tokens and time spent, and the size of what was scored."""
+    return f"""<section id="cost"><h2>Cost of this run</h2>
+<p class="caption">Rollouts, tokens and time spent (from cost.json), and the size of what was scored.</p>
+{_cost_section(run_dir, tables, meta)}
+</section>"""
+
+
+def _section_ranking(s: pd.DataFrame, s_other: pd.DataFrame | None, metric: str, unit: str) -> str:
+    """Ranking of configurations with their intervals (and the other support, and the rollout cosine)."""
+    return f"""<section id="ranking"><h2>Ranking of configurations</h2>
+<p class="caption">Alignment of each configuration (teacher | objective; pooled over all tokens, token-weighted,
+noise-corrected), best first, with 95% bootstrap
+intervals over {unit}. Grey diamonds: the same on the other support; red squares: the rollout-level cosine (g* and d
+concatenated over all nodes of a rollout, averaged over rollouts).</p>
+{_div(fig_ranking(s, s_other, metric), "fig-ranking")}
+</section>"""
+
+
+def _section_correctness(s: pd.DataFrame) -> str:
+    """Alignment on correct versus incorrect rollouts."""
+    fig = fig_splits(
+        s,
+        ("correct", "incorrect"),
+        "Alignment on correct and on incorrect rollouts",
+        {"correct": "correct rollouts", "incorrect": "incorrect rollouts"},
+    )
+    return f"""<section id="correctness"><h2>Correct versus incorrect rollouts</h2>
+<p class="caption">Does the signal help on the rollouts that failed (where help is needed) as much as on
+those that
+succeeded? On correct rollouts Q̂ ≈ 1 at most tokens, so g* is small and noisy there; the alignment shown is
+noise-consistent, so that alone does not make the two groups differ.</p>
+{_div(fig, "fig-correctness")}
+</section>"""
+
+
+def _section_difficulty(
+    s: pd.DataFrame, rollouts: pd.DataFrame, alignment: pd.DataFrame, best: str, metric: str
+) -> str:
+    """Questions by difficulty: pass rates, the questions table, alignment per difficulty band."""
+    questions = _questions_table(rollouts, alignment, best, metric)
+    return f"""<section id="difficulty"><h2>Questions by difficulty</h2>
+<p class="caption">A question's pass rate is the fraction of its student rollouts that are correct;
+bands: hard
+(&lt; 1/3), medium, easy (&gt; 2/3).</p>
+<div class="grid2"><div>{_div(fig_pass_rates(rollouts), "fig-passrate")}
+<details class="qtable"><summary>Questions, hardest first (click to open)</summary>{questions}</details></div>
+<div>{_div(fig_splits(s, BANDS, "Alignment by question difficulty"), "fig-bands")}</div></div>
+</section>"""
+
+
+def _section_positions(valid: pd.DataFrame, configs: list[str], metric: str) -> str:
+    """The configurations x token positions heatmap."""
+    return f"""<section id="positions"><h2>Configurations × token positions</h2>
+<p class="caption">Mean alignment of each configuration by where the token lies in the response (buttons:
+relative
+position, or absolute position in geometric windows). Diverging scale centred at 0; grey cells have no
+nodes.</p>
+{_div(fig_position_heatmap(valid, configs, metric), "heatmap-positions")}
+</section>"""
+
+
+def _section_explorer(data: dict, configs: list[str], n_roll: int) -> str:
+    """The rollout explorer: menus, colour bar and the placeholders the page's script fills."""
+    e = html.escape
+    options_r = "".join(
+        f"<option value='{i}'>{e(r['qid'])} #{r['idx']} · "
+        f"{'correct' if r['correct'] else 'incorrect'} · pass "
+        f"{_f(r['pass_rate'], 2)} ({e(r['band'])}) · {len(r['tokens'])} tokens</option>"
+        for i, r in enumerate(data["rollouts"])
+    )
+    options_c = "".join(
+        f"<option value='{i}'{' selected' if i == data['default_config'] else ''}>{i + 1}. {e(c)}</option>"
+        for i, c in enumerate(configs)
+    )
+    shown = (
+        f"Showing {len(data['rollouts'])} of {n_roll} rollouts (alternating correct and incorrect)."
+        if len(data["rollouts"]) < n_roll
+        else f"All {n_roll} rollouts."
+    )
+    return f"""<section id="explorer"><h2>Rollout explorer</h2>
+<p class="caption">Each token of the response is coloured by the chosen configuration's alignment at that
+node (nodes
+only: tokens without targeted continuations stay uncoloured; hatched = degenerate). Hover a token for p,
+q, Q̂, V̂ and
+the cosine with its interval; click it for its candidate tokens; click a row of the heatmap to switch
+configuration.
+{e(shown)}</p>
+<div class="controls"><label>Rollout <select id="sel-rollout">{options_r}</select></label>
+<label>Configuration <select id="sel-config">{options_c}</select></label>
+<span>Support: <label><input type="radio" name="metric" value="full" checked> full vocabulary</label>
+<label><input type="radio" name="metric" value="support"> candidates</label></span></div>
+<div class="colorbar"><span>−1 (pushes toward failure)</span><div class="bar" id="text-colorbar"></div>
+<span>+1 (toward success)</span></div>
+<div id="rollout-info" class="muted"></div>
+<div id="prompt" class="prompt"></div>
+<div id="rollout-text" class="rollout-text"></div>
+<div id="candidates" style="margin:10px 0"></div>
+<div id="heatmap-rollout"></div>
+</section>"""
+
+
+def _section_proxies(s: pd.DataFrame, valid: pd.DataFrame, configs: list[str], metric: str, summary: Summary) -> str:
+    """Cheap proxies versus alignment: the scatter and the rank correlations."""
+    pooled = summary.proxy_pooled.get(metric, {})
+    return f"""<section id="proxies"><h2>Cheap proxies versus alignment</h2>
+<p class="caption">Can a cheap teacher–student discrepancy (no rollouts needed) predict alignment? Top:
+alignment
+against the chosen proxy (menu) at every node (a sample of at most 3000), colour = teacher, symbol =
+objective (click
+legend entries to hide them). Below: Spearman rank correlations; |ρ| near 0 means the proxy does not rank
+nodes by
+alignment. The teacher advantage is shown for reference: it is not cheap (it needs Q̂).</p>
+{_div(fig_proxy_scatter(valid, configs, metric, pooled), "fig-proxy-scatter")}
+{_div(fig_rho(s, pooled), "fig-rho")}
+</section>"""
+
+
+def _section_metadata(meta: dict, run_dir: Path) -> str:
+    """Run metadata: models, seeds, versions, summary settings and the resolved config.toml."""
+    return f"""<section id="metadata"><h2>Run metadata</h2>{_meta_section(meta, run_dir)}</section>"""
+
+
+def _page(run_dir: Path, body: str, data: dict) -> str:
+    """The whole document: head with the inlined CSS and plotly.js, the body, the explorer's data, the script."""
+    return (
+        f"<!DOCTYPE html>\n<html lang='en'><head><meta charset='utf-8'>"
+        f"<meta name='viewport' content='width=device-width, initial-scale=1'>"
+        f"<title>diagnose report · {html.escape(run_dir.resolve().name)}</title><style>{CSS}</style>"
+        f"<script type='text/javascript'>{get_plotlyjs()}</script></head><body>{body}"
+        f"<script type='application/json' id='diagnose-data'>{_json_script(data)}</script>"
+        f"<script type='text/javascript'>{JS}</script></body></html>"
+    )
+
+
 def render_report(
     run_dir,
     out=None,
@@ -868,132 +1028,20 @@ def render_report(
         ),
     }
     unit = summary.settings.get("resampling", "questions, then rollouts within each drawn question")
-    e = html.escape
-    models = meta.get("models", {})
-    student = models.get("student", "?") if isinstance(models, dict) else "?"
-    synthetic = "<span class='badge'>synthetic data</span>" if meta.get("synthetic") else ""
-    options_r = "".join(
-        f"<option value='{i}'>{e(r['qid'])} #{r['idx']} · "
-        f"{'correct' if r['correct'] else 'incorrect'} · pass "
-        f"{_f(r['pass_rate'], 2)} ({e(r['band'])}) · {len(r['tokens'])} tokens</option>"
-        for i, r in enumerate(data["rollouts"])
-    )
-    options_c = "".join(
-        f"<option value='{i}'{' selected' if i == data['default_config'] else ''}>{i + 1}. {e(c)}</option>"
-        for i, c in enumerate(configs)
-    )
-    n_roll = len(rollouts)
-    shown = (
-        f"Showing {len(data['rollouts'])} of {n_roll} rollouts (alternating correct and incorrect)."
-        if len(data["rollouts"]) < n_roll
-        else f"All {n_roll} rollouts."
-    )
-    body = f"""
-<header class="top"><div class="inner"><h1>diagnose · on-policy distillation alignment report {synthetic}</h1>
-<div class="sub">run <b>{e(run_dir.resolve().name)}</b> · student {e(str(student))} · {
-        len(configs)
-    } configurations ·
-metric {e(metric)} ({e(METRIC_NAMES[metric])}) · generated {
-        _dt.datetime.now(_dt.timezone.utc):%Y-%m-%d %H:%M} UTC</div>
-</div></header>
-<main>
-<section class="bottomline" id="bottom-line"><h2>Bottom line</h2>
-{_bottom_line(summary, metric, other)}
-{_LEGEND.replace("{unit}", unit)}
-</section>
-<section id="cost"><h2>Cost of this run</h2>
-<p class="caption">Rollouts, tokens and time spent (from cost.json), and the size of what was scored.</p>
-{_cost_section(run_dir, tables, meta)}
-</section>
-<section id="ranking"><h2>Ranking of configurations</h2>
-<p class="caption">Alignment of each configuration (teacher | objective; pooled over all tokens, token-weighted,
-noise-corrected), best first, with 95% bootstrap
-intervals over {
-        unit
-    }. Grey diamonds: the same on the other support; red squares: the rollout-level cosine (g* and d
-concatenated over all nodes of a rollout, averaged over rollouts).</p>
-{_div(fig_ranking(s, s_other, metric), "fig-ranking")}
-</section>
-<section id="correctness"><h2>Correct versus incorrect rollouts</h2>
-<p class="caption">Does the signal help on the rollouts that failed (where help is needed) as much as on
-those that
-succeeded? On correct rollouts Q̂ ≈ 1 at most tokens, so g* is small and noisy there; the alignment shown is
-noise-consistent, so that alone does not make the two groups differ.</p>
-{
-        _div(
-            fig_splits(
-                s,
-                ("correct", "incorrect"),
-                "Alignment on correct and on incorrect rollouts",
-                {"correct": "correct rollouts", "incorrect": "incorrect rollouts"},
-            ),
-            "fig-correctness",
-        )
-    }
-</section>
-<section id="difficulty"><h2>Questions by difficulty</h2>
-<p class="caption">A question's pass rate is the fraction of its student rollouts that are correct;
-bands: hard
-(&lt; 1/3), medium, easy (&gt; 2/3).</p>
-<div class="grid2"><div>{_div(fig_pass_rates(rollouts), "fig-passrate")}
-<details class="qtable"><summary>Questions, hardest first (click to open)</summary>{
-        _questions_table(rollouts, alignment, best, metric)
-    }</details></div>
-<div>{_div(fig_splits(s, BANDS, "Alignment by question difficulty"), "fig-bands")}</div></div>
-</section>
-<section id="positions"><h2>Configurations × token positions</h2>
-<p class="caption">Mean alignment of each configuration by where the token lies in the response (buttons:
-relative
-position, or absolute position in geometric windows). Diverging scale centred at 0; grey cells have no
-nodes.</p>
-{_div(fig_position_heatmap(valid, configs, metric), "heatmap-positions")}
-</section>
-<section id="explorer"><h2>Rollout explorer</h2>
-<p class="caption">Each token of the response is coloured by the chosen configuration's alignment at that
-node (nodes
-only: tokens without targeted continuations stay uncoloured; hatched = degenerate). Hover a token for p,
-q, Q̂, V̂ and
-the cosine with its interval; click it for its candidate tokens; click a row of the heatmap to switch
-configuration.
-{e(shown)}</p>
-<div class="controls"><label>Rollout <select id="sel-rollout">{options_r}</select></label>
-<label>Configuration <select id="sel-config">{options_c}</select></label>
-<span>Support: <label><input type="radio" name="metric" value="full" checked> full vocabulary</label>
-<label><input type="radio" name="metric" value="support"> candidates</label></span></div>
-<div class="colorbar"><span>−1 (pushes toward failure)</span><div class="bar" id="text-colorbar"></div>
-<span>+1 (toward success)</span></div>
-<div id="rollout-info" class="muted"></div>
-<div id="prompt" class="prompt"></div>
-<div id="rollout-text" class="rollout-text"></div>
-<div id="candidates" style="margin:10px 0"></div>
-<div id="heatmap-rollout"></div>
-</section>
-<section id="proxies"><h2>Cheap proxies versus alignment</h2>
-<p class="caption">Can a cheap teacher–student discrepancy (no rollouts needed) predict alignment? Top:
-alignment
-against the chosen proxy (menu) at every node (a sample of at most 3000), colour = teacher, symbol =
-objective (click
-legend entries to hide them). Below: Spearman rank correlations; |ρ| near 0 means the proxy does not rank
-nodes by
-alignment. The teacher advantage is shown for reference: it is not cheap (it needs Q̂).</p>
-{_div(fig_proxy_scatter(valid, configs, metric, summary.proxy_pooled.get(metric, {})), "fig-proxy-scatter")}
-{_div(fig_rho(s, summary.proxy_pooled.get(metric, {})), "fig-rho")}
-</section>
-<section id="metadata"><h2>Run metadata</h2>{_meta_section(meta, run_dir)}</section>
-</main>
-<div id="tooltip"></div>
-"""
-    page = (
-        f"<!DOCTYPE html>\n<html lang='en'><head><meta charset='utf-8'>"
-        f"<meta name='viewport' content='width=device-width, initial-scale=1'>"
-        f"<title>diagnose report · {e(run_dir.resolve().name)}</title><style>{CSS}</style>"
-        f"<script type='text/javascript'>{get_plotlyjs()}</script></head><body>{body}"
-        f"<script type='application/json' id='diagnose-data'>{_json_script(data)}</script>"
-        f"<script type='text/javascript'>{JS}</script></body></html>"
-    )
+    sections = [
+        _section_bottom_line(summary, metric, other, unit),
+        _section_cost(run_dir, tables, meta),
+        _section_ranking(s, s_other, metric, unit),
+        _section_correctness(s),
+        _section_difficulty(s, rollouts, alignment, best, metric),
+        _section_positions(valid, configs, metric),
+        _section_explorer(data, configs, len(rollouts)),
+        _section_proxies(s, valid, configs, metric, summary),
+        _section_metadata(meta, run_dir),
+    ]
+    parts = [_header(run_dir, meta, configs, metric), "<main>", *sections, "</main>", '<div id="tooltip"></div>']
+    body = "\n" + "\n".join(parts) + "\n"
     out = Path(out) if out is not None else run_dir / "report.html"
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
-    tmp.write_text(page, encoding="utf-8")
-    os.replace(tmp, out)
+    atomic.write_text(out, _page(run_dir, body, data), encoding="utf-8")
     return out

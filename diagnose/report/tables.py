@@ -1,8 +1,8 @@
 """Parquet tables of a run directory: schemas, validation, atomic per-shard writes, reads and resume.
 
 Layout: `<run_dir>/<table>/part-<shard>.parquet`. A shard is written to a hidden temporary file in the same
-folder, fsynced, then renamed over its final name (os.replace), so a killed writer leaves either the old
-complete shard or the new one, never a partial file; readers skip the hidden temporaries.
+folder, fsynced, then renamed over its final name (os.replace; see diagnose.atomic), so a killed writer leaves
+either the old complete shard or the new one, never a partial file; readers skip the hidden temporaries.
 """
 
 from __future__ import annotations
@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import uuid
 from importlib import metadata as _md
 from pathlib import Path
 from typing import Any
@@ -20,6 +19,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from .. import atomic
 from ..errors import DiagnoseError
 
 SCHEMA_VERSION = 1
@@ -469,20 +469,8 @@ def _shard_path(run_dir, name: str, shard) -> Path:
 
 
 def _fsync(fd: int) -> None:
+    """Flush a shard's temporary. Looked up at each write: a test replaces it to kill a writer before the rename."""
     os.fsync(fd)
-
-
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:  # directories cannot be opened on some platforms
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 def write_table(run_dir, name: str, df: pd.DataFrame, shard="0", metadata: dict | None = None) -> Path:
@@ -500,17 +488,8 @@ def write_table(run_dir, name: str, df: pd.DataFrame, shard="0", metadata: dict 
     table = table.replace_schema_metadata({**(table.schema.metadata or {}), META_KEY: blob})
     final = _shard_path(run_dir, name, shard)
     final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = final.parent / f".{final.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp"
-    try:
-        with open(tmp, "wb") as fh:
-            pq.write_table(table, fh, compression="zstd")
-            fh.flush()
-            _fsync(fh.fileno())
-        os.replace(tmp, final)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    _fsync_dir(final.parent)
+    with atomic.replacing(final, fsync=_fsync) as tmp, open(tmp, "wb") as fh:
+        pq.write_table(table, fh, compression="zstd")
     return final
 
 

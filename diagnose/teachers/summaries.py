@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from pathlib import Path
 
+from .. import atomic
 from ..engines.base import SamplingParams, render_prompt
 
 PROMPT = (
@@ -43,7 +43,5 @@ def summarize(engine, solutions: list[str], cache_dir: Path, seed: int = 0, max_
             text = text or solutions[i].strip().splitlines()[0]
             out[i] = text
             path = cache_dir / f"{_key(model_id, solutions[i])}.json"
-            tmp = path.with_suffix(f".tmp{os.getpid()}")
-            tmp.write_text(json.dumps({"model": model_id, "summary": text}))
-            os.replace(tmp, path)
+            atomic.write_text(path, json.dumps({"model": model_id, "summary": text}))
     return [s or "" for s in out]
