@@ -14,7 +14,7 @@ from engine_checks import recomputation_error
 import diagnose.engines.hf as hf_module
 from diagnose.engines import Continuation, SamplingParams, render_prompt
 from diagnose.engines.hf import _select_rows
-from diagnose.engines.sampling import draw, request_key, row_key, sample_key, uniforms
+from diagnose.engines.sampling import draw, processed_logprobs, request_key, row_key, sample_key, uniforms
 
 
 @pytest.fixture(scope="module")
@@ -88,13 +88,34 @@ def _ids(out):
     return [[s.token_ids for s in row] for row in out]
 
 
-def _assert_same(a, b):
-    """Same tokens; log-probs equal up to float32 noise (batch composition changes padding and kernels)."""
-    assert _ids(a) == _ids(b)
-    for row_a, row_b in zip(a, b, strict=True):
-        for x, y in zip(row_a, row_b, strict=True):
-            assert x.finish_reason == y.finish_reason
-            assert np.allclose(x.logprobs, y.logprobs, atol=1e-4, rtol=0)
+def _assert_same_but_near_ties(engine, a, b, requests, params):
+    """Same tokens, log-probs equal up to float32 noise, except that a sample may part ways where its draw is
+    a near-tie: the batch composition moves float32 logits in the last bits (~1e-6; CPUs with other vector
+    units round differently), so a uniform within that distance of a CDF boundary can pick the neighbour.
+    At the first differing token the test recomputes the row's
+    distribution and uniform and checks the draw was within 1e-5 of the boundary between the two tokens;
+    only one such sample is tolerated per comparison."""
+    ties = 0
+    for (prefix, forced), row_a, row_b in zip(requests, a, b, strict=True):
+        for j, (x, y) in enumerate(zip(row_a, row_b, strict=True)):
+            if x.token_ids == y.token_ids:
+                assert x.finish_reason == y.finish_reason
+                assert np.allclose(x.logprobs, y.logprobs, atol=1e-4, rtol=0)
+                continue
+            pairs = enumerate(zip(x.token_ids, y.token_ids, strict=False))
+            t = next((i for i, (tx, ty) in pairs if tx != ty), None)
+            assert t is not None, f"sample {j}: same tokens, one stops earlier ({x.finish_reason}, {y.finish_reason})"
+            key = sample_key(request_key(params.seed, prefix, -1 if forced is None else forced), j)
+            u = float(uniforms([key], t)[0])
+            with torch.inference_mode():
+                logits = engine.model(torch.tensor([list(prefix) + list(x.token_ids[:t])])).logits[0, -1]
+            p = processed_logprobs(logits[None], params.temperature, params.top_p)[0].double().exp()
+            cdf = p.cumsum(-1)
+            lo, hi = sorted((x.token_ids[t], y.token_ids[t]))
+            gap = (cdf[lo:hi] - u * cdf[-1]).abs().min().item()
+            assert gap < 1e-5, f"sample {j} differs at token {t} where the draw was {gap:.2e} from a tie"
+            ties += 1
+    assert ties <= 1, f"{ties} samples differ: more than rare near-ties"
 
 
 @pytest.mark.slow
@@ -118,13 +139,18 @@ def test_samples_do_not_depend_on_batching(hf_engine, prompt):
         sampled_one_row = hf_engine.sample([prompt], 4, params)
     finally:
         hf_engine.batch_size = old
-    _assert_same(alone, [shared[1]])
-    _assert_same(alone, [one_row[1]])
-    _assert_same([shared[2]], [one_row[0]])
-    _assert_same(sampled_alone, [sampled_shared[1]])
-    _assert_same(sampled_alone, sampled_one_row)
+    same = lambda x, y, req: _assert_same_but_near_ties(  # noqa: E731
+        hf_engine, x, y, [(req.prefix, req.token)], params
+    )
+    same(alone, [shared[1]], a)
+    same(alone, [one_row[1]], a)
+    same([shared[2]], [one_row[0]], c)
+    # free samples: one row per batch takes other kernels than a batch of rows (near-ties may part ways)
+    free = [(tuple(prompt), None)]
+    _assert_same_but_near_ties(hf_engine, sampled_alone, [sampled_shared[1]], free, params)
+    _assert_same_but_near_ties(hf_engine, sampled_alone, sampled_one_row, free, params)
     # fewer continuations of the same request: the first ones are unchanged
-    _assert_same([alone[0][:2]], hf_engine.continue_from([a], 2, params))
+    same([alone[0][:2]], hf_engine.continue_from([a], 2, params), a)
     assert any(s.finish_reason == "stop" for row in shared for s in row), "the test wants rows that stop early"
 
 
@@ -258,8 +284,9 @@ def test_prefixes_sharing_a_stem_continue_as_if_computed_alone(hf_engine, prompt
     out = hf_engine.continue_from(reqs, 3, params)
     n, err = recomputation_error(hf_engine, reqs, out)
     assert n >= len(reqs) * 3 and err < 2e-4
-    for k in (0, 5, len(reqs) - 1):
-        _assert_same([out[k]], hf_engine.continue_from([reqs[k]], 3, params))
+    for k in (0, 5, len(reqs) - 1):  # near-ties may part ways (see _assert_same_but_near_ties)
+        alone = hf_engine.continue_from([reqs[k]], 3, params)
+        _assert_same_but_near_ties(hf_engine, [out[k]], alone, [(reqs[k].prefix, reqs[k].token)], params)
 
 
 def test_stems_group_shared_starts_and_leave_each_prefix_a_token():
