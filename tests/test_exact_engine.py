@@ -2,6 +2,7 @@
 
 import math
 
+import pytest
 import torch
 
 from diagnose import engines
@@ -95,3 +96,29 @@ def test_exact_values_under_a_length_limit_shorter_than_the_horizon():
         got = sum(eng.success(p, head + c.token_ids) for c in cont) / n
         qk = eng.exact_q(p + head, tok, max_new_tokens=m)
         assert abs(got - qk) < 4 * math.sqrt(max(qk * (1 - qk), 1e-4) / n) + 1e-3
+
+
+def test_model_spec_options_build_the_same_engine_as_keywords():
+    from diagnose.errors import DiagnoseError
+
+    by_spec = engines.load("exact", "exact:seed=2,scale=1.5,horizon=5", dtype="bfloat16")
+    by_kw = engines.load("exact", "exact", seed=2, scale=1.5, horizon=5)
+    assert by_spec.model_id == by_kw.model_id
+    assert (by_spec._table == by_kw._table).all()
+    with pytest.raises(DiagnoseError, match="unknown option"):
+        engines.load("exact", "exact:sed=2")
+
+
+def test_digitsum_task_judges_as_the_engine_does():
+    """The `digitsum` task (what `diagnose run --engine exact` runs) gives the engine's own verdicts."""
+    from diagnose import tasks
+
+    eng = make()
+    task = tasks.get("digitsum")
+    qs = task.questions(20, seed=1)
+    assert len({q.prompt for q in qs}) == 20
+    for q in qs:
+        ids = eng.prompt(q.prompt)
+        verify = eng.verifier(ids)
+        for resp in ("", "1", "12", "333", "2.1", "0123"):
+            assert task.verify(q, resp) == verify(resp), (q.prompt, resp)

@@ -31,6 +31,18 @@ def _key(*parts) -> int:
     return int.from_bytes(hashlib.blake2b(repr(parts).encode(), digest_size=8).digest(), "little")
 
 
+def _parse_model(model: str) -> tuple[str, dict[str, str]]:
+    """`exact` or `exact:seed=2,scale=1.5` (how a run names a student or an external teacher) -> options."""
+    name, _, rest = str(model).partition(":")
+    options = {}
+    for part in filter(None, (p.strip() for p in rest.split(","))):
+        key, eq, value = part.partition("=")
+        if not eq:
+            raise DiagnoseError(f"exact engine: model {model!r}: expected key=value, got {part!r}")
+        options[key.strip()] = value.strip()
+    return name, options
+
+
 class ExactTokenizer:
     """The minimal tokenizer the protocol needs: one character per token, no chat template."""
 
@@ -44,6 +56,9 @@ class ExactTokenizer:
         self.pad_token_id = self.eos_token_id
         self.vocab_size = digits + 3
         self._pieces = [str(i) for i in range(digits)] + [".", "=", "</s>"]
+
+    def __len__(self) -> int:
+        return self.vocab_size
 
     def convert_ids_to_tokens(self, ids):
         return [self._pieces[int(i)] for i in ids]
@@ -103,7 +118,20 @@ class ExactEngine:
         seed: int = 0,
         scale: float = 2.0,
         eos_bias: float = -0.5,
+        dtype: str | None = None,  # accepted for the engine protocol's loaders; the tables are float64
     ):
+        model, options = _parse_model(model)
+        digits = int(options.pop("digits", digits))
+        modulus = int(options.pop("modulus", modulus))
+        horizon = int(options.pop("horizon", horizon))
+        seed = int(options.pop("seed", seed))
+        scale = float(options.pop("scale", scale))
+        eos_bias = float(options.pop("eos_bias", eos_bias))
+        if options:
+            raise DiagnoseError(
+                f"exact engine: unknown option(s) {', '.join(sorted(options))} in model {model!r} "
+                "(known: digits, modulus, horizon, seed, scale, eos_bias)"
+            )
         if digits < 2 or digits > 10 or modulus < 2 or horizon < 1:
             raise DiagnoseError("exact engine: need 2 <= digits <= 10, modulus >= 2, horizon >= 1")
         self.model_id = f"{model}:d{digits}m{modulus}h{horizon}s{seed}x{scale}e{eos_bias}"

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from .. import atomic
 from ..errors import DiagnoseError
 from .config import RunConfig, load_toml
 from .rundir import write_atomic
@@ -37,22 +38,30 @@ def grid_configs(grid_path: str | Path) -> tuple[Path, list[RunConfig]]:
     return out, configs
 
 
-def run_batch(grid_path: str | Path, progress: bool = True) -> Path:
-    """Run every cell of the grid (each resumable) and write comparison.parquet + comparison.html."""
+def run_batch(grid_path: str | Path, progress: bool = True) -> Path | None:
+    """Run every cell of the grid (each resumable; the grid's scale-out keys, such as `workers` or `shard`,
+    apply to each cell in turn) and write comparison.parquet + comparison.html. None when this is one
+    `shard` of several and some cell still waits for its siblings (the last shard writes the comparison)."""
     out, configs = grid_configs(grid_path)
     frames = []
     for cfg in configs:
         cfg.progress = progress
         result = Runner(cfg).run()
+        if result is None:
+            frames = None
+            continue
+        if frames is None:
+            continue
         s = result.summary.copy()
         s.insert(0, "task", cfg.task)
         s.insert(0, "student", cfg.student)
         frames.append(s)
+    if frames is None:
+        return None
     table = pd.concat(frames, ignore_index=True)
     out.mkdir(parents=True, exist_ok=True)
-    tmp = out / ".comparison.parquet.tmp"
-    table.to_parquet(tmp, index=False)
-    tmp.replace(out / "comparison.parquet")
+    with atomic.replacing(out / "comparison.parquet") as tmp:
+        table.to_parquet(tmp, index=False)
     write_atomic(out / "comparison.html", comparison_html(table))
     return out / "comparison.html"
 

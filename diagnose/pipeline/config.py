@@ -22,8 +22,12 @@ except ImportError:  # Python 3.10
 DEFAULT_TEACHERS = ["self:answer", "self:solution", "self:contrastive"]
 DEFAULT_OBJECTIVES = ["rkl", "fkl", "rkl_sampled", "jsd:beta=0.5", "rkl_topk"]
 TEACHER_DTYPES = ("auto", "float32", "bfloat16", "float16")
+# Where and how the questions are worked on (Ray workers, job-array shards, cache location): they change no
+# number, so a run started one way may be resumed another; they are not saved in config.toml either.
+EXECUTION = ("workers", "ray_address", "gpus_per_worker", "teacher_placement", "shard", "cache_dir")
 # Keys that do not change any number (where the output goes, how it is shown): excluded from the identity.
-NON_IDENTITY = {"out", "progress", "in_flight"}
+NON_IDENTITY = {"out", "progress", "in_flight", *EXECUTION}
+TEACHER_PLACEMENTS = ("colocate", "pool")
 # Questions processed at once when `in_flight` is 0 (auto): enough rows per engine call to keep it busy.
 AUTO_IN_FLIGHT = {"hf": 8, "vllm": 32}
 
@@ -49,6 +53,15 @@ class RunConfig:
     # Questions in flight at once (their engine calls merged); 0 = auto (per engine). Execution only: it
     # changes no number, so a run may be resumed with another value.
     in_flight: int = 0
+    # Scale-out (execution only, see EXECUTION): Ray workers (0 = this process), a Ray cluster to join, GPUs
+    # per worker, where external teachers run, this process's slice `i/N` of the questions, and where the
+    # continuation caches live (default: the run directory, or each Ray worker's local temp folder).
+    workers: int = 0
+    ray_address: str = ""
+    gpus_per_worker: float = 1.0
+    teacher_placement: str = "colocate"
+    shard: str = ""
+    cache_dir: str = ""
     out: str = "reports/run"
     progress: bool = True
 
@@ -89,6 +102,18 @@ class RunConfig:
                 f"((1 + top_k + top_k x {len(self.teachers)} teachers) x {self.continuations} continuations); "
                 "raise --budget or lower --top-k / --continuations"
             )
+        if self.workers < 0:
+            raise DiagnoseError(f"--workers must be >= 0 (0: no Ray, this process), got {self.workers}")
+        if self.gpus_per_worker < 0:
+            raise DiagnoseError(f"--gpus-per-worker must be >= 0, got {self.gpus_per_worker}")
+        if self.teacher_placement not in TEACHER_PLACEMENTS:
+            raise DiagnoseError(
+                f"--teacher-placement must be one of {', '.join(TEACHER_PLACEMENTS)}, got {self.teacher_placement!r}"
+            )
+        self.shard_slice()
+        if self.shard and self.uses_ray():
+            raise DiagnoseError("--shard splits a run across separate processes; it cannot be combined with Ray "
+                                "(--workers / --ray-address), which splits it by itself")
         if self.teacher_dtype not in TEACHER_DTYPES:
             raise DiagnoseError(
                 f"--teacher-dtype must be one of {', '.join(TEACHER_DTYPES)}, got {self.teacher_dtype!r}"
@@ -131,6 +156,25 @@ class RunConfig:
         """How many questions run at once: `in_flight`, or the engine's automatic choice."""
         return self.in_flight or AUTO_IN_FLIGHT.get(self.engine, 4)
 
+    def uses_ray(self) -> bool:
+        """Whether the questions go to Ray workers (`workers` > 0 or a cluster address)."""
+        return self.workers > 0 or bool(self.ray_address)
+
+    def shard_slice(self) -> tuple[int, int] | None:
+        """(i, N) from `shard` = "i/N" (0 <= i < N): this process takes the questions whose index is i mod N."""
+        if not self.shard:
+            return None
+        i, sep, n = str(self.shard).partition("/")
+        try:
+            i, n = int(i), int(n)
+        except ValueError:
+            i, n = -1, 0
+        if not sep or n < 1 or not 0 <= i < n:
+            raise DiagnoseError(
+                f"--shard must be i/N with 0 <= i < N (e.g. 0/4 .. 3/4 for a 4-task job array), got {self.shard!r}"
+            )
+        return i, n
+
     # ---- identity and persistence ----
     def identity(self) -> dict[str, Any]:
         return {k: v for k, v in asdict(self).items() if k not in NON_IDENTITY}
@@ -141,6 +185,8 @@ class RunConfig:
     def to_toml(self) -> str:
         lines = ["# diagnose run configuration (repeat with: diagnose run --config config.toml)"]
         for key, value in asdict(self).items():
+            if key in EXECUTION:
+                continue
             lines.append(f"{key} = {_toml_value(value)}")
         return "\n".join(lines) + "\n"
 

@@ -11,9 +11,11 @@ engine busy without changing any question's numbers.
 from __future__ import annotations
 
 import json
+import tempfile
 import threading
 import time
 from collections import deque
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -45,13 +47,29 @@ def shard_id(index: int) -> str:
     return f"q{index:05d}"
 
 
-class Runner:
-    """Holds what a run loads once (task, engines, teachers) and processes questions one shard at a time."""
+@dataclass
+class QuestionOutput:
+    """One question's computed tables and cost, not yet written: a worker computes it, the run commits it."""
 
-    def __init__(self, cfg: RunConfig, progress: bool | None = None):
+    index: int
+    frames: dict  # table name -> DataFrame
+    cost: dict
+    metadata: dict  # Parquet metadata of its shards (models, seeds, precision)
+    device: str
+
+
+class Runner:
+    """Holds what a run loads once (task, engines, teachers) and processes questions one shard at a time.
+
+    `worker=True`: a scale-out worker (scale.py), which computes questions and never writes the run directory
+    (the driver commits), so it needs no access to it."""
+
+    def __init__(self, cfg: RunConfig, progress: bool | None = None, worker: bool = False):
         self.cfg = cfg
         self.out = Path(cfg.out).expanduser()
-        check_writable(self.out)
+        self.worker = worker
+        if not worker:
+            check_writable(self.out)
         self.task = tasks.get(cfg.task)
         self.questions = self.task.questions(cfg.questions, seed=cfg.seed)
         if not self.questions:
@@ -62,16 +80,37 @@ class Runner:
             check_context_available(tc, self.questions[0])
         self.progress = Progress(enabled=cfg.progress if progress is None else progress)
         self.engine = None
+        self.device = None  # the student's device, once a question has been computed
+
+    @property
+    def cache_root(self) -> Path:
+        """Where continuation caches and teacher-context summaries live: `cache_dir`/<config digest> when set,
+        else the run directory's cache/ (a scale-out worker: its machine's temp folder, never a shared disk,
+        since SQLite must not live on a network file system)."""
+        if self.cfg.cache_dir:
+            return Path(self.cfg.cache_dir).expanduser() / self.cfg.digest()
+        if self.worker:
+            return Path(tempfile.gettempdir()) / "diagnose-cache" / self.cfg.digest()
+        return self.out / "cache"
 
     # ---- loading -------------------------------------------------------------------------------------
-    def load(self) -> None:
+    def load(self, engine_options: dict | None = None, served_teachers: dict | None = None) -> None:
+        """Load the student (`engine_options`: extra engine arguments) and the external teachers
+        (`served_teachers`: model -> an engine already running elsewhere), and check every prompt fits."""
         if self.engine is not None:
             return
         with self.progress.status(f"loading student {self.cfg.student} ({self.cfg.engine})"):
-            self.engine = engines.load(self.cfg.engine, self.cfg.student)
-            self.teacher_engines = load_teacher_engines(
-                self.teacher_cfgs, self.engine, self.cfg.engine, self.cfg.teacher_dtype
-            )
+            self.load_student(engine_options)
+            self.load_teachers(served_teachers)
+
+    def load_student(self, engine_options: dict | None = None) -> None:
+        self.engine = engines.load(self.cfg.engine, self.cfg.student, **(engine_options or {}))
+
+    def load_teachers(self, served: dict | None = None) -> None:
+        """External teachers (the student must be loaded), then the prompt-length check."""
+        self.teacher_engines = load_teacher_engines(
+            self.teacher_cfgs, self.engine, self.cfg.engine, self.cfg.teacher_dtype, served
+        )
         limit = max_context(self.engine)
         for q in self.questions:
             n = len(render_prompt(self.engine.tokenizer, q.prompt))
@@ -97,9 +136,13 @@ class Runner:
 
     # ---- one question --------------------------------------------------------------------------------
     def run_question(self, index: int, engine=None, teacher_engines=None, exclusive=None) -> dict:
-        """Estimate one question and commit its shards (alignment last). `engine`/`teacher_engines`: what to
-        call (the batched wrappers when questions run in flight); `exclusive(fn)`: how to run direct model
-        work (parameter-space gradients) so that it never overlaps an engine call."""
+        """Estimate one question and commit its shards (alignment last); returns its cost."""
+        return self.commit(self.compute_question(index, engine, teacher_engines, exclusive))
+
+    def compute_question(self, index: int, engine=None, teacher_engines=None, exclusive=None) -> QuestionOutput:
+        """Estimate one question; writes nothing in the run directory (only the cache). `engine` /
+        `teacher_engines`: what to call (the batched wrappers when questions run in flight); `exclusive(fn)`:
+        how to run direct model work (parameter-space gradients) so that it never overlaps an engine call."""
         engine = engine or self.engine
         teacher_engines = teacher_engines or self.teacher_engines
         q = self.questions[index]
@@ -109,16 +152,16 @@ class Runner:
         summary = None
         if any(tc.context == "summary" for tc in self.teacher_cfgs) and not q.meta.get("summary"):
             if q.solution:
-                summary = summarize(engine, [q.solution], self.out / "cache" / "summaries", self.cfg.seed)[0]
+                summary = summarize(engine, [q.solution], self.cache_root / "summaries", self.cfg.seed)[0]
         fns = {tc.label: TeacherAtNodes(tc, teacher_engines[tc.model], q, summary) for tc in self.teacher_cfgs}
-        (self.out / "cache").mkdir(exist_ok=True)
+        self.cache_root.mkdir(parents=True, exist_ok=True)
         est = Estimator(
             engine,
             [eq],
             fns,
             self.objectives,
             self.estimate_config(),
-            cache=self.out / "cache" / f"{shard_id(index)}.sqlite",
+            cache=self.cache_root / f"{shard_id(index)}.sqlite",
         )
         try:
             result = est.run()
@@ -130,9 +173,6 @@ class Runner:
             param_cos = exclusive(work) if exclusive is not None else work()
         teacher_proxies = self._proxies(est, fns)
         frames = frames_for_question(result, q, self.task, engine.tokenizer, teacher_proxies, fns, param_cos)
-        meta = self.metadata()
-        for name in TABLES:
-            write_table(self.out, name, frames[name], shard=shard_id(index), metadata=meta)
         cost = {
             "rollouts": len(result.rollouts),
             "generated_tokens": int(sum(len(r.token_ids) for r in result.rollouts)),
@@ -142,10 +182,18 @@ class Runner:
             "nodes": int(result.summary["nodes"]),
             "wall_time_s": round(time.time() - t0, 3),
         }
+        device = str(getattr(self.engine, "device", "cpu"))
+        return QuestionOutput(index, frames, cost, self.metadata(), device)
+
+    def commit(self, output: QuestionOutput) -> dict:
+        """Write one question's shards (alignment last: its presence marks the question done) and cost."""
+        for name in TABLES:
+            write_table(self.out, name, output.frames[name], shard=shard_id(output.index), metadata=output.metadata)
         cost_dir = self.out / "cost"
         cost_dir.mkdir(exist_ok=True)
-        write_atomic(cost_dir / f"{shard_id(index)}.json", json.dumps(cost))
-        return cost
+        write_atomic(cost_dir / f"{shard_id(output.index)}.json", json.dumps(output.cost))
+        self.device = output.device
+        return output.cost
 
     @staticmethod
     def _proxies(est: Estimator, fns: dict) -> dict:
@@ -170,29 +218,52 @@ class Runner:
 
     # ---- whole run -----------------------------------------------------------------------------------
     def pending(self) -> list[int]:
+        """Questions of the run without a committed alignment shard."""
         if not (self.out / "alignment").is_dir():
             return list(range(len(self.questions)))
         done = set(completed_shards(self.out, "alignment"))
         return [i for i in range(len(self.questions)) if shard_id(i) not in done]
 
+    def todo(self) -> list[int]:
+        """What this process works on: the pending questions of its `--shard` slice (all of them without)."""
+        part = self.cfg.shard_slice()
+        return [i for i in self.pending() if part is None or i % part[1] == part[0]]
+
     def run(self):
+        """Run (or resume) and return the loaded result; None when this is a `--shard` whose siblings have
+        not all finished (the last shard to finish writes the summary and report)."""
         from ..report import load as load_result
         from ..report import render_report
 
         # Everything that can fail on bad input (models, tokenizers, prompt lengths) is checked before the
-        # run directory is created, so a refused run leaves nothing behind.
-        if not (self.out / "config.toml").exists():
+        # run directory is created, so a refused run leaves nothing behind. With Ray, the workers load.
+        fresh = not (self.out / "config.toml").exists()
+        pool = None
+        if self.cfg.uses_ray() and (fresh or self.todo()):
+            from .scale import WorkerPool
+
+            pool = WorkerPool(self)
+        elif fresh:
             self.load()
-        open_run_dir(self.cfg)
-        todo = self.pending()
-        if todo:
-            self.load()
-            with self.progress.bar(
-                "questions", total=len(self.questions), completed=len(self.questions) - len(todo)
-            ) as bar:
-                self.run_questions(todo, bar)
+        try:
+            open_run_dir(self.cfg)
+            todo = self.todo()
+            if todo:
+                part = self.cfg.shard_slice() or (0, 1)
+                total = len(range(part[0], len(self.questions), part[1]))  # this process's questions
+                with self.progress.bar("questions", total=total, completed=total - len(todo)) as bar:
+                    if pool is not None:
+                        pool.run(todo, bar)
+                    else:
+                        self.load()
+                        self.run_questions(todo, bar)
+        finally:
+            if pool is not None:
+                pool.close()
+        self.write_cost()
+        if self.pending():
+            return None
         with self.progress.status("summary and report"):
-            self.write_cost()
             write_summary(self.out, seed=self.cfg.seed)
             render_report(self.out)
         return load_result(self.out)
@@ -251,9 +322,24 @@ class Runner:
             for key, value in json.loads(path.read_text()).items():
                 total[key] = total.get(key, 0) + value
         total["questions"] = len(self.questions)
-        total["device"] = str(getattr(self.engine, "device", "cpu")) if self.engine is not None else "cpu"
+        total["device"] = self.device or str(getattr(self.engine, "device", "cpu"))
         write_atomic(self.out / "cost.json", json.dumps(total, indent=1))
         return total
+
+
+def completion(run_dir) -> tuple[int, int] | None:
+    """(questions with a committed alignment shard, questions in the run) of a run directory, or None when
+    its config.toml cannot be read (e.g. `--shard` siblings still running leave the first number short)."""
+    from .rundir import CONFIG_FILE, tomllib
+
+    run_dir = Path(run_dir)
+    try:
+        cfg = RunConfig(**tomllib.loads((run_dir / CONFIG_FILE).read_text()))
+        total = len(tasks.get(cfg.task).questions(cfg.questions, seed=cfg.seed))
+    except Exception:  # noqa: BLE001 - no config, or one this version cannot read: nothing to say
+        return None
+    done = len(completed_shards(run_dir, "alignment")) if (run_dir / "alignment").is_dir() else 0
+    return done, total
 
 
 def run(config: RunConfig | None = None, progress: bool | None = None, **overrides):
@@ -264,4 +350,4 @@ def run(config: RunConfig | None = None, progress: bool | None = None, **overrid
     return Runner(cfg, progress).run()
 
 
-__all__ = ["Runner", "run", "shard_id"]
+__all__ = ["QuestionOutput", "Runner", "completion", "run", "shard_id"]

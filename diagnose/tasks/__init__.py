@@ -1,7 +1,7 @@
 """Tasks: questions with reference answers, a verifier, and where generation may stop.
 
     >>> from diagnose import tasks
-    >>> tasks.available()                          # ['arithmetic', 'countdown', 'file', 'gsm8k', 'math']
+    >>> tasks.available()                          # ['arithmetic', 'countdown', 'digitsum', 'file', ...]
     >>> task = tasks.get("arithmetic:digits=2")    # or tasks.get("arithmetic", digits=2)
     >>> qs = task.questions(n=32, seed=0)          # list[Question]; same seed -> same questions
     >>> task.verify(qs[0], completion_text)        # bool
@@ -12,6 +12,7 @@
 Specs (`name:key=value,...`):
   arithmetic[:digits=1,ops=+*,terms=2]             generated; final "Answer: <number>"
   countdown[:count=4,max_number=20,max_target=100] generated; answer = expression reaching the target
+  digitsum[:digits=4,modulus=3,length=8]           for `--engine exact` (known Q): digit sums mod modulus
   gsm8k:path=test.jsonl                            `question`, `answer` ending "#### <number>"
   math:path=test.jsonl                             `problem`, `solution` with \\boxed{}, optional `answer`
   file:path=x.csv,question=col,answer=col[,solution=col,id=col,kind=numeric|math]   (JSONL/CSV/Parquet)

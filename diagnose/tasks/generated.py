@@ -144,3 +144,40 @@ class Countdown(Task):
 
     def answer_end(self, text: str) -> int | None:
         return answers.answer_line_end(text, holds_answer=lambda line: any(ch.isdigit() for ch in line))
+
+
+@register("digitsum", digits=4, modulus=3, length=8)
+class DigitSum(Task):
+    """The exact engine's task (`--engine exact`, whose Q and V are known): `length` digits below `digits`
+    then '='; a response is correct when its digits sum to the prompt's digit sum mod `modulus`."""
+
+    stop: tuple[str, ...] = ()
+
+    def __init__(self, **options):
+        super().__init__(**options)
+        self.digits, self.modulus, self.length = (int(options[k]) for k in ("digits", "modulus", "length"))
+        if not 2 <= self.digits <= 10 or self.modulus < 2 or self.length < 1:
+            raise DiagnoseError(
+                f"task digitsum: need 2 <= digits <= 10, modulus >= 2, length >= 1 (got digits={self.digits}, "
+                f"modulus={self.modulus}, length={self.length})"
+            )
+
+    def _make(self, rng: random.Random):
+        values = [rng.randrange(self.digits) for _ in range(self.length)]
+        target = sum(values) % self.modulus
+        return "".join(map(str, values)) + "=", str(target), None, {}
+
+    def questions(self, n: int | None = None, seed: int = 0) -> list[Question]:
+        return _generate(self, n, seed, self._make)
+
+    def final_answer(self, text: str) -> str | None:
+        return str(self._sum(text) % self.modulus)
+
+    def verify(self, question: Question, completion: str) -> bool:
+        return self._sum(completion) % self.modulus == int(question.answer)
+
+    def answer_end(self, text: str) -> int | None:
+        return None  # every digit up to the end token counts
+
+    def _sum(self, text: str) -> int:
+        return sum(int(ch) for ch in text if ch.isdigit() and int(ch) < self.digits)
