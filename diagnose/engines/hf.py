@@ -9,7 +9,7 @@ from typing import Sequence
 import torch
 
 from ..errors import DiagnoseError
-from ..models import resolve_model
+from ..models import load_error, locate_model
 from .base import Continuation, Sample, SamplingParams, Scores
 from .sampling import StopChecker, draw, processed_logprobs, request_key, sample_key
 
@@ -57,7 +57,7 @@ class HFEngine:
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         self.model_id = model
-        path = resolve_model(model)
+        path = locate_model(model)  # a model that cannot be found: one DiagnoseError line
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         self.dtype = _dtype(dtype, self.device)
         # Rows decoded together. CPU decoding is bound by arithmetic on the weights: 128 rows gave 1.3x the
@@ -65,10 +65,13 @@ class HFEngine:
         self.batch_size = int(batch_size or (64 if self.device.startswith("cuda") else 128))
         self.score_chunk = int(score_chunk)
         self.min_stem = 16  # prefixes sharing this many leading tokens share their prefill (see _prefill)
-        self.tokenizer = AutoTokenizer.from_pretrained(path)
-        self.model = AutoModelForCausalLM.from_pretrained(
-            path, dtype=self.dtype, attn_implementation=attn_implementation
-        ).to(self.device)
+        try:
+            self.tokenizer = AutoTokenizer.from_pretrained(path)
+            self.model = AutoModelForCausalLM.from_pretrained(
+                path, dtype=self.dtype, attn_implementation=attn_implementation
+            ).to(self.device)
+        except (OSError, ValueError) as err:  # missing or unreadable files: one error line, not a traceback
+            raise load_error(model, err) from None
         self.model.eval()
         self.vocab_size = int(self.model.get_output_embeddings().weight.shape[0])
         # the longest sequence the model was trained for (prompts plus generations are checked against it)

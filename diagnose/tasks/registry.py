@@ -83,7 +83,7 @@ def get(spec: str, **options):
     or a bare data-file path); keyword options override the spec's. Unknown names or options raise
     DiagnoseError listing what exists."""
     name, parsed = parse_spec(spec)
-    if name == "file" and ":" not in spec.strip() and not options:
+    if name == "file" and "path" in parsed and ":" not in spec.strip() and not options:  # a bare path
         name = _guess_style(parsed["path"])
     parsed.update(options)
     cls, dflt = _TASKS.lookup(name)

@@ -1,4 +1,5 @@
-"""Read data files (JSONL, JSON array, CSV, Parquet) into rows that remember where they came from.
+"""Read data files (JSONL, JSON array, CSV, Parquet), or a Hugging Face data set, into rows that remember
+where they came from.
 
 Every problem is a DiagnoseError with a one-line message naming the file and the line (or row).
 """
@@ -8,8 +9,9 @@ from __future__ import annotations
 import csv
 import json
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
 
 from ..errors import DiagnoseError
 
@@ -19,10 +21,10 @@ class Row:
     data: dict[str, Any]
     where: str  # "line 12" (JSONL/CSV) or "row 12" (Parquet, JSON array), 1-based
 
-    def error(self, path: Path, message: str) -> DiagnoseError:
+    def error(self, path: Path | str, message: str) -> DiagnoseError:
         return DiagnoseError(f"{path}: {self.where}: {message}")
 
-    def text(self, path: Path, column: str, required: bool = True) -> str | None:
+    def text(self, path: Path | str, column: str, required: bool = True) -> str | None:
         """The value of `column` as text; missing or empty -> error (or None when not required)."""
         value = self.data.get(column)
         if value is None or (isinstance(value, float) and value != value) or str(value).strip() == "":
@@ -50,6 +52,48 @@ def read_rows(path: str | Path) -> list[Row]:
         if text.lstrip().startswith("["):
             return _json_array(path, text)
     return _jsonl(path)
+
+
+def dataset_rows(dataset: Iterable[dict[str, Any]]) -> list[Row]:
+    """The rows of a loaded data set (a `datasets.Dataset`, or any sequence of dicts), numbered "row 1", ...
+    like a Parquet file's; the tasks map them exactly as they map a file's rows."""
+    return [Row(dict(data), f"row {i}") for i, data in enumerate(dataset, 1)]
+
+
+@lru_cache(maxsize=None)
+def read_dataset(name: str, config: str | None, split: str, columns: str = "") -> tuple[Row, ...]:
+    """The rows of a Hugging Face data set split, through `datasets.load_dataset` (from the hub, or from the
+    local cache when offline). Loaded once per process. Not available: one DiagnoseError line naming the data
+    set, what was tried, and that a data file (with `columns`, when given) can be passed instead."""
+    label = describe_dataset(name, config, split)
+    try:
+        import datasets
+    except ImportError:
+        message = f"{label} needs the `datasets` package (pip install datasets); or pass path=<file>"
+        raise DiagnoseError(message) from None
+    try:
+        loaded = datasets.load_dataset(name, config, split=split)
+    except Exception as err:  # noqa: BLE001 - any failure to get the data (network, cache, format): one line
+        instead = (
+            f"Pass path=<file> (JSONL/CSV/Parquet{' with columns ' + columns if columns else ''}), or set HF_HOME "
+            "to a cache that holds a copy"
+        )
+        if getattr(datasets.config, "HF_HUB_OFFLINE", False):
+            hub = "not asked (HF_HUB_OFFLINE=1)"
+        elif isinstance(err, ConnectionError):  # datasets falls back to its cache before raising this
+            hub = "unreachable"
+        else:
+            raise DiagnoseError(f"{label} could not be loaded: {_single_line(err)[:200]}. {instead}") from None
+        raise DiagnoseError(
+            f"{label} is not available: the Hugging Face hub: {hub}; the local datasets cache "
+            f"({datasets.config.HF_DATASETS_CACHE}): no copy. {instead}"
+        ) from None
+    return tuple(dataset_rows(loaded))
+
+
+def describe_dataset(name: str, config: str | None, split: str) -> str:
+    """`data set openai/gsm8k (config main, split test)`."""
+    return f"data set {name} ({f'config {config}, ' if config else ''}split {split})"
 
 
 def _single_line(message: str) -> str:
