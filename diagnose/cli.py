@@ -265,12 +265,16 @@ def ls_objectives():
 @ls_app.command("tasks")
 @user_errors
 def ls_tasks():
-    """Registered tasks and their options (file-backed ones need path=...)."""
+    """Registered tasks and their options (`file` needs path=...; gsm8k and math without it load the standard
+    test set through `datasets`)."""
     from . import tasks
 
+    standard = {"gsm8k": "openai/gsm8k", "math": "HuggingFaceH4/MATH-500"}
     for name in tasks.available():
         opts = tasks.defaults(name)
         shown = " ".join(f"{k}={'...' if v is None else v}" for k, v in opts.items())
+        if name in standard:
+            shown = f"[path=...]  (without path: {standard[name]} through datasets)"
         typer.echo(name + ("  " + shown if shown else ""))
 
 
