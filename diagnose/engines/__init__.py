@@ -5,32 +5,29 @@ Back ends are imported lazily, so `vllm` is only needed when the vllm engine is 
 
 from __future__ import annotations
 
-import importlib
-
-from ..errors import DiagnoseError
+from ..registry import Registry
 from .base import Continuation, Engine, Sample, SamplingParams, Scores, render_prompt
 
-_ENGINES: dict[str, str] = {
-    "hf": "diagnose.engines.hf:HFEngine",
-    "vllm": "diagnose.engines.vllm:VLLMEngine",
-    "exact": "diagnose.engines.exact:ExactEngine",
-}
+_ENGINES = Registry("engine")
+_ENGINES.add("hf", "diagnose.engines.hf:HFEngine")
+_ENGINES.add("vllm", "diagnose.engines.vllm:VLLMEngine")
+_ENGINES.add("exact", "diagnose.engines.exact:ExactEngine")
 
 
-def register(name: str, target: str) -> None:
-    """Register an engine class by import path, `package.module:ClassName`."""
-    _ENGINES[name] = target
+def register(name: str, target) -> None:
+    """Register an engine class by import path, `package.module:ClassName` (imported on first use), or the
+    class itself; registering a name again replaces it."""
+    _ENGINES.add(name, target, replace=True)
 
 
 def available() -> list[str]:
-    return sorted(_ENGINES)
+    return _ENGINES.available()
 
 
 def engine_class(name: str):
-    if name not in _ENGINES:
-        raise DiagnoseError(f"unknown engine {name!r}; available: {', '.join(available())}")
-    module, _, cls = _ENGINES[name].partition(":")
-    return getattr(importlib.import_module(module), cls)
+    """The class of engine `name` (its module imported now); unknown names raise a DiagnoseError listing
+    the registered ones."""
+    return _ENGINES.get(name)
 
 
 def load(name: str, model: str, **kwargs) -> Engine:

@@ -22,6 +22,7 @@ import torch
 
 from ..errors import DiagnoseError
 from ..objectives.base import LOG_FLOOR
+from ..registry import coerce, parse_spec
 from .base import Continuation, Sample, SamplingParams, Scores
 from .sampling import uniforms
 
@@ -31,16 +32,14 @@ def _key(*parts) -> int:
     return int.from_bytes(hashlib.blake2b(repr(parts).encode(), digest_size=8).digest(), "little")
 
 
+# The options an `exact:key=value,...` model spec (or a keyword) may set; a value here gives the option's type
+# (the defaults are __init__'s).
+_OPTIONS = {"digits": 4, "modulus": 3, "horizon": 6, "seed": 0, "scale": 2.0, "eos_bias": -0.5}
+
+
 def _parse_model(model: str) -> tuple[str, dict[str, str]]:
     """`exact` or `exact:seed=2,scale=1.5` (how a run names a student or an external teacher) -> options."""
-    name, _, rest = str(model).partition(":")
-    options = {}
-    for part in filter(None, (p.strip() for p in rest.split(","))):
-        key, eq, value = part.partition("=")
-        if not eq:
-            raise DiagnoseError(f"exact engine: model {model!r}: expected key=value, got {part!r}")
-        options[key.strip()] = value.strip()
-    return name, options
+    return parse_spec(str(model), "exact engine model")
 
 
 class ExactTokenizer:
@@ -121,17 +120,16 @@ class ExactEngine:
         dtype: str | None = None,  # accepted for the engine protocol's loaders; the tables are float64
     ):
         model, options = _parse_model(model)
-        digits = int(options.pop("digits", digits))
-        modulus = int(options.pop("modulus", modulus))
-        horizon = int(options.pop("horizon", horizon))
-        seed = int(options.pop("seed", seed))
-        scale = float(options.pop("scale", scale))
-        eos_bias = float(options.pop("eos_bias", eos_bias))
-        if options:
+        if set(options) - set(_OPTIONS):
             raise DiagnoseError(
-                f"exact engine: unknown option(s) {', '.join(sorted(options))} in model {model!r} "
-                "(known: digits, modulus, horizon, seed, scale, eos_bias)"
+                f"exact engine: unknown option(s) {', '.join(sorted(set(options) - set(_OPTIONS)))} in model "
+                f"{model!r} (known: {', '.join(_OPTIONS)})"
             )
+        given = dict(digits=digits, modulus=modulus, horizon=horizon, seed=seed, scale=scale, eos_bias=eos_bias)
+        given.update(options)  # the model spec's options win over keywords
+        typed = {key: coerce("exact engine", model, key, given[key], default) for key, default in _OPTIONS.items()}
+        digits, modulus, horizon, seed = typed["digits"], typed["modulus"], typed["horizon"], typed["seed"]
+        scale, eos_bias = typed["scale"], typed["eos_bias"]
         if digits < 2 or digits > 10 or modulus < 2 or horizon < 1:
             raise DiagnoseError("exact engine: need 2 <= digits <= 10, modulus >= 2, horizon >= 1")
         self.model_id = f"{model}:d{digits}m{modulus}h{horizon}s{seed}x{scale}e{eos_bias}"

@@ -6,7 +6,7 @@ from typing import Any
 
 from ..registry import Registry
 
-_OBJECTIVES = Registry("objective", KeyError)
+_OBJECTIVES = Registry("objective", word="parameter")
 
 
 def register(name: str, **defaults):
@@ -24,39 +24,14 @@ def defaults(name: str) -> dict[str, Any]:
 
 
 def get(name: str, **params):
-    """Build objective `name`; unknown parameters are refused, missing ones take their defaults."""
-    cls, dflt = _OBJECTIVES.lookup(name)
-    unknown = set(params) - set(dflt)
-    if unknown:
-        allowed = ", ".join(sorted(dflt)) or "none"
-        raise ValueError(f"objective {name!r} has no parameter {', '.join(sorted(unknown))} (allowed: {allowed})")
-    merged = dict(dflt)
-    for key, value in params.items():
-        try:
-            merged[key] = type(dflt[key])(value) if dflt[key] is not None else value
-        except (TypeError, ValueError):
-            raise ValueError(
-                f"objective {name!r}: parameter {key}={value!r} is not a {type(dflt[key]).__name__}"
-            ) from None
-    return cls(params=merged)
-
-
-def _coerce(text: str):
-    for conv in (int, float):
-        try:
-            return conv(text)
-        except ValueError:
-            pass
-    return text
+    """Build objective `name`; unknown parameters are refused, missing ones take their defaults, given ones
+    are typed as the defaults are. Errors: diagnose.registry.UnknownName (a KeyError) for an unknown name,
+    SpecError (a ValueError) for an unknown or mistyped parameter."""
+    cls = _OBJECTIVES.get(name)
+    return cls(params=_OBJECTIVES.options(name, params))
 
 
 def parse(spec: str):
     """`name` or `name:key=value,key=value` -> objective (values typed as the defaults are)."""
-    name, _, rest = spec.strip().partition(":")
-    params = {}
-    for part in filter(None, (s.strip() for s in rest.split(","))):
-        key, eq, value = part.partition("=")
-        if not eq:
-            raise ValueError(f"objective spec {spec!r}: expected key=value, got {part!r}")
-        params[key.strip()] = _coerce(value.strip())
+    name, params = _OBJECTIVES.parse(spec)
     return get(name, **params)

@@ -5,11 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from ..errors import DiagnoseError
 from ..registry import Registry
 
 FILE_SUFFIXES = (".jsonl", ".json", ".csv", ".parquet", ".pq")
-_TASKS = Registry("task", DiagnoseError, hint=" (or a data file path)")
+_TASKS = Registry("task", hint=" (or a data file path)")
 
 
 def register(name: str, **defaults):
@@ -28,40 +27,16 @@ def defaults(name: str) -> dict[str, Any]:
     return _TASKS.defaults(name)
 
 
-def _coerce(name: str, key: str, value, default):
-    if default is None or isinstance(value, type(default)) and not isinstance(value, bool):
-        return value
-    try:
-        if isinstance(default, bool):
-            text = str(value).strip().lower()
-            if text not in ("1", "0", "true", "false", "yes", "no"):
-                raise ValueError
-            return text in ("1", "true", "yes")
-        return type(default)(value)
-    except (TypeError, ValueError):
-        raise DiagnoseError(
-            f"task {name!r}: option {key}={value} is not a {type(default).__name__}"
-        ) from None
-
-
 def parse_spec(spec: str) -> tuple[str, dict[str, str]]:
     """`name` or `name:key=value,key=value` -> (name, options as strings); a bare data-file path becomes
     ("file", {"path": spec})."""
     spec = spec.strip()
-    if not spec:
-        raise DiagnoseError("empty task spec; available: " + ", ".join(available()))
     name, sep, rest = spec.partition(":")
-    if name not in _TASKS and (
+    if spec and name not in _TASKS and (
         not sep or "=" not in rest.split(",")[0]
     ) and (spec.lower().endswith(FILE_SUFFIXES) or Path(spec).is_file()):
         return "file", {"path": spec}
-    options: dict[str, str] = {}
-    for part in filter(None, (s.strip() for s in rest.split(","))):
-        key, eq, value = part.partition("=")
-        if not eq or not key.strip():
-            raise DiagnoseError(f"task spec {spec!r}: expected key=value, got {part!r}")
-        options[key.strip()] = value.strip()
-    return name.strip(), options
+    return _TASKS.parse(spec)
 
 
 def _guess_style(path: str) -> str:
@@ -86,12 +61,5 @@ def get(spec: str, **options):
     if name == "file" and "path" in parsed and ":" not in spec.strip() and not options:  # a bare path
         name = _guess_style(parsed["path"])
     parsed.update(options)
-    cls, dflt = _TASKS.lookup(name)
-    unknown = set(parsed) - set(dflt)
-    if unknown:
-        allowed = ", ".join(sorted(dflt)) or "none"
-        raise DiagnoseError(f"task {name!r} has no option {', '.join(sorted(unknown))} (options: {allowed})")
-    merged = dict(dflt)
-    for key, value in parsed.items():
-        merged[key] = _coerce(name, key, value, dflt[key])
-    return cls(**merged)
+    cls = _TASKS.get(name)
+    return cls(**_TASKS.options(name, parsed))

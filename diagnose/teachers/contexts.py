@@ -11,16 +11,14 @@ from pathlib import Path
 from typing import Callable
 
 from ..errors import DiagnoseError
+from ..registry import Registry
 
-CONTEXTS: dict[str, str] = {
-    "none": "the student's own prompt (an external model without extra context)",
-    "answer": "the reference final answer only",
-    "solution": "the reference worked solution",
-    "summary": "a short summary of the reference solution (from the data, or written once and cached)",
-    "contrastive": "one correct and one incorrect solution (from the data or the student's own verified rollouts)",
-    "system=<text>": "a system-prompt hint",
-    "template=<path>": "a user template with {question}, {solution} and {answer} placeholders",
-}
+# name -> builder(inputs, value) -> the teacher's chat messages. A context whose defaults hold "value" takes
+# one (`system=<text>`); its label shows the placeholder. Registration order is the order listings show.
+_CONTEXTS = Registry("context", sort=False)
+
+# label -> description, what `diagnose ls contexts` prints (a live view of the registry).
+CONTEXTS = _CONTEXTS.listing()
 
 
 @dataclass
@@ -35,16 +33,23 @@ class ContextInputs:
     incorrect_example: str | None = None
 
 
+Builder = Callable[[ContextInputs, "str | None"], list[dict]]
+
+
 def parse_context(context: str) -> tuple[str, str | None]:
-    """`answer` -> ("answer", None); `system=Be careful` -> ("system", "Be careful"); unknown -> DiagnoseError."""
-    name, eq, arg = context.partition("=")
-    if eq and name in ("system", "template"):
-        if not arg:
-            raise DiagnoseError(f"context {context!r} needs a value after '='")
-        return name, arg
-    if not eq and name in CONTEXTS:
-        return name, None
-    raise DiagnoseError(f"unknown context {context!r}; available: {', '.join(CONTEXTS)}")
+    """`answer` -> ("answer", None); `system=Be careful` -> ("system", "Be careful") (the value is everything
+    after the first '=', so it may hold ':', ',' and '='); unknown -> DiagnoseError listing the contexts."""
+    name, eq, value = context.partition("=")
+    if name not in _CONTEXTS:
+        raise _CONTEXTS.unknown(context)
+    entry = _CONTEXTS.entries[name]
+    if "value" in entry.defaults:
+        if not value:
+            raise DiagnoseError(f"context {context!r} needs a value: {entry.label}")
+        return name, value
+    if eq:
+        raise DiagnoseError(f"context {context!r}: {name} takes no value")
+    return name, None
 
 
 def _with_hint(inputs: ContextInputs, hint: str) -> list[dict]:
@@ -101,28 +106,36 @@ def _none(inputs: ContextInputs, arg) -> list[dict]:
     return [{"role": "user", "content": inputs.question}]
 
 
-BUILDERS: dict[str, Callable[[ContextInputs, str | None], list[dict]]] = {
-    "none": _none,
-    "answer": _answer,
-    "solution": _solution,
-    "summary": _summary,
-    "contrastive": _contrastive,
-    "system": _system,
-    "template": _template,
-}
+def register_context(name: str, builder: Builder, doc: str, value: str | None = None) -> None:
+    """Add a context: `builder(inputs, arg) -> chat messages` for the teacher, `doc` for the listing. With
+    `value` (a placeholder such as "<text>") the context is used as `name=<value>` and `arg` is the value;
+    otherwise `arg` is None. Registering a name again replaces it."""
+    defaults = {} if value is None else {"value": value}
+    _CONTEXTS.add(name, builder, defaults, doc=doc, label=f"{name}={value}" if value else name, replace=True)
 
 
-def register_context(name: str, builder: Callable[[ContextInputs, str | None], list[dict]], doc: str) -> None:
-    """Add a context: `builder(inputs, arg) -> chat messages` for the teacher."""
-    BUILDERS[name] = builder
-    CONTEXTS[name] = doc
+register_context("none", _none, "the student's own prompt (an external model without extra context)")
+register_context("answer", _answer, "the reference final answer only")
+register_context("solution", _solution, "the reference worked solution")
+register_context(
+    "summary", _summary, "a short summary of the reference solution (from the data, or written once and cached)"
+)
+register_context(
+    "contrastive", _contrastive,
+    "one correct and one incorrect solution (from the data or the student's own verified rollouts)",
+)
+register_context("system", _system, "a system-prompt hint", value="<text>")
+register_context(
+    "template", _template, "a user template with {question}, {solution} and {answer} placeholders", value="<path>"
+)
 
 
 def build_messages(context: str, inputs: ContextInputs) -> list[dict]:
     """The teacher's chat messages for one question under `context`."""
     name, arg = parse_context(context)
-    return BUILDERS[name](inputs, arg)
+    return _CONTEXTS.get(name)(inputs, arg)
 
 
 def available() -> list[str]:
-    return list(CONTEXTS)
+    """Every context as used: `answer`, ..., `system=<text>`, `template=<path>`."""
+    return _CONTEXTS.choices()

@@ -63,7 +63,7 @@ def parse_teacher(spec: str | dict) -> TeacherConfig:
         return TeacherConfig(model, context)
     raise DiagnoseError(
         f"bad teacher spec {spec!r}: expected self[:<context>] or model=<id-or-path>[:<context>]; "
-        f"contexts: {', '.join(CONTEXTS)}, system=<text>, template=<path>"
+        f"contexts: {', '.join(CONTEXTS)}"
     )
 
 
