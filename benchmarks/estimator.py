@@ -17,6 +17,7 @@ import json
 import re
 import sys
 import time
+from typing import Callable
 
 import torch
 
@@ -27,9 +28,51 @@ from diagnose.estimate import (
     Estimator,
     MemoryCache,
     Question,
-    compare_allocations,
     engine_teacher,
+    pack,
 )
+from diagnose.estimate.adaptive import finished, half_widths
+
+
+def compare_allocations(make_estimator: Callable[[], Estimator], target_half_width: float) -> dict:
+    """Continuations to reach `target_half_width` on every node with adaptive versus uniform allocation.
+
+    `make_estimator()` must return a fresh Estimator (same engine, questions, config) each time; both arms
+    select the same nodes with `adaptive_initial` continuations per candidate, then run rounds until every
+    node's predicted interval (adaptive.half_widths) meets the target, is finished (g* confidently ~ 0), or
+    hits `max_per_candidate`. `savings` compares the nodes that met the target in both arms (equal
+    half-width); `total_ratio` compares whole runs (nodes capped in either arm included).
+    """
+    arms = {}
+    for mode in ("adaptive", "uniform"):
+        est = make_estimator()
+        est.cfg.target_half_width = target_half_width
+        est.sample()
+        est.select()
+        est.adapt(mode)
+        _, p, s, c, mask = pack(est.estimates)
+        hw = half_widths(p, s, c, mask, [d for _, d, _, _ in est.direction_tensors()])
+        arms[mode] = {
+            "per_node": c.sum(-1) - (1 if est.cfg.free_sample else 0),
+            "met": (hw <= target_half_width + 1e-9) & ~finished(p, s, c, mask, est.cfg.g_tolerance),
+            "total": est.spend.continuations,
+            "estimator": est,
+        }
+    a, u = arms["adaptive"], arms["uniform"]
+    both = a["met"] & u["met"]
+    ca, cu = float(a["per_node"][both].sum()), float(u["per_node"][both].sum())
+    return {
+        "target_half_width": target_half_width,
+        "nodes": int(both.numel()),
+        "nodes_met_both": int(both.sum()),
+        "adaptive_continuations": ca,
+        "uniform_continuations": cu,
+        "savings": cu / ca if ca > 0 else float("nan"),
+        "adaptive_total": a["total"],
+        "uniform_total": u["total"],
+        "total_ratio": u["total"] / max(1, a["total"]),
+        "estimators": {"adaptive": a["estimator"], "uniform": u["estimator"]},
+    }
 
 
 def _summary(out: dict, seconds: float) -> dict:

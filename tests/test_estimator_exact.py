@@ -1,6 +1,8 @@
 """The estimator against exact truth: every estimate goes through the Engine protocol of the exact engine."""
 
+import importlib.util
 import math
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -14,7 +16,6 @@ from diagnose.estimate import (
     Generator,
     Node,
     Question,
-    compare_allocations,
     corrected_cosine,
     engine_teacher,
     estimate,
@@ -29,6 +30,15 @@ from diagnose.estimate import (
 )
 from diagnose.estimate.nodes import window_index
 from diagnose.ideal import ideal_gradient
+
+
+def compare_allocations(make_estimator, target_half_width):
+    """benchmarks/estimator.py's adaptive-versus-uniform comparison (a benchmark, not part of the package)."""
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "estimator.py"
+    spec = importlib.util.spec_from_file_location("benchmarks_estimator", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.compare_allocations(make_estimator, target_half_width)
 
 
 def exact(**kw):
@@ -135,6 +145,27 @@ def test_node_records_use_the_ideal_gradient(world):
     g_sparse, v_sparse = e.ideal()
     assert torch.allclose(g_rec.double(), torch.tensor(g_sparse, dtype=torch.float64), atol=1e-6)
 
+
+
+def test_result_carries_the_logits_it_scored(world):
+    """student_logits / teacher_logits: the logits the estimate scored, row i at node i (what proxies and the
+    parameter-space cosine read), equal to scoring those nodes again."""
+    est = world["est"]
+    res = est.results()
+    nodes = [e.node for e in res.nodes]
+    assert res.student_logits.shape[0] == len(nodes) == len(res.node_records)
+    assert set(res.teacher_logits) == {"t"}
+    ref_t = engine_teacher(exact(seed=2))(res.rollouts, nodes)
+    assert torch.equal(res.teacher_logits["t"], ref_t)
+    for i in (0, len(nodes) // 2, len(nodes) - 1):
+        ro, e = res.rollouts[nodes[i].rollout], res.nodes[i]
+        z = est.engine.score([ro.prompt_ids + ro.token_ids], [[len(ro.prompt_ids) + nodes[i].position]])[0]
+        assert torch.equal(res.student_logits[i], z.logits[0].float() / est.cfg.temperature)
+        p = torch.softmax(res.student_logits[i].double(), -1)[torch.tensor(e.cand_ids)]
+        assert torch.allclose(p, torch.tensor(e.p, dtype=torch.float64), atol=1e-9)
+    again = est.results()  # a second call hands out the same values
+    assert torch.equal(again.student_logits, res.student_logits)
+    assert torch.equal(again.teacher_logits["t"], res.teacher_logits["t"])
 
 def test_noise_term_is_unbiased():
     """E|g-hat|^2 - |g|^2 = E[noise_term] on a synthetic node (Monte Carlo over binomial outcomes)."""

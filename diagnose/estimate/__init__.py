@@ -35,7 +35,6 @@ from .pipeline import (
     EstimateResult,
     Estimator,
     TeacherFn,
-    compare_allocations,
     engine_teacher,
     estimate,
 )
@@ -64,7 +63,6 @@ __all__ = [
     "TeacherFn",
     "engine_teacher",
     "estimate",
-    "compare_allocations",
     "Question",
     "Rollout",
     "sample_rollouts",

@@ -96,7 +96,12 @@ class Direction:
 
 @dataclass
 class EstimateResult:
-    """Rollouts, per-node estimates, per node x teacher x objective scores, and the run's accounting."""
+    """Rollouts, per-node estimates, per node x teacher x objective scores, and the run's accounting.
+
+    `student_logits` [N, V] (at the sampling temperature) and `teacher_logits` (teacher name -> [N, V], for the
+    teachers that returned logits rather than top-k ids) are the logits the estimate scored, row i at node
+    `nodes[i]`: what proxies and the parameter-space cosine are computed from afterwards. They share storage
+    with the estimator that made them (no copy)."""
 
     rollouts: list[Rollout]
     nodes: list[NodeEstimate]
@@ -105,6 +110,8 @@ class EstimateResult:
     summary: dict
     config: EstimateConfig
     rollout_scores: list[dict] = field(default_factory=list)  # rollout x teacher x objective
+    student_logits: torch.Tensor | None = None  # [N, V], None when no node was estimated
+    teacher_logits: dict[str, torch.Tensor] = field(default_factory=dict)  # name -> [N, V]
 
     def tables(self):
         """pandas DataFrames: rollouts, nodes, candidates, alignment (node x teacher x objective),
@@ -156,8 +163,11 @@ class Estimator:
         objectives: Sequence = ("rkl",),
         config: EstimateConfig | None = None,
         cache: str | Path | None = None,
+        keep_teacher_logits: bool = True,
     ):
+        """keep_teacher_logits=False: the result carries no `teacher_logits` (they are not kept per node)."""
         self.engine = engine
+        self.keep_teacher_logits = keep_teacher_logits
         self.questions = list(questions)
         self.teachers = dict(teachers or {})
         self.objectives = _resolve_objectives(objectives)
@@ -172,7 +182,10 @@ class Estimator:
         self.estimates: list[NodeEstimate] = []
         self.directions: dict[tuple[str, str], Direction] = {}
         self.spend = Spend()
-        self._student_logits: list[torch.Tensor] = []  # per node, at the sampling temperature [V]
+        # Per node, in the order of `estimates`: the student's logits at the sampling temperature [V], and each
+        # teacher's logits [V] (teachers that return top-k ids have none). `results()` hands them out stacked.
+        self._student_logits: list[torch.Tensor] = []
+        self._teacher_logits: dict[str, list[torch.Tensor]] = {}
 
     # ---- steps -----------------------------------------------------------------------------------------
 
@@ -311,6 +324,8 @@ class Estimator:
                         if tp is not None:
                             dirn.teacher_p.append(tp[i, torch.tensor(e.cand_ids, dtype=torch.long)])
         self._student_logits.extend(z)
+        for name, payload in rows if self.keep_teacher_logits else ():
+            self._teacher_logits.setdefault(name, []).extend(payload)
         self.estimates.extend(ests)
         return ests
 
@@ -444,8 +459,8 @@ class Estimator:
         g_zero = ideal_degenerate(s, c, mask, p) if self.estimates else []
         weights = self.design_weights()
         negligible = self.negligible()
+        z, teacher_logits = self._stacked_logits()
         if self.estimates:
-            z = torch.stack(self._student_logits)
             q_hat = torch.where(mask, s / c.clamp_min(1), 0.0)
             ideal = ideal_gradient(z, torch.where(mask, ids, -1), q_hat)
             g_c = ideal.g.double().gather(1, ids.clamp_min(0))
@@ -563,7 +578,35 @@ class Estimator:
             {"rollout_id": rid, "teacher": t, "objective": o, **vals}
             for (rid, t, o), vals in rollout_rows.items()
         ]
-        return EstimateResult(self.rollouts, list(self.estimates), records, scores, summary, cfg, per_rollout)
+        return EstimateResult(
+            self.rollouts,
+            list(self.estimates),
+            records,
+            scores,
+            summary,
+            cfg,
+            per_rollout,
+            student_logits=z,
+            teacher_logits=teacher_logits,
+        )
+
+    def _stacked_logits(self) -> tuple[torch.Tensor | None, dict[str, torch.Tensor]]:
+        """The kept student and teacher logits as [N, V] tensors (rows aligned with `estimates`). The per-node
+        lists are re-pointed at the stacked rows, so the chunks they came from are freed: one copy in all."""
+        if not self.estimates:
+            return None, {}
+        z = torch.stack(self._student_logits)
+        self._student_logits = list(z.unbind(0))
+        teachers = {
+            name: torch.stack(kept)
+            for name, kept in self._teacher_logits.items()
+            if len(kept) == len(self.estimates)  # not a teacher that returned top-k ids for some chunks
+        }
+        self._teacher_logits = {
+            name: list(teachers[name].unbind(0)) if name in teachers else kept
+            for name, kept in self._teacher_logits.items()
+        }
+        return z, teachers
 
     def design_weights(self) -> list[float]:
         """Tokens each estimated node stands for (inverse inclusion probability; see nodes.design_weights)."""
@@ -605,45 +648,3 @@ def estimate(
         if est.cache is not cache:  # close only what we opened
             est.cache.close()
 
-
-def compare_allocations(make_estimator: Callable[[], "Estimator"], target_half_width: float) -> dict:
-    """Continuations to reach `target_half_width` on every node with adaptive versus uniform allocation.
-
-    `make_estimator()` must return a fresh Estimator (same engine, questions, config) each time; both arms
-    select the same nodes with `adaptive_initial` continuations per candidate, then run rounds until every
-    node's predicted interval (adaptive.half_widths) meets the target, is finished (g* confidently ~ 0), or
-    hits `max_per_candidate`. `savings` compares the nodes that met the target in both arms (equal
-    half-width); `total_ratio` compares whole runs (nodes capped in either arm included).
-    """
-    from .adaptive import finished as _finished
-
-    arms = {}
-    for mode in ("adaptive", "uniform"):
-        est = make_estimator()
-        est.cfg.target_half_width = target_half_width
-        est.sample()
-        est.select()
-        est.adapt(mode)
-        _, p, s, c, mask = pack(est.estimates)
-        hw = half_widths(p, s, c, mask, [d for _, d, _, _ in est.direction_tensors()])
-        arms[mode] = {
-            "per_node": c.sum(-1) - (1 if est.cfg.free_sample else 0),
-            "met": (hw <= target_half_width + 1e-9) & ~_finished(p, s, c, mask, est.cfg.g_tolerance),
-            "total": est.spend.continuations,
-            "estimator": est,
-        }
-    a, u = arms["adaptive"], arms["uniform"]
-    both = a["met"] & u["met"]
-    ca, cu = float(a["per_node"][both].sum()), float(u["per_node"][both].sum())
-    return {
-        "target_half_width": target_half_width,
-        "nodes": int(both.numel()),
-        "nodes_met_both": int(both.sum()),
-        "adaptive_continuations": ca,
-        "uniform_continuations": cu,
-        "savings": cu / ca if ca > 0 else float("nan"),
-        "adaptive_total": a["total"],
-        "uniform_total": u["total"],
-        "total_ratio": u["total"] / max(1, a["total"]),
-        "estimators": {"adaptive": a["estimator"], "uniform": u["estimator"]},
-    }

@@ -15,25 +15,26 @@ def default_subset(model) -> str:
     return rf"layers\.{n - 1}\.|(^|\.)norm\.weight$"
 
 
-def param_cosines(engine, est, fns: dict, objectives, params: str | None = None) -> dict:
-    """{(teacher label, objective label, node id): parameter-space cosine} for every node of one estimate."""
+def param_cosines(engine, result, objectives, params: str | None = None) -> dict:
+    """{(teacher label, objective label, node id): parameter-space cosine} for every node of one estimate
+    (an EstimateResult: its rollouts, nodes, and the student and teacher logits it scored there)."""
     model = getattr(engine, "model", None)
     if model is None or not hasattr(model, "config"):
         raise DiagnoseError("--param-space needs the hf engine (a torch model to differentiate)")
     subset = params or default_subset(model)
     out: dict = {}
     by_rollout: dict[int, list[int]] = {}
-    for i, e in enumerate(est.estimates):
+    for i, e in enumerate(result.nodes):
         by_rollout.setdefault(e.node.rollout, []).append(i)
-    z_all = torch.stack(est._student_logits)
-    vocab = z_all.shape[-1]
-    configs = [(label, obj) for obj in objectives if obj.needs != NEEDS_NONE for label in fns]
-    if not configs:
+    z_all, teacher_logits = result.student_logits, result.teacher_logits
+    configs = [(label, obj) for obj in objectives if obj.needs != NEEDS_NONE for label in teacher_logits]
+    if not configs or z_all is None:
         return out
+    vocab = z_all.shape[-1]
     for r, idx in by_rollout.items():
-        ro = est.rollouts[r]
+        ro = result.rollouts[r]
         ids = torch.tensor([list(ro.prompt_ids) + list(ro.token_ids)], device=model.device)
-        nodes = [est.estimates[i] for i in idx]
+        nodes = [result.nodes[i] for i in idx]
         pos = torch.tensor([len(ro.prompt_ids) + e.node.position - 1 for e in nodes])
         g = torch.zeros(len(nodes), vocab)
         for j, e in enumerate(nodes):
@@ -43,7 +44,7 @@ def param_cosines(engine, est, fns: dict, objectives, params: str | None = None)
         tokens = torch.tensor([e.observed for e in nodes])
         dirs = torch.stack(
             [
-                obj.direction(z, torch.stack([fns[label].kept[(r, e.node.position)] for e in nodes]), tokens)
+                obj.direction(z, teacher_logits[label][idx], tokens)
                 for label, obj in configs
             ],
             1,

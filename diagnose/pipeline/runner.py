@@ -24,7 +24,7 @@ from .. import engines, tasks
 from ..alignment import proxies
 from ..engines.base import render_prompt
 from ..errors import DiagnoseError
-from ..estimate import EstimateConfig, Estimator
+from ..estimate import EstimateConfig, EstimateResult, Estimator
 from ..estimate import Question as EstimateQuestion
 from ..objectives import parse as parse_objective
 from ..report import standard_metadata, write_summary, write_table
@@ -169,9 +169,9 @@ class Runner:
             est.cache.close()
         param_cos = {}
         if self.cfg.param_space:
-            work = lambda: param_cosines(self.engine, est, fns, self.objectives)  # noqa: E731
+            work = lambda: param_cosines(self.engine, result, self.objectives)  # noqa: E731
             param_cos = exclusive(work) if exclusive is not None else work()
-        teacher_proxies = self._proxies(est, fns)
+        teacher_proxies = self._proxies(result)
         frames = frames_for_question(result, q, self.task, engine.tokenizer, teacher_proxies, fns, param_cos)
         cost = {
             "rollouts": len(result.rollouts),
@@ -196,24 +196,20 @@ class Runner:
         return output.cost
 
     @staticmethod
-    def _proxies(est: Estimator, fns: dict) -> dict:
-        """(teacher label, node key) -> proxy dict, from the student and teacher logits the estimate used."""
+    def _proxies(result: EstimateResult) -> dict:
+        """(teacher label, node id) -> proxy dict, from the student and teacher logits the estimate scored."""
         out = {}
-        if not est.estimates:
+        z = result.student_logits
+        if not result.nodes or z is None:
             return out
-        z = torch.stack(est._student_logits)
-        keys = [(e.node.rollout, e.node.position) for e in est.estimates]
-        for label, fn in fns.items():
-            zt = torch.stack([fn.kept[k] for k in keys])
+        observed = torch.tensor([e.observed for e in result.nodes])
+        for label, zt in result.teacher_logits.items():
             prox = proxies(z, zt)
-            q_tok = torch.softmax(zt.float(), -1)[
-                torch.arange(len(keys)), torch.tensor([e.observed for e in est.estimates])
-            ]
-            for i, e in enumerate(est.estimates):
+            q_tok = torch.softmax(zt.float(), -1)[torch.arange(len(result.nodes)), observed]
+            for i, e in enumerate(result.nodes):
                 row = {name: float(v[i]) for name, v in prox.items()}
                 row["q_token"] = float(q_tok[i])
                 out[(label, e.id)] = row
-            fn.kept.clear()
         return out
 
     # ---- whole run -----------------------------------------------------------------------------------

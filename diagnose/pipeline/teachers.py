@@ -66,14 +66,13 @@ def check_context_available(cfg: TeacherConfig, q: TaskQuestion) -> None:
 
 
 class TeacherAtNodes:
-    """TeacherFn for the estimator: scores each rollout once (one pass per teacher x rollout) and keeps the
-    logits it returned so the run can compute proxies against the student afterwards."""
+    """TeacherFn for the estimator: scores each rollout once (one pass per teacher x rollout) and returns the
+    teacher's logits at the nodes (the estimator keeps them: EstimateResult.teacher_logits)."""
 
     def __init__(self, cfg: TeacherConfig, engine, question: TaskQuestion, summary: str | None = None):
         self.cfg, self.engine, self.question, self.summary = cfg, engine, question, summary
         own = getattr(engine, "dtype", None)
         self.roundoff = None if own is None else roundoff(own)  # the estimator sizes rounding noise with it
-        self.kept: dict[tuple[int, int], torch.Tensor] = {}
         self.tokens = 0
 
     def __call__(self, rollouts, nodes) -> torch.Tensor:
@@ -97,5 +96,4 @@ class TeacherAtNodes:
             self.tokens += sc.prompt_len + len(rollouts[r].token_ids)
             for j, i in enumerate(by_rollout[r]):
                 out[i] = sc.logits[j].float()
-                self.kept[(nodes[i].rollout, nodes[i].position)] = out[i]
         return torch.stack(out)
