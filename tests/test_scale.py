@@ -50,6 +50,8 @@ def local_ray():
 
 
 def _run(out: Path, **values):
+    if values.get("workers"):  # workers' caches beside the run, not in the machine's shared temp folder
+        values.setdefault("cache_dir", str(Path(out).parent / f"{Path(out).name}-cache"))
     return Runner(RunConfig.from_sources(None, {**EXACT, "out": str(out), **values})).run()
 
 

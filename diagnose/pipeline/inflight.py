@@ -263,3 +263,17 @@ class LockedTokenizer:
 
 
 __all__ = ["Batcher", "BatchedEngine", "LockedTokenizer", "Throughput"]
+
+
+def batched_engines(engine, teacher_engines: dict, batcher: Batcher) -> tuple[BatchedEngine, dict]:
+    """The student and teacher engines behind `batcher`, one wrapper per distinct engine (a `self` teacher is
+    the student's engine: its calls must merge with the student's)."""
+    wrapped: dict[int, BatchedEngine] = {}
+
+    def wrap(e):
+        if id(e) not in wrapped:
+            wrapped[id(e)] = BatchedEngine(e, batcher)
+        return wrapped[id(e)]
+
+    return wrap(engine), {name: wrap(e) for name, e in teacher_engines.items()}
+

@@ -34,7 +34,7 @@ from ..teachers.scoring import max_context
 from ..teachers.summaries import summarize
 from .config import RunConfig
 from .frames import frames_for_question
-from .inflight import BatchedEngine, Batcher
+from .inflight import Batcher, batched_engines
 from .param_cos import param_cosines
 from .progress import Progress
 from .rundir import check_writable, open_run_dir, write_atomic
@@ -272,15 +272,7 @@ class Runner:
         workers = min(self.cfg.questions_in_flight(), len(todo))
         show = bar.update if bar is not None else (lambda **_: None)
         batcher = Batcher(on_call=lambda st: show(tokens_per_s=st.generated_per_s(), rows=dict(st.rows)))
-        wrapped: dict[int, BatchedEngine] = {}
-
-        def wrap(e):
-            if id(e) not in wrapped:
-                wrapped[id(e)] = BatchedEngine(e, batcher)
-            return wrapped[id(e)]
-
-        engine = wrap(self.engine)
-        teachers = {name: wrap(e) for name, e in self.teacher_engines.items()}
+        engine, teachers = batched_engines(self.engine, self.teacher_engines, batcher)
         queue, lock, errors = deque(todo), threading.Lock(), []
 
         def worker() -> None:

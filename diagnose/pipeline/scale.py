@@ -29,7 +29,7 @@ from pathlib import Path
 from .. import logs
 from ..errors import DiagnoseError
 from .config import RunConfig
-from .inflight import BatchedEngine, Batcher
+from .inflight import Batcher, batched_engines
 
 MAX_RETRIES = 2  # a question whose worker died is retried at most this many times
 # Test hook (tests/test_scale.py): "kill:INDEX:MARKER" makes the worker that starts question INDEX exit abruptly,
@@ -59,7 +59,7 @@ class QuestionWorker:
     ):
         from .runner import Runner
 
-        _quiet_libraries(verbose)
+        logs.configure(verbose)  # as the driver was told (quiet unless --verbose); it shows progress
         self.runner = Runner(RunConfig(**cfg), progress=False, worker=True)
         self.engine_options = engine_options or {}
         self.test_hook = test_hook
@@ -69,7 +69,8 @@ class QuestionWorker:
         """Load the student; returns its device and precision (teacher servers load in the same)."""
         self.runner.load_student(self.engine_options)
         e = self.runner.engine
-        return {"device": str(getattr(e, "device", "cpu")), "dtype": str(getattr(e, "dtype", "auto"))}
+        dtype = str(getattr(e, "dtype", "auto")).replace("torch.", "")
+        return {"device": str(getattr(e, "device", "cpu")), "dtype": dtype}
 
     def load(self, servers: dict) -> None:
         """Student then teachers, in one call (a threaded actor does not keep the order of separate calls)."""
@@ -80,12 +81,7 @@ class QuestionWorker:
         """Colocated teachers load here; `servers` (model -> TeacherServer) are used where given. Then check
         the prompts fit. Bad input raises one DiagnoseError."""
         self.runner.load_teachers({model: RemoteTeacher(h) for model, h in servers.items()})
-        self.engine = BatchedEngine(self.runner.engine, self.batcher)
-        wrapped = {id(self.runner.engine): self.engine}
-        self.teachers = {
-            name: wrapped.setdefault(id(e), BatchedEngine(e, self.batcher))
-            for name, e in self.runner.teacher_engines.items()
-        }
+        self.engine, self.teachers = batched_engines(self.runner.engine, self.runner.teacher_engines, self.batcher)
 
     def compute(self, index: int):
         """One question's QuestionOutput (nothing is written in the run directory)."""
@@ -115,7 +111,7 @@ class TeacherServer:
     def __init__(self, engine: str, model: str, dtype: str, verbose: bool = False):
         from .. import engines
 
-        _quiet_libraries(verbose)
+        logs.configure(verbose)  # as the driver was told (quiet unless --verbose); it shows progress
         self.engine = engines.load(engine, model, dtype=dtype)
 
     def describe(self) -> dict:
@@ -155,10 +151,12 @@ class WorkerPool:
     def __init__(self, runner):
         self.runner, cfg = runner, runner.cfg
         ray = _ray()
+        # one teacher server per external teacher model when they are pooled
+        external = sorted({t.model for t in runner.teacher_cfgs if not t.is_self})
+        self.server_models = external if cfg.teacher_placement == "pool" else []
         self.started_ray = not ray.is_initialized()
         if self.started_ray:
-            servers = sum(1 for m in {t.model for t in runner.teacher_cfgs if not t.is_self})
-            needed = cfg.workers + (servers if cfg.teacher_placement == "pool" else 0)
+            needed = cfg.workers + len(self.server_models)
             where = {"address": cfg.ray_address} if cfg.ray_address else {"num_cpus": max(needed, os.cpu_count() or 1)}
             with runner.progress.status("starting Ray"):
                 ray.init(**where, include_dashboard=False, logging_level=logging.ERROR, log_to_driver=False)
@@ -179,8 +177,8 @@ class WorkerPool:
                 self.actors = [self._start() for _ in range(self.size)]
                 student = _get([a.load_student.remote() for a in self.actors])[0]
                 self.runner.device = student["device"]
-                if cfg.teacher_placement == "pool":
-                    self._start_servers(student["dtype"].replace("torch.", ""))
+                if self.server_models:
+                    self._start_servers(student["dtype"])
                 _get([a.load_teachers.remote(self.servers) for a in self.actors])
         except BaseException:
             self.close()
@@ -188,13 +186,12 @@ class WorkerPool:
 
     def _check_room(self, resources: dict) -> None:
         """Refuse up front what the cluster can never place (Ray would wait for it forever)."""
-        external = {t.model for t in self.runner.teacher_cfgs if not t.is_self}
-        actors = self.size + (len(external) if self.runner.cfg.teacher_placement == "pool" else 0)
+        actors = self.size + len(self.server_models)
         for name, each in (("CPU", 1.0), ("GPU", self.gpus)):
             if each and actors * each > resources.get(name, 0) + 1e-9:
                 raise DiagnoseError(
                     f"the Ray cluster has {resources.get(name, 0):g} {name}s but {self.size} worker(s)"
-                    + (f" and {len(external)} teacher server(s)" if actors > self.size else "")
+                    + (f" and {len(self.server_models)} teacher server(s)" if self.server_models else "")
                     + f" need {actors * each:g}; lower --workers or --gpus-per-worker"
                 )
 
@@ -206,9 +203,8 @@ class WorkerPool:
         """One TeacherServer per external teacher model, in the student's precision unless told otherwise."""
         server = _ray().remote(num_cpus=1, num_gpus=self.gpus)(TeacherServer)
         dtype = student_dtype if self.runner.cfg.teacher_dtype == "auto" else self.runner.cfg.teacher_dtype
-        for tc in self.runner.teacher_cfgs:
-            if not tc.is_self and tc.model not in self.servers:
-                self.servers[tc.model] = server.remote(self.runner.cfg.engine, tc.model, dtype, self.verbose)
+        for model in self.server_models:
+            self.servers[model] = server.remote(self.runner.cfg.engine, model, dtype, self.verbose)
         _get([h.describe.remote() for h in self.servers.values()])
 
     def run(self, todo: list[int], bar=None) -> None:
@@ -274,13 +270,6 @@ class WorkerPool:
                 pass
         if self.started_ray:
             ray.shutdown()
-
-
-def _quiet_libraries(verbose: bool) -> None:
-    """Worker processes log as the driver was told to (quiet unless --verbose): the driver shows progress."""
-    from .. import logs
-
-    logs.configure(verbose)
 
 
 def _alive(actor) -> bool:
