@@ -28,6 +28,7 @@ from ..errors import DiagnoseError
 from .assets import CSS, JS
 from .summary import Summary, read_summary, summarize_run
 from .tables import BANDS, PROXIES, has_table, read_metadata, read_table
+from .validation import section_validation
 
 PALETTE = list(diverging.RdBu)  # red (negative) -> white (0) -> blue (positive)
 COLORSCALE = [[i / (len(PALETTE) - 1), c] for i, c in enumerate(PALETTE)]
@@ -1037,6 +1038,7 @@ def render_report(
         _section_positions(valid, configs, metric),
         _section_explorer(data, configs, len(rollouts)),
         _section_proxies(s, valid, configs, metric, summary),
+        section_validation(run_dir, _div),
         _section_metadata(meta, run_dir),
     ]
     parts = [_header(run_dir, meta, configs, metric), "<main>", *sections, "</main>", '<div id="tooltip"></div>']

@@ -305,12 +305,87 @@ SCHEMAS: dict[str, pa.Schema] = {
     ),
 }
 
+# `diagnose validate`: short on-policy trainings of each configuration (and reference arms) from the same
+# starting weights, scored by the change in held-out pass@1 (diagnose/validate/stats.py names each estimand).
+_ARM = [
+    _f("arm", _S, "Arm: a configuration label (teacher|objective) of the run, or ideal, grpo, control."),
+    _f("kind", _S, "config, ideal (trains on estimated g*), grpo (grpo_ref), control (shuffled teacher)."),
+    _f("teacher", _S, "Teacher of the arm (control: the teacher whose vocabulary is shuffled); empty if none."),
+    _f("objective", _S, "Objective of the arm; empty for ideal."),
+]
+_ALIGN = [
+    _f("alignment", _F, "The run's alignment of this configuration (summary `mean`); NaN for reference arms.",
+       nullable=True),
+    _f("alignment_ci_low", _F, "Lower end of the run's interval of `alignment`.", nullable=True),
+    _f("alignment_ci_high", _F, "Upper end of the run's interval of `alignment`.", nullable=True),
+]
+
+
+def _interval_fields(name: str, doc: str) -> list:
+    return [
+        _f(name, _F, doc),
+        _f(f"{name}_ci_low", _F, f"Lower end of the interval of {name} (bootstrap: seeds, then held-out "
+           "questions, then samples).", nullable=True),
+        _f(f"{name}_ci_high", _F, f"Upper end of the interval of {name}.", nullable=True),
+    ]
+
+
+SCHEMAS.update(
+    {
+        "validation_samples": pa.schema(
+            [
+                _f("arm", _S, "Arm label, or `start` for the starting weights."),
+                _f("seed", _I, "Training seed (-1 for `start`)."),
+                _f("question_id", _S, "Held-out question."),
+                _f("sample", _I, "Sample index (the same index draws the same random numbers in every arm)."),
+                _f("correct", _B, "Whether this sample's response was verified correct."),
+            ]
+        ),
+        "validation": pa.schema(
+            _ARM
+            + [
+                _f("seed", _I, "Training seed."),
+                _f("steps", _I, "Optimizer steps."),
+                _f("lr", _D, "AdamW learning rate."),
+            ]
+            + _interval_fields("pass_before", "Held-out pass@1 at the starting weights.")
+            + _interval_fields("pass_after", "Held-out pass@1 after training with this seed.")
+            + _interval_fields("gain", "pass_after - pass_before (paired: the same draws before and after).")
+            + _ALIGN
+            + [
+                _f("train_pass_rate", _F, "Fraction of the training rollouts that were correct.", nullable=True),
+                _f("positions_trained", _I, "Response tokens that received a direction, over all steps."),
+                _f("generated_tokens", _I, "Tokens of the training rollouts."),
+                _f("continuation_tokens", _I, "Tokens of targeted continuations (the ideal arm)."),
+                _f("teacher_tokens", _I, "Tokens the teacher scored."),
+                _f("weight_change", _F, "L2 distance of the trained weights from the start."),
+                _f("wall_time_s", _F, "Seconds for training and evaluation."),
+            ]
+        ),
+        "validation_arms": pa.schema(
+            _ARM
+            + [
+                _f("seeds", _I, "Training seeds averaged."),
+                _f("steps", _I, "Optimizer steps."),
+                _f("pass_before", _F, "Held-out pass@1 at the starting weights."),
+            ]
+            + _interval_fields("pass_after", "Held-out pass@1 after training, mean over seeds.")
+            + _interval_fields("gain", "Expected change in held-out pass@1 after training, mean over seeds.")
+            + [_f("verdict", _S, "gain / loss when the interval of `gain` excludes 0, else `within noise`.")]
+            + _ALIGN
+        ),
+    }
+)
+
 KEYS: dict[str, list[str]] = {
     "rollouts": ["question_id", "rollout_idx"],
     "nodes": ["question_id", "rollout_idx", "position"],
     "candidates": ["question_id", "rollout_idx", "position", "token_id"],
     "alignment": ["question_id", "rollout_idx", "position", "config"],
     "summary": ["config", "metric"],
+    "validation_samples": ["arm", "seed", "question_id", "sample"],
+    "validation": ["arm", "seed"],
+    "validation_arms": ["arm"],
 }
 
 # Value ranges checked on write (a tolerance absorbs float32 rounding).
@@ -337,6 +412,8 @@ RANGES: dict[str, dict[str, tuple[float, float]]] = {
     }
     | {"q_token": _UNIT, "tv": _UNIT},
     "summary": {c: _COS for c in ("mean", "ci_low", "ci_high", "mean_per_token")},
+    "validation": {c: _UNIT for c in ("pass_before", "pass_after")} | {"gain": _COS},
+    "validation_arms": {c: _UNIT for c in ("pass_before", "pass_after")} | {"gain": _COS},
 }
 _CHOICES = {("rollouts", "difficulty"): BANDS, ("summary", "metric"): METRICS}
 
