@@ -6,6 +6,7 @@ import functools
 import inspect
 import json
 import sys
+from dataclasses import MISSING, fields
 from pathlib import Path
 from typing import List, Optional
 
@@ -43,83 +44,47 @@ def user_errors(command):
 # ---- diagnose run / diagnose plan ------------------------------------------------------------------------
 
 
-def run_options(
-    student: Optional[str] = typer.Option(None, help="Student: `embedded` (default), a Hugging Face id or a path."),
-    task: Optional[str] = typer.Option(None, help="Task spec, e.g. arithmetic, countdown, gsm8k:path=test.jsonl."),
-    teacher: Optional[List[str]] = typer.Option(
-        None,
-        help="Teacher spec (repeatable): self:answer, self:solution, self:summary, self:contrastive, "
-        "self:system=<text>, self:template=<path>, model=<id-or-path>[:<context>].",
-    ),
-    objective: Optional[List[str]] = typer.Option(
-        None, help="Objective (repeatable), with parameters like jsd:beta=0.5 or rkl_topk:k=8,support=union."
-    ),
-    questions: Optional[int] = typer.Option(None, help="Number of questions."),
-    rollouts: Optional[int] = typer.Option(None, help="Student rollouts per question."),
-    continuations: Optional[int] = typer.Option(None, help="Continuations per candidate token."),
-    top_k: Optional[int] = typer.Option(None, help="Candidates: student top-k ∪ each teacher's top-k ∪ observed."),
-    budget: Optional[int] = typer.Option(None, help="Continuations per question, across its selected nodes."),
-    max_new_tokens: Optional[int] = typer.Option(None, help="Response length limit (rollouts and continuations)."),
-    engine: Optional[str] = typer.Option(None, help="Engine: hf or vllm."),
-    in_flight: Optional[int] = typer.Option(
-        None,
-        help="Questions worked on at once, their engine calls merged (0: auto, 8 on hf, 32 on vllm). Changes no "
-        "number: a run may be resumed with another value.",
-    ),
-    workers: Optional[int] = typer.Option(
-        None,
-        help="Ray workers, each with its own model copy (0: this process, no Ray). With --ray-address 0 means one "
-        "per GPU of the cluster. Execution only: a run may be resumed with other scale-out settings.",
-    ),
-    ray_address: Optional[str] = typer.Option(
-        None, help="Join a Ray cluster (auto, or host:port) instead of starting a local one."
-    ),
-    gpus_per_worker: Optional[float] = typer.Option(
-        None, help="GPUs each Ray worker holds (default 1; more runs vLLM tensor-parallel inside the worker)."
-    ),
-    teacher_placement: Optional[str] = typer.Option(
-        None,
-        help="External teachers on Ray: colocate (a copy in every worker; default) or pool (one server per "
-        "teacher model that the workers call).",
-    ),
-    shard: Optional[str] = typer.Option(
-        None,
-        help="i/N: work on the i-th of N disjoint slices of the questions (0 <= i < N), e.g. one per Slurm "
-        "array task into the same --out; the last to finish writes the report (or run `diagnose report`).",
-    ),
-    cache_dir: Optional[Path] = typer.Option(
-        None, help="Continuation caches (SQLite; keep off network file systems). Default: OUT/cache, or each "
-        "Ray worker's local temp folder.",
-    ),
-    teacher_dtype: Optional[str] = typer.Option(
-        None,
-        help="Precision of external teachers: auto (the student's; default), float32, bfloat16, float16. A "
-        "coarser teacher differs from the student by rounding; rows where that is all are 'no signal'.",
-    ),
-    seed: Optional[int] = typer.Option(None, help="Random seed (same seed, same tables)."),
-    out: Optional[Path] = typer.Option(None, help="Run directory (rerun into it to resume)."),
-    config: Optional[Path] = typer.Option(None, help="TOML config file; flags override it."),
-    param_space: Optional[bool] = typer.Option(
-        None,
-        "--param-space/--no-param-space",
-        help="Also score cos(J^T g*, J^T d) on the student's last block (hf engine; slower).",
-    ),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
-    verbose: bool = typer.Option(
+_TYPES = {"int": int, "float": float, "str": str, "bool": bool, "list[str]": List[str]}
+
+
+def run_option_parameters() -> list[inspect.Parameter]:
+    """The options of `diagnose run` (shared with `diagnose plan`): one per RunConfig key, generated from its
+    field (type, default, help), so every key is reachable from the command line and a new key gets its flag;
+    plus --config, --quiet and --verbose, which the commands take out (see run_config)."""
+    from .pipeline.config import RunConfig
+
+    out = []
+    for f in fields(RunConfig):
+        meta = f.metadata
+        if not meta.get("cli", True):
+            continue
+        name = meta.get("flag", f.name)
+        kind = Path if meta.get("path") else _TYPES[str(f.type)]
+        help_text = meta["help"]
+        default = f.default_factory() if f.default is MISSING else f.default
+        if "default" not in help_text and default not in ("", None):
+            shown = ", ".join(default) if isinstance(default, list) else default
+            help_text += f" (default {shown})"
+        flag = name.replace("_", "-")
+        decls = [f"--{flag}/--no-{flag}"] if kind is bool else []
+        opt = typer.Option(None, *decls, help=help_text)
+        out.append(inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=opt, annotation=Optional[kind]))
+    out.append(inspect.Parameter("config", inspect.Parameter.KEYWORD_ONLY, annotation=Optional[Path],
+                                 default=typer.Option(None, help="TOML config file; flags override it.")))
+    out.append(inspect.Parameter("quiet", inspect.Parameter.KEYWORD_ONLY, annotation=bool,
+                                 default=typer.Option(False, "--quiet", "-q", help="No progress bars.")))
+    out.append(inspect.Parameter("verbose", inspect.Parameter.KEYWORD_ONLY, annotation=bool, default=typer.Option(
         False, "--verbose", help="Let vLLM, transformers and the hub print their own log lines and progress bars."
-    ),
-):
-    """The options of `diagnose run`, shared with `diagnose plan` (declared here only, never called). Each one
-    is a RunConfig key (teacher/objective: teachers/objectives), except config, quiet and verbose (taken out
-    by the commands: diagnose.logs.configure); see run_config."""
+    )))
+    return out
 
 
 def with_run_options(command):
-    """Give `command` the options of `run_options` before its own, so `run` and `plan` cannot drift apart;
-    the command receives them as **options."""
-    shared = list(inspect.signature(run_options, eval_str=True).parameters.values())
+    """Give `command` the options of `run_option_parameters` before its own, so `run` and `plan` cannot drift
+    apart; the command receives them as **options."""
+    shared = run_option_parameters()
     own = [
-        p
+        p.replace(kind=inspect.Parameter.KEYWORD_ONLY)
         for p in inspect.signature(command, eval_str=True).parameters.values()
         if p.kind is not inspect.Parameter.VAR_KEYWORD
     ]
@@ -128,19 +93,17 @@ def with_run_options(command):
     return command
 
 
-PLURAL = {"teacher": "teachers", "objective": "objectives"}
-
-
 def run_config(config: Optional[Path] = None, quiet: bool = False, **flags):
     """The RunConfig those options describe: defaults < --config TOML < flags (an unset flag or an empty
     repeatable one leaves the value below it); --quiet turns progress off."""
     from .pipeline import RunConfig
 
+    key = {f.metadata.get("flag", f.name): f.name for f in fields(RunConfig)}
     overrides = {}
     for name, value in flags.items():
         if isinstance(value, list):
             value = value or None
-        overrides[PLURAL.get(name, name)] = str(value) if isinstance(value, Path) else value
+        overrides[key.get(name, name)] = str(value) if isinstance(value, Path) else value
     cfg = RunConfig.from_sources(config, overrides)
     cfg.progress = not quiet
     return cfg

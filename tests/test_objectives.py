@@ -409,9 +409,11 @@ def test_registry_errors_and_specs():
     obj = objectives.parse("rkl_topk:k=5,support=union")
     assert obj.params == {"k": 5, "support": "union"} and obj.label == "rkl_topk:k=5,support=union"
     assert objectives.parse(obj.label).params == obj.params
-    with pytest.raises(ValueError, match="support"):
-        objectives.get("rkl_topk", support="both").direction(torch.zeros(1, 3), torch.zeros(1, 3))
-    with pytest.raises(ValueError, match="beta"):
-        objectives.get("jsd", beta=1.5).direction(torch.zeros(1, 3), torch.zeros(1, 3))
+    # Values an objective cannot use are refused when it is built, before any work
+    for spec, word in [("rkl_topk:support=both", "support"), ("jsd:beta=1.5", "beta"), ("jsd:beta=-0.1", "beta"),
+                       ("rkl_topk:k=0", "k must"), ("fkl_topk:k=0", "k must"), ("fkl_clipped:clip=0", "clip")]:
+        with pytest.raises(ValueError, match=word):
+            objectives.parse(spec)
+    assert objectives.parse("jsd:beta=1").params == {"beta": 1.0}  # the endpoints are allowed
     with pytest.raises(ValueError, match="sampled tokens"):
         objectives.get("rkl_sampled").direction(torch.zeros(1, 3), torch.zeros(1, 3))

@@ -218,6 +218,7 @@ def other_tokenizer_teacher(embedded_model_path, tmp_path_factory):
 CASES = {
     "unknown task": (["--task", "nosuchtask"], "unknown task"),
     "unknown objective": (["--objective", "nosuchobjective"], "unknown objective"),
+    "objective parameter out of range": (["--objective", "jsd:beta=2"], "beta must lie in [0, 1]"),
     "unknown context": (["--teacher", "self:nosuchcontext"], "unknown context"),
     "unknown engine": (["--engine", "nosuchengine"], "unknown engine"),
     "missing model path": (["--student", "/nonexistent/model/dir"], "/nonexistent/model/dir"),

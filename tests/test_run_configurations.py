@@ -88,3 +88,37 @@ def test_vllm_engine_through_diagnose_run(tmp_path, vllm_engine, monkeypatch):
     meta = diagnose.report.read_metadata(tmp_path / "run", "alignment")
     assert meta["engine"] == "vllm"
     assert len(res.alignment) > 0 and len(read_table(tmp_path / "run", "rollouts")) == 2
+
+
+def test_every_run_key_is_a_flag_and_reaches_the_estimate(tmp_path):
+    """The CLI options are generated from RunConfig's fields: every key but `progress` has a flag, and the
+    estimate settings given as flags arrive in the EstimateConfig the run uses (an exact-engine run with them
+    finishes and records them)."""
+    from dataclasses import fields
+
+    from typer.testing import CliRunner
+
+    from diagnose.cli import app, run_option_parameters
+    from diagnose.pipeline.rundir import tomllib
+
+    names = {p.name for p in run_option_parameters()}
+    for f in fields(RunConfig):
+        if f.name != "progress":
+            assert f.metadata.get("flag", f.name) in names, f.name
+    out = tmp_path / "run"
+    res = CliRunner().invoke(app, [
+        "run", "--engine", "exact", "--student", "exact", "--task", "digitsum", "--teacher", "model=exact:seed=1",
+        "--objective", "rkl", "--questions", "2", "--max-new-tokens", "8", "--budget", "60", "--nodes", "every",
+        "--allocation", "adaptive", "--top-p", "0.9", "--temperature", "0.8", "--level", "0.9", "--n-boot", "50",
+        "--budget-unit", "tokens", "--out", str(out), "-q",
+    ])
+    assert res.exit_code == 0, res.output
+    cfg = RunConfig(**tomllib.loads((out / "config.toml").read_text()))
+    est = cfg.estimate_config()
+    assert (est.nodes, est.allocation, est.top_p, est.temperature, est.level, est.n_boot, est.budget_unit) == (
+        "every", "adaptive", 0.9, 0.8, 0.9, 50, "tokens"
+    )
+    assert RunConfig().digest() != cfg.digest()
+    bad = CliRunner().invoke(app, ["run", "--allocation", "sometimes", "--out", str(tmp_path / "bad")])
+    assert bad.exit_code == 1 and "--allocation must be one of uniform, adaptive" in bad.output
+    assert not (tmp_path / "bad").exists()

@@ -24,6 +24,12 @@ def available() -> list[str]:
     return _ENGINES.available()
 
 
+def check(name: str) -> None:
+    """Refuse an unregistered engine name (one line listing the registered ones) without importing any."""
+    if name not in _ENGINES:
+        raise _ENGINES.unknown(name)
+
+
 def engine_class(name: str):
     """The class of engine `name` (its module imported now); unknown names raise a DiagnoseError listing
     the registered ones."""
@@ -44,6 +50,7 @@ __all__ = [
     "render_prompt",
     "register",
     "available",
+    "check",
     "engine_class",
     "load",
 ]

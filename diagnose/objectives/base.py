@@ -63,6 +63,13 @@ class Objective:
     sampled: ClassVar[bool] = False  # True: d depends on the sampled token (has expected_direction)
     params: dict[str, Any] = field(default_factory=dict)
 
+    def __post_init__(self):
+        self.check_params()
+
+    def check_params(self) -> None:
+        """Refuse parameter values the objective cannot use (ValueError), when it is built: a bad spec such as
+        `jsd:beta=2` fails before any model loads, not in the middle of a run."""
+
     @property
     def label(self) -> str:
         """Stable display name, e.g. `jsd:beta=0.5` (same syntax the CLI parses)."""

@@ -57,11 +57,15 @@ class GeneralizedJSD(Objective):
 
     needs = NEEDS_LOGITS
 
+    def check_params(self) -> None:
+        beta = float(self.params.get("beta", 0.5))
+        if not 0.0 <= beta <= 1.0:
+            raise ValueError(f"jsd: beta must lie in [0, 1], got {beta:g}")
+
     def direction(self, student_logits, teacher_logits=None, tokens=None, **kw):
         self._check(student_logits, teacher_logits, tokens)
+        self.check_params()
         beta = float(self.params["beta"])
-        if not 0.0 <= beta <= 1.0:
-            raise ValueError(f"jsd: beta must lie in [0, 1], got {beta}")
         logp, logq = log_probs(student_logits), log_probs(teacher_logits)
         if beta == 0.0:
             return logq.exp() - logp.exp()
@@ -77,6 +81,11 @@ class ClippedForwardKL(Objective):
     """sum_v min(clip, q_v log(q_v/p_v)) (OPSD). Clipped entries are constant: d = q*1_U - p * q(U)."""
 
     needs = NEEDS_LOGITS
+
+    def check_params(self) -> None:
+        clip = float(self.params.get("clip", 1.0))
+        if not clip > 0:
+            raise ValueError(f"fkl_clipped: clip must be > 0, got {clip:g}")
 
     def direction(self, student_logits, teacher_logits=None, tokens=None, **kw):
         self._check(student_logits, teacher_logits, tokens)

@@ -30,9 +30,19 @@ def _check_k(k) -> int:
     return int(k)
 
 
+class _TopK:
+    """Build-time checks of the top-k objectives' parameters (k, and the support where there is one)."""
+
+    def check_params(self) -> None:
+        _check_k(self.params.get("k", 20))
+        support = self.params.get("support", "student")
+        if support not in SUPPORTS:
+            raise ValueError(f"{self.name}: support must be one of {', '.join(SUPPORTS)}, got {support!r}")
+
+
 @register("rkl_topk", k=20, support="student")
 @dataclass(repr=False)
-class TopKReverseKL(Objective):
+class TopKReverseKL(_TopK, Objective):
     """KL(p~ || q~) with both distributions renormalised on S: d = -p~ (l~ - KL_S) on S, 0 off S."""
 
     needs = NEEDS_TOPK
@@ -47,7 +57,7 @@ class TopKReverseKL(Objective):
 
 @register("rkl_topk_unnorm", k=20, support="student")
 @dataclass(repr=False)
-class UnnormalizedTopKReverseKL(Objective):
+class UnnormalizedTopKReverseKL(_TopK, Objective):
     """sum_{v in S} p_v (log p_v - log q_v) with full-vocabulary p and q (no renormalisation).
 
     d_j = -[1{j in S} p_j (l_j + 1) - p_j (sum_S p l + p(S))]: the normaliser couples every logit.
@@ -68,7 +78,7 @@ class UnnormalizedTopKReverseKL(Objective):
 
 @register("fkl_topk", k=20)
 @dataclass(repr=False)
-class TopKForwardKL(Objective):
+class TopKForwardKL(_TopK, Objective):
     """KL(q~ || p) with the teacher renormalised on its own top-k and the full student: d = q~ - p."""
 
     needs = NEEDS_TOPK

@@ -28,42 +28,112 @@ EXECUTION = ("workers", "ray_address", "gpus_per_worker", "teacher_placement", "
 # Keys that do not change any number (where the output goes, how it is shown): excluded from the identity.
 NON_IDENTITY = {"out", "progress", "in_flight", *EXECUTION}
 TEACHER_PLACEMENTS = ("colocate", "pool")
+# EstimateConfig fields whose RunConfig key has another name (every other shared name is copied as is).
+RENAMED = {"rollouts_per_question": "rollouts", "k_student": "top_k", "k_teacher": "top_k"}
+# Keys with a fixed set of values, checked when the config is built.
+CHOICES = {
+    "nodes": ("windows", "windows_end", "uniform", "every", "refine"),
+    "allocation": ("uniform", "adaptive"),
+    "budget_unit": ("continuations", "tokens"),
+    "teacher_placement": TEACHER_PLACEMENTS,
+    "teacher_dtype": TEACHER_DTYPES,
+}
+# Keys added after runs were already being made: at their defaults they stay out of the identity, so the digest
+# (and with it resuming, and cache folders under --cache-dir) of a run made before they existed is unchanged.
+LATER_KEYS = ("top_p", "budget_unit", "allocation", "target_half_width", "level", "n_boot")
 # Questions processed at once when `in_flight` is 0 (auto): enough rows per engine call to keep it busy.
 AUTO_IN_FLIGHT = {"hf": 8, "vllm": 32}
 
 
+def _key(default, help: str, **extra):
+    """A RunConfig field: its default and the help text its `diagnose run` flag shows (the CLI options are
+    generated from these fields, so a key and its flag cannot drift apart)."""
+    if isinstance(default, list):
+        return field(default_factory=lambda: list(default), metadata={"help": help, **extra})
+    return field(default=default, metadata={"help": help, **extra})
+
+
 @dataclass
 class RunConfig:
-    student: str = "embedded"
-    task: str = "arithmetic"
-    teachers: list[str] = field(default_factory=lambda: list(DEFAULT_TEACHERS))
-    objectives: list[str] = field(default_factory=lambda: list(DEFAULT_OBJECTIVES))
-    questions: int = 4
-    rollouts: int = 4  # student rollouts per question
-    continuations: int = 2  # per candidate
-    top_k: int = 2  # candidates: student top-k ∪ each teacher's top-k ∪ observed token
-    budget: int = 40  # continuations per question, across the nodes of its rollouts
-    nodes: str = "windows"  # node selection: windows (exponential widths), windows_end, uniform, every, refine
-    engine: str = "hf"
-    teacher_dtype: str = "auto"  # external teachers' precision; auto = the student's (see estimate/signal.py)
-    seed: int = 0
-    temperature: float = 1.0
-    max_new_tokens: int = 64
-    param_space: bool = False
+    """Every setting of a run: what it diagnoses, how the estimate is made (the EstimateConfig it builds), and
+    how it executes (EXECUTION keys, which change no number)."""
+
+    student: str = _key("embedded", "Student: `embedded` (default), a Hugging Face id or a path.")
+    task: str = _key("arithmetic", "Task spec, e.g. arithmetic, countdown, gsm8k, math, gsm8k:path=test.jsonl.")
+    teachers: list[str] = _key(
+        DEFAULT_TEACHERS,
+        "Teacher spec (repeatable): self:answer, self:solution, self:summary, self:contrastive, "
+        "self:system=<text>, self:template=<path>, model=<id-or-path>[:<context>].",
+        flag="teacher",
+    )
+    objectives: list[str] = _key(
+        DEFAULT_OBJECTIVES,
+        "Objective (repeatable), with parameters like jsd:beta=0.5 or rkl_topk:k=8,support=union.",
+        flag="objective",
+    )
+    questions: int = _key(4, "Number of questions.")
+    rollouts: int = _key(4, "Student rollouts per question.")
+    continuations: int = _key(2, "Continuations per candidate token (the first round, when adaptive).")
+    top_k: int = _key(2, "Candidates: student top-k ∪ each teacher's top-k ∪ observed token.")
+    budget: int = _key(40, "Continuations (or tokens, see --budget-unit) per question, across its selected nodes.")
+    budget_unit: str = _key("continuations", "What --budget counts: continuations or tokens.")
+    nodes: str = _key(
+        "windows", "Node selection: windows (exponential widths), windows_end, uniform, every, refine."
+    )
+    allocation: str = _key(
+        "uniform", "Continuations per candidate: uniform, or adaptive (more where intervals are widest)."
+    )
+    target_half_width: float = _key(
+        0.0, "Adaptive allocation: stop once every node's interval half-width is below this (0: spend the budget)."
+    )
+    engine: str = _key("hf", "Engine: hf, vllm or exact.")
+    teacher_dtype: str = _key(
+        "auto",
+        "Precision of external teachers: auto (the student's; default), float32, bfloat16, float16. A coarser "
+        "teacher differs from the student by rounding; rows where that is all are 'no signal'.",
+    )
+    seed: int = _key(0, "Random seed (same seed, same tables).")
+    temperature: float = _key(1.0, "Sampling temperature of the student (rollouts and continuations).")
+    top_p: float = _key(1.0, "Nucleus sampling of the student (1: off).")
+    max_new_tokens: int = _key(64, "Response length limit (rollouts and continuations).")
+    level: float = _key(0.95, "Confidence level of the per-node intervals.")
+    n_boot: int = _key(1000, "Bootstrap replicates of the per-node intervals.")
+    param_space: bool = _key(False, "Also score cos(J^T g*, J^T d) on the student's last block (hf; slower).")
     # Questions in flight at once (their engine calls merged); 0 = auto (per engine). Execution only: it
     # changes no number, so a run may be resumed with another value.
-    in_flight: int = 0
-    # Scale-out (execution only, see EXECUTION): Ray workers (0 = this process), a Ray cluster to join, GPUs
-    # per worker, where external teachers run, this process's slice `i/N` of the questions, and where the
-    # continuation caches live (default: the run directory, or each Ray worker's local temp folder).
-    workers: int = 0
-    ray_address: str = ""
-    gpus_per_worker: float = 1.0
-    teacher_placement: str = "colocate"
-    shard: str = ""
-    cache_dir: str = ""
-    out: str = "reports/run"
-    progress: bool = True
+    in_flight: int = _key(
+        0,
+        "Questions worked on at once, their engine calls merged (0: auto, 8 on hf, 32 on vllm). Changes no "
+        "number: a run may be resumed with another value.",
+    )
+    # Scale-out (execution only, see EXECUTION).
+    workers: int = _key(
+        0,
+        "Ray workers, each with its own model copy (0: this process, no Ray). With --ray-address 0 means one per "
+        "GPU of the cluster. Execution only: a run may be resumed with other scale-out settings.",
+    )
+    ray_address: str = _key("", "Join a Ray cluster (auto, or host:port) instead of starting a local one.")
+    gpus_per_worker: float = _key(
+        1.0, "GPUs each Ray worker holds (default 1; more runs vLLM tensor-parallel inside the worker)."
+    )
+    teacher_placement: str = _key(
+        "colocate",
+        "External teachers on Ray: colocate (a copy in every worker; default) or pool (one server per teacher "
+        "model that the workers call).",
+    )
+    shard: str = _key(
+        "",
+        "i/N: work on the i-th of N disjoint slices of the questions (0 <= i < N), e.g. one per Slurm array task "
+        "into the same --out; the last to finish writes the report (or run `diagnose report`).",
+    )
+    cache_dir: str = _key(
+        "",
+        "Continuation caches (SQLite; keep off network file systems). Default: OUT/cache, or each Ray worker's "
+        "local temp folder.",
+        path=True,
+    )
+    out: str = _key("reports/run", "Run directory (rerun into it to resume).", path=True)
+    progress: bool = _key(True, "Progress bars (the CLI's --quiet turns them off).", cli=False)
 
     # ---- construction ----
     @classmethod
@@ -106,22 +176,24 @@ class RunConfig:
             raise DiagnoseError(f"--workers must be >= 0 (0: no Ray, this process), got {self.workers}")
         if self.gpus_per_worker < 0:
             raise DiagnoseError(f"--gpus-per-worker must be >= 0, got {self.gpus_per_worker}")
-        if self.teacher_placement not in TEACHER_PLACEMENTS:
-            raise DiagnoseError(
-                f"--teacher-placement must be one of {', '.join(TEACHER_PLACEMENTS)}, got {self.teacher_placement!r}"
-            )
         self.shard_slice()
         if self.shard and self.uses_ray():
             raise DiagnoseError("--shard splits a run across separate processes; it cannot be combined with Ray "
                                 "(--workers / --ray-address), which splits it by itself")
-        if self.teacher_dtype not in TEACHER_DTYPES:
-            raise DiagnoseError(
-                f"--teacher-dtype must be one of {', '.join(TEACHER_DTYPES)}, got {self.teacher_dtype!r}"
-            )
         if not self.temperature > 0:
-            raise DiagnoseError(f"temperature must be > 0, got {self.temperature}")
-        if self.engine not in engines.available():
-            raise DiagnoseError(f"unknown engine {self.engine!r}; available: {', '.join(engines.available())}")
+            raise DiagnoseError(f"--temperature must be > 0, got {self.temperature}")
+        if not 0 < self.top_p <= 1:
+            raise DiagnoseError(f"--top-p must lie in (0, 1], got {self.top_p}")
+        if not 0 < self.level < 1:
+            raise DiagnoseError(f"--level must lie in (0, 1), got {self.level}")
+        if self.n_boot < 1 or self.target_half_width < 0:
+            raise DiagnoseError("--n-boot must be >= 1 and --target-half-width >= 0")
+        for name, choices in CHOICES.items():
+            if getattr(self, name) not in choices:
+                raise DiagnoseError(
+                    f"--{name.replace('_', '-')} must be one of {', '.join(choices)}, got {getattr(self, name)!r}"
+                )
+        engines.check(self.engine)  # an unknown engine: one line listing the registered ones
         for spec in self.objectives:
             try:
                 objectives.parse(spec)
@@ -139,18 +211,12 @@ class RunConfig:
         """The estimator settings this run uses (stop strings come from the task)."""
         from ..estimate import EstimateConfig
 
-        return EstimateConfig(
-            rollouts_per_question=self.rollouts,
-            temperature=self.temperature,
-            max_new_tokens=self.max_new_tokens,
-            stop=tuple(stop),
-            seed=self.seed,
-            k_student=self.top_k,
-            k_teacher=self.top_k,
-            continuations=self.continuations,
-            budget=float(self.budget),
-            nodes=self.nodes,
-        )
+        shared = {f.name for f in fields(EstimateConfig)} & {f.name for f in fields(self)}
+        values = {name: getattr(self, name) for name in shared}
+        values.update({estimate: getattr(self, run) for estimate, run in RENAMED.items()})
+        values["budget"] = float(self.budget)
+        values["target_half_width"] = self.target_half_width or None
+        return EstimateConfig(**values, stop=tuple(stop))
 
     def questions_in_flight(self) -> int:
         """How many questions run at once: `in_flight`, or the engine's automatic choice."""
@@ -177,7 +243,12 @@ class RunConfig:
 
     # ---- identity and persistence ----
     def identity(self) -> dict[str, Any]:
-        return {k: v for k, v in asdict(self).items() if k not in NON_IDENTITY}
+        defaults = {f.name: f.default for f in fields(self)}
+        return {
+            k: v
+            for k, v in asdict(self).items()
+            if k not in NON_IDENTITY and not (k in LATER_KEYS and v == defaults[k])
+        }
 
     def digest(self) -> str:
         return hashlib.sha256(json.dumps(self.identity(), sort_keys=True).encode()).hexdigest()[:16]
