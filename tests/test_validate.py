@@ -5,6 +5,7 @@ arm's direction against exact g* on the exact engine, and the bootstrap interval
 from __future__ import annotations
 
 import re
+import shutil
 
 import numpy as np
 import pandas as pd
@@ -250,6 +251,15 @@ def test_cli_refuses_bad_input_in_one_line(tmp_path, run_dir):
         "config.toml"
     ]
     assert re.search(r"--eval-samples", cli.invoke(app, ["validate", "--help"]).output)
+    # a student that cannot be loaded: one line, and the run directory gains nothing
+    moved = tmp_path / "moved"
+    shutil.copytree(run_dir, moved, ignore=shutil.ignore_patterns("validation*"))
+    config = moved / "config.toml"
+    config.write_text(re.sub(r'student = ".*"', 'student = "/nonexistent/student"', config.read_text()))
+    before = sorted(p.name for p in moved.iterdir())
+    res = cli.invoke(app, ["validate", str(moved), "-q"])
+    assert res.exit_code == 1 and "/nonexistent/student" in res.output and "Traceback" not in res.output
+    assert sorted(p.name for p in moved.iterdir()) == before
 
 
 def test_validation_section_renders_in_headless_chromium(validated):

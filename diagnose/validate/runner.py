@@ -217,6 +217,7 @@ class Validation:
                 "arms": [a.label for a in self.arms]}
 
     def _open(self) -> None:
+        """Check an earlier validation's settings (resume only with the same ones), or discard it (--restart)."""
         path = self.run_dir / SETTINGS_FILE
         if self.cfg.restart:
             for name in TABLES:
@@ -233,8 +234,6 @@ class Validation:
                     f"{self.run_dir} holds a validation with other settings (differs in: {', '.join(diff) or 'run'}); "
                     "rerun with the same settings to resume, or pass --restart to discard it"
                 )
-        else:
-            atomic.write_text(path, json.dumps(self.settings(), indent=1))
 
     def todo(self) -> list[tuple[int, int]]:
         done = set(completed_shards(self.run_dir, "validation")) if has_table(self.run_dir, "validation") else set()
@@ -247,7 +246,8 @@ class Validation:
         start_done = has_table(self.run_dir, "validation_samples") and START in completed_shards(
             self.run_dir, "validation_samples")
         if todo or not start_done:
-            self.load()
+            self.load()  # a model that fails to load leaves nothing behind: the settings are written after it
+        atomic.write_text(self.run_dir / SETTINGS_FILE, json.dumps(self.settings(), indent=1))
         total = len(self.arms) * self.cfg.seeds * self.cfg.steps
         done_steps = total - len(todo) * self.cfg.steps
         with self.progress.bar("validate (training steps)", total=total, completed=done_steps) as bar:
