@@ -25,9 +25,9 @@ from diagnose import engines
 from diagnose.engines.base import render_prompt
 from diagnose.estimate import (
     EstimateConfig,
+    EstimateQuestion,
     Estimator,
     MemoryCache,
-    Question,
     engine_teacher,
     pack,
 )
@@ -93,7 +93,7 @@ def _summary(out: dict, seconds: float) -> dict:
 def exact_part(target: float = 0.1) -> dict:
     eng, teacher = engines.load("exact", "exact", seed=1), engines.load("exact", "exact", seed=2)
     qs = [
-        Question(id=f"q{i}", prompt_ids=eng.prompt(t), verify=eng.verifier(eng.prompt(t)))
+        EstimateQuestion(id=f"q{i}", prompt_ids=eng.prompt(t), verify=eng.verifier(eng.prompt(t)))
         for i, t in enumerate(("21", "3", "12", "0"))
     ]
     cache = MemoryCache()
@@ -147,7 +147,7 @@ def _last_number(text: str):
 
 
 def _arithmetic(tokenizer, n: int):
-    """(Question, hint prompt ids) pairs: the task layer's arithmetic task if present, else a local one."""
+    """(EstimateQuestion, hint prompt ids) pairs: the task layer's arithmetic task if present, else a local one."""
     try:
         from diagnose import tasks
 
@@ -156,7 +156,7 @@ def _arithmetic(tokenizer, n: int):
         for q in task.questions(n, seed=0):
             out.append(
                 (
-                    Question(
+                    EstimateQuestion(
                         id=q.id,
                         prompt_ids=render_prompt(tokenizer, q.prompt),
                         verify=lambda text, q=q: task.verify(q, text),
@@ -176,7 +176,7 @@ def _arithmetic(tokenizer, n: int):
             prompt = f"What is {a} + {b}? Give the final answer as a number."
             out.append(
                 (
-                    Question(
+                    EstimateQuestion(
                         id=f"add{i}",
                         prompt_ids=render_prompt(tokenizer, prompt),
                         verify=lambda text, ans=a + b: _last_number(text) == str(ans),

@@ -29,7 +29,7 @@ import torch
 
 from diagnose import engines, kernels, objectives
 from diagnose.estimate import engine_teacher
-from diagnose.estimate.stats import node_stats
+from diagnose.estimate.stats import node_scores
 from diagnose.estimate.truth import (
     concat_inputs,
     exact_q,
@@ -193,7 +193,7 @@ PRECISION_OBJECTIVES = [
 
 def max_precision_error() -> dict:
     """The estimator's path (kernels.node_stats d at the candidates and |d|^2 as the estimator calls it, then
-    estimate.stats.node_stats) against a 60-digit oracle on rows from flat to peaked (1 - p_top ~ 1e-12)."""
+    estimate.stats.node_scores) against a 60-digit oracle on rows from flat to peaked (1 - p_top ~ 1e-12)."""
     import mpmath as mp
 
     mp.mp.dps = 60
@@ -232,7 +232,7 @@ def max_precision_error() -> dict:
             sz = mp.fsum(ez)
             pm = [ez[k] / sz for k in ids]
             p_c = torch.tensor([float(x) for x in pm], dtype=torch.float64)[None]
-            got = node_stats(
+            got = node_scores(
                 p_c, q_c[i][None], torch.ones_like(q_c[i][None]), mask, st.d_cand[0, o, i][None],
                 st.d_sq[0, o, i][None], n_boot=1,
             )

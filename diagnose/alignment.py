@@ -71,14 +71,19 @@ def proxies(student_logits, teacher_logits) -> dict[str, torch.Tensor]:
 
 
 def rollout_cosine(dots, g_sq, d_sq, weights=None):
-    """Cosine between the concatenations of g* and w*d over a rollout's nodes, from per-node sums.
+    """Cosine between the concatenations of g* and w*d over one rollout's nodes, from per-node sums.
 
     dots = <g*_n, d_n>, g_sq = |g*_n|^2, d_sq = |d_n|^2 (each [N]); weights w_n scale d_n. Returns
-    (cosine, degenerate flag) as 0-dim tensors.
+    (cosine, degenerate flag) as 0-dim tensors. One rollout's view of diagnose.estimate.stats.rollout_cosine,
+    the one implementation.
     """
-    dots, g_sq, d_sq = (torch.as_tensor(x, dtype=torch.float64) for x in (dots, g_sq, d_sq))
-    w = torch.ones_like(dots) if weights is None else torch.as_tensor(weights, dtype=torch.float64)
-    return safe_cosine((w * dots).sum(), g_sq.sum(), (w * w * d_sq).sum())
+    # imported here, not at the top: diagnose.estimate.stats imports this module
+    from .estimate.stats import rollout_cosine as per_rollout
+
+    per = per_rollout(dots, g_sq, d_sq, weights=weights)
+    if per.empty:  # no nodes: nothing to align
+        return torch.tensor(0.0, dtype=torch.float64), torch.tensor(True)
+    return torch.tensor(per["cos"].iloc[0], dtype=torch.float64), torch.tensor(bool(per["degenerate"].iloc[0]))
 
 
 # Per-node weights. They scale d and leave the per-token cosine unchanged; they matter at rollout level.

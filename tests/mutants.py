@@ -210,13 +210,6 @@ MUTANTS = [
         "support, deg_support = safe_cosine(dot, g_sq, (d * d).sum(-1))",
         "support cosine normalised by |d| over the whole vocabulary",
     ),
-    Mutant(
-        "alignment.rollout_weights_not_squared",
-        ALIGN,
-        "return safe_cosine((w * dots).sum(), g_sq.sum(), (w * w * d_sq).sum())",
-        "return safe_cosine((w * dots).sum(), g_sq.sum(), (w * d_sq).sum())",
-        "rollout cosine: |w d|^2 summed as w |d|^2",
-    ),
     # ---- estimate/stats: noise correction, pooled alignment, intervals
     Mutant(
         "stats.sparse_ideal_v_not_renormalised",
@@ -280,6 +273,13 @@ MUTANTS = [
         "degenerate = (g_sq <= 0) | (d_sq <= 0)",
         "degenerate = (g_sq <= 1e-12) | (d_sq <= 1e-12)",
         "degenerate rule with an absolute epsilon (|g*|^2 ~ 1e-20 on peaked rows is real signal)",
+    ),
+    Mutant(
+        "stats.rollout_weights_not_squared",
+        STATS,
+        '"d_sq": w * w * d_sq,',
+        '"d_sq": w * d_sq,',
+        "rollout cosine: |w d|^2 summed as w |d|^2",
     ),
     Mutant(
         "stats.ta_point_p_minus_q",

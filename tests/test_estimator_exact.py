@@ -12,15 +12,15 @@ from diagnose import engines
 from diagnose.engines.base import SamplingParams
 from diagnose.estimate import (
     EstimateConfig,
+    EstimateQuestion,
     Estimator,
     Generator,
     Node,
-    Question,
     corrected_cosine,
     engine_teacher,
     estimate,
     new_estimates,
-    node_stats,
+    node_scores,
     noise_term,
     pack,
     refine_nodes,
@@ -47,7 +47,7 @@ def exact(**kw):
 
 def questions_for(eng, texts=("21", "3", "12", "0")):
     return [
-        Question(id=f"q{i}", prompt_ids=eng.prompt(t), verify=eng.verifier(eng.prompt(t)))
+        EstimateQuestion(id=f"q{i}", prompt_ids=eng.prompt(t), verify=eng.verifier(eng.prompt(t)))
         for i, t in enumerate(texts)
     ]
 
@@ -190,7 +190,7 @@ def test_bias_corrected_cosine_is_nearer_the_truth(world):
     raw, cor = [], []
     for seed in range(40):
         _, p, s, c, mask = pack(draw(world, 4, seed=100 + seed))
-        st = node_stats(p, s, c, mask, world["d"], world["d_sq"], n_boot=10)
+        st = node_scores(p, s, c, mask, world["d"], world["d_sq"], n_boot=10)
         raw.append(st.cos_support[keep])
         cor.append(st.cos_support_corrected[keep])
     truth = world["cos"][keep]
@@ -213,7 +213,7 @@ def test_intervals_cover_the_truth(world):
     cover, cover_ta, width = [], [], []
     for seed in range(20):
         _, p, s, c, mask = pack(draw(world, 32, seed=500 + seed))
-        st = node_stats(
+        st = node_scores(
             p, s, c, mask, world["d"], world["d_sq"], teacher_p=world["tp"], n_boot=200, seed=seed
         )
         cover.append(

@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 import diagnose
 from diagnose import engines
 from diagnose.cli import app
-from diagnose.estimate import Estimator, Question, engine_teacher
+from diagnose.estimate import EstimateQuestion, Estimator, engine_teacher
 from diagnose.estimate.nodes import window_index
 from diagnose.pipeline import RunConfig
 from diagnose.pipeline.plan import expected_remaining, expected_work, node_costs, selection_remaining
@@ -86,7 +86,7 @@ def test_bounds_hold_on_the_exact_engine(rollouts, top_k, continuations, teacher
         )
         cfg.budget = node_costs(cfg)[1] + extra
         prompt = eng.prompt(str(seed))
-        est = Estimator(eng, [Question(id="q", prompt_ids=prompt, verify=eng.verifier(prompt))], fns, ["rkl"],
+        est = Estimator(eng, [EstimateQuestion(id="q", prompt_ids=prompt, verify=eng.verifier(prompt))], fns, ["rkl"],
                         cfg.estimate_config())
         est.sample()
         est.select()

@@ -1,7 +1,10 @@
 """The output layer: Parquet tables (schemas, atomic shards, resume), summary, RunResult, HTML report.
 
-Data come from the seeded synthetic run generator (real ideal_gradient / objectives / cosines on toy logits),
-in which the teacher `self:solution` knows the true Q best and `self:hint` not at all.
+Data come from the real pipeline on the exact engine (tests/fixtures_run.py): 10 questions x 4 rollouts, four
+teachers x two objectives. Two of the teachers are the student sharpened and flattened, whose rkl directions
+are exact opposites, so the summary must report their figures as exact opposites. Whether the estimates
+recover the true alignment is tests/test_validity.py's business (exact Q); here every figure is checked
+against an independent computation from the tables.
 """
 
 from __future__ import annotations
@@ -19,30 +22,28 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from fixtures_run import FLATTER, OTHERS, SHARPER, exact_run
 
 from diagnose.errors import DiagnoseError
 from diagnose.report import tables as T
-from diagnose.report.summary import bootstrap_mean, spearman, summarize, write_summary
-from diagnose.report.synthetic import generate_run
+from diagnose.report.summary import bootstrap_mean, read_summary, spearman, summarize, write_summary
 
 ROOT = Path(__file__).resolve().parents[1]
-N_BOOT = 300
+SEED = 3
 
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory) -> Path:
-    run_dir = tmp_path_factory.mktemp("run") / "synthetic-run"
-    generate_run(
-        run_dir,
-        seed=3,
-        n_questions=10,
-        rollouts_per_question=4,
-        nodes_per_rollout=10,
-        objectives=("rkl", "fkl"),
-        node_bootstrap=20,
+    """One exact-engine run (tables, summary, report.html), a few seconds."""
+    return exact_run(
+        tmp_path_factory.mktemp("run") / "exact-run",
+        teachers=[SHARPER, FLATTER, *OTHERS],
+        objectives=["rkl", "fkl"],
+        questions=10,
+        rollouts=4,
+        budget=120,
+        seed=SEED,
     )
-    write_summary(run_dir, n_boot=N_BOOT, seed=1)
-    return run_dir
 
 
 @pytest.fixture(scope="module")
@@ -228,16 +229,18 @@ def test_summary_matches_independent_pandas(tables):
         assert list(sm.sort_values("rank").index) == list(mean.sort_values(ascending=False).index)
         assert (sm["ci_low"] <= sm["mean"] + 1e-7).all() and (sm["mean"] <= sm["ci_high"] + 1e-7).all()
     full = s[s["metric"] == "cos_full"].set_index("config")
-    # the teacher that knows Q ranks first; it beats the uninformed teacher with separated intervals
-    assert full.sort_values("rank").index[0].startswith("self:solution|")
-    good = full[full.index.str.startswith("self:solution|")]
-    bad = full[full.index.str.startswith("self:hint|")]
-    assert good["ci_low"].min() > bad["ci_high"].max()
+    # the sharpened and the flattened student have opposite rkl directions at every node: every figure of
+    # one is minus the other's, and so are the intervals (the replicates are paired)
+    up, down = full.loc[f"{SHARPER}|rkl"], full.loc[f"{FLATTER}|rkl"]
+    for col in ("mean", "mean_per_token", "mean_correct", "mean_incorrect", "rollout_cos", "diff_correct_incorrect"):
+        assert np.isfinite(up[col]) and up[col] == pytest.approx(-down[col], rel=1e-9, abs=1e-12), col
+    assert (up["ci_low"], up["ci_high"]) == pytest.approx((-down["ci_high"], -down["ci_low"]), rel=1e-9)
+    assert up["mean"] != 0
     # rollout-level cosine: concatenated g* and w*d per rollout, averaged over rollouts
     x = a.merge(nodes[["question_id", "rollout_idx", "position", "g_sq"]])
     x["wdot"], x["wd_sq"] = x["weight"] * x["dot"], x["weight"] ** 2 * x["d_sq"]
     per = x.groupby(["config", "question_id", "rollout_idx"])[["wdot", "g_sq", "wd_sq"]].sum()
-    per = per[(per["g_sq"] * per["wd_sq"]) > 1e-20]
+    per = per[np.sqrt(per["g_sq"] * per["wd_sq"]) > 1e-20]
     rc = (per["wdot"] / np.sqrt(per["g_sq"] * per["wd_sq"])).groupby("config").mean()
     np.testing.assert_allclose(full.loc[rc.index, "rollout_cos"], rc, rtol=1e-4, atol=1e-6)
     # effective node count: Kish over token weight x corrected |g*|^2
@@ -249,8 +252,6 @@ def test_summary_matches_independent_pandas(tables):
 
 
 def test_recommendation_and_headroom(run, tables):
-    from diagnose.report.summary import read_summary
-
     summ = read_summary(run)
     a, nodes = tables["alignment"], tables["nodes"]
     rec = summ.recommendation["cos_full"]
@@ -282,7 +283,7 @@ def test_recommendation_and_headroom(run, tables):
 
 def test_summary_is_reproducible_and_cluster_bootstrap_is_wider(tables):
     a, r, nodes = tables["alignment"], tables["rollouts"], tables["nodes"]
-    sub = a[a["config"].str.startswith("self:solution|")]
+    sub = a[a["teacher"] == SHARPER]
     one = summarize(sub, r, nodes, n_boot=200, seed=5)
     two = summarize(sub, r, nodes, n_boot=200, seed=5)
     pd.testing.assert_frame_equal(one.table, two.table)
@@ -294,20 +295,20 @@ def test_summary_is_reproducible_and_cluster_bootstrap_is_wider(tables):
     assert hi_c - lo_c > 2 * (hi_n - lo_n) and lo_c < m < hi_c
 
 
-def test_rollout_level_cosine_is_alignment_rollout_cosine(tables):
-    from diagnose.alignment import rollout_cosine
-    from diagnose.report.summary import NODE_KEY, _prepare, _rollout_level
+def test_rollout_level_cosine_is_the_cosine_of_each_rollouts_concatenation(tables):
+    from diagnose.report.summary import _prepare, _rollout_level
 
     df = _prepare(tables["alignment"], tables["rollouts"], tables["nodes"])
     config = df["config"].iloc[0]
     g = df[df["config"] == config].copy()
     g["weight"] = np.linspace(0.5, 2.0, len(g))  # non-trivial weights scale d
-    expected = []
-    for _, r in g.sort_values(NODE_KEY).groupby("_rollout", sort=True):
-        cos, deg = rollout_cosine(*(r[c].to_numpy(copy=True) for c in ("dot", "g_sq", "d_sq", "weight")))
-        if not bool(deg):
-            expected.append(float(cos))
-    np.testing.assert_allclose(_rollout_level(g, "d_sq"), expected, rtol=1e-10)
+    for dsq in ("d_sq", "d_sq_support"):
+        per = g.assign(wdot=g["weight"] * g["dot"], wd_sq=g["weight"] ** 2 * g[dsq])
+        per = per.groupby("_rollout", sort=True)[["wdot", "g_sq", "wd_sq"]].sum()
+        per = per[np.sqrt(per["g_sq"] * per["wd_sq"]) > 1e-20]
+        expected = (per["wdot"] / np.sqrt(per["g_sq"] * per["wd_sq"])).clip(-1, 1)
+        assert len(expected) > 10
+        np.testing.assert_allclose(_rollout_level(g, dsq), expected, rtol=1e-10)
 
 
 def test_large_samples_use_a_normal_interval_matching_the_bootstrap():
@@ -342,7 +343,12 @@ def test_run_result(run, tmp_path, monkeypatch):
     top = res.top(3)
     assert list(top["rank"]) == [1, 2, 3] and top["config"][0] == best
     assert len(res.rollouts) == 40 and {"pooled"} <= set(res.proxy_correlations.index)
-    assert res.cost["rollouts"] == 40 and res.metadata["seeds"] == {"generator": 3}
+    assert res.cost["rollouts"] == 40 and res.metadata["seeds"] == {"seed": SEED}
+    # the run's config.toml repeats the run
+    from diagnose.pipeline import RunConfig
+
+    again = RunConfig.from_sources(run / "config.toml", {"out": str(run)})
+    assert again.digest() == res.metadata["config_hash"] and again.seed == SEED
     # a stray temporary in the run is not copied; the copy has its own report
     (run / "nodes" / ".part-00000.parquet.123.dead.tmp").write_bytes(b"junk")
     dest = res.save(tmp_path / "copy")
@@ -355,6 +361,11 @@ def test_run_result(run, tmp_path, monkeypatch):
     assert report.load(dest).show() is None and "<iframe srcdoc=" in shown[0].data
     with pytest.raises(DiagnoseError):
         report.load(tmp_path / "nowhere")
+
+
+def _recommended(run: Path) -> str:
+    """The configuration the summary puts first (what the report opens on and the CLI names)."""
+    return read_summary(run).recommendation["cos_full"]["overall"]["config"]
 
 
 @pytest.fixture(scope="module")
@@ -370,7 +381,7 @@ def test_report_is_self_contained(report_html):
     assert not re.search(r"<link[^>]+href\s*=\s*[\"']?https?:", text, re.I)
     assert "Plotly.newPlot" in text and len(text) > 3_000_000  # plotly.js inlined
     data = json.loads(re.search(r"id='diagnose-data'>(.*?)</script>", text, re.S).group(1))
-    assert data["configs"][data["default_config"]].startswith("self:solution|")
+    assert data["configs"][data["default_config"]] == _recommended(report_html.parent)
     assert len(data["rollouts"]) == 40 and all(len(r["lp"]) == len(r["tokens"]) for r in data["rollouts"])
     for needle in (
         "Bottom line",
@@ -491,21 +502,14 @@ def test_report_renders_in_headless_chromium(report_html):
 
 
 def test_degenerate_and_partial_runs_still_report(tmp_path):
-    """One configuration, no nodes/candidates tables, no cost.json, then every node degenerate."""
+    """One configuration, no nodes/candidates tables (nor the summary made from them), no cost.json, then
+    every node degenerate."""
     from diagnose.report import load, render_report
-    from diagnose.report.synthetic import TeacherSpec
 
-    run = generate_run(
-        tmp_path / "r",
-        seed=1,
-        n_questions=3,
-        rollouts_per_question=2,
-        nodes_per_rollout=4,
-        objectives=("rkl",),
-        teachers=(TeacherSpec("only", 1.0, 1.0),),
-        node_bootstrap=5,
+    run = exact_run(
+        tmp_path / "r", teachers=[OTHERS[0]], objectives=["rkl"], questions=3, rollouts=2, budget=40, seed=1
     )
-    for extra in ("nodes", "candidates"):
+    for extra in ("nodes", "candidates", "summary"):
         shutil.rmtree(run / extra)
     (run / "cost.json").unlink()
     res = load(run)
@@ -532,7 +536,7 @@ def test_cli_report(run, tmp_path):
 
     result = CliRunner().invoke(app, ["report", str(run), "--out", str(tmp_path / "r.html")])
     assert result.exit_code == 0, result.output
-    assert re.search(r"(recommended|highest point estimate): self:solution\|", result.output)
+    assert re.search(rf"(recommended|highest point estimate): {re.escape(_recommended(run))} ", result.output)
     assert (tmp_path / "r.html").stat().st_size > 3_000_000
     bad = CliRunner().invoke(app, ["report", str(tmp_path / "missing")])
     assert bad.exit_code == 1 and "no table 'alignment'" in bad.output

@@ -7,12 +7,12 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from fixtures_run import FLATTER, SHARPER, exact_run
 
-from diagnose.estimate import node_stats, select_nodes
+from diagnose.estimate import node_scores, rollout_cosine, select_nodes
 from diagnose.estimate.nodes import design_weights, token_coverage
 from diagnose.report import tables as T
 from diagnose.report.summary import Resampler, _interval, summarize
-from diagnose.report.synthetic import generate_run
 
 
 # kills stats.degenerate_absolute_epsilon
@@ -25,7 +25,7 @@ def test_peaked_node_with_tiny_g_star_is_scored_not_degenerate():
     v = (p * s / c).sum(-1, keepdim=True) / p.sum(-1, keepdim=True)
     g = p * (s / c - v)
     assert 0 < float((g * g).sum()) < 1e-18
-    st = node_stats(p, s, c, mask, g, (g * g).sum(-1), n_boot=20)
+    st = node_scores(p, s, c, mask, g, (g * g).sum(-1), n_boot=20)
     assert not bool(st.degenerate[0])
     assert float(st.cos_full[0]) == pytest.approx(1.0) and float(st.cos_full_corrected[0]) == pytest.approx(1.0)
 
@@ -38,9 +38,34 @@ def test_teacher_advantage_point_estimate():
     q = torch.rand(5, 4, generator=gen).double()
     mask = torch.ones(5, 4, dtype=torch.bool)
     d = torch.randn(5, 4, generator=gen).double()
-    st = node_stats(p, q, torch.ones_like(q), mask, d, (d * d).sum(-1), teacher_p=tp, n_boot=10)
+    st = node_scores(p, q, torch.ones_like(q), mask, d, (d * d).sum(-1), teacher_p=tp, n_boot=10)
     v = (p * q).sum(-1, keepdim=True)
     torch.testing.assert_close(st.ta, ((tp - p) * (q - v)).sum(-1))
+
+
+# kills stats.rollout_weights_not_squared
+def test_rollout_cosine_is_the_cosine_of_the_concatenation():
+    """Per rollout: cos(concatenated g*, concatenated w d) from per-node sums, and its noise-corrected form;
+    degenerate (0) where g* vanishes, unresolved (NaN) where the noise eats |g*|^2."""
+    gen = torch.Generator().manual_seed(0)
+    g = torch.randn(11, 5, generator=gen, dtype=torch.float64)
+    d = torch.randn(11, 5, generator=gen, dtype=torch.float64)
+    g[9:] = 0.0  # rollout "d": no signal
+    w = 0.5 + torch.rand(11, generator=gen, dtype=torch.float64)
+    noise = 0.1 * torch.rand(11, generator=gen, dtype=torch.float64)
+    noise[2] = noise[5] = noise[7] = 1e3  # rollout "c": noise above |g*|^2
+    rollouts = ["b", "a", "c", "b", "a", "c", "b", "c", "a", "d", "d"]
+    got = rollout_cosine((g * d).sum(-1), (g * g).sum(-1), (d * d).sum(-1), rollouts=rollouts, weights=w, noise=noise)
+    assert list(got.index) == ["a", "b", "c", "d"]
+    for r in "ab":
+        m = torch.tensor([x == r for x in rollouts])
+        gc, dc = g[m].flatten(), (w[m, None] * d[m]).flatten()
+        assert got.loc[r, "cos"] == pytest.approx(float(gc @ dc / (gc.norm() * dc.norm())), rel=1e-12)
+        corrected = gc @ dc / ((gc @ gc - noise[m].sum()).sqrt() * dc.norm())
+        assert got.loc[r, "cos_corrected"] == pytest.approx(float(corrected), rel=1e-12)
+    assert np.isfinite(got.loc["c", "cos"]) and np.isnan(got.loc["c", "cos_corrected"])
+    assert list(got["degenerate"]) == [False, False, False, True]
+    assert got.loc["d", "cos"] == 0.0 and got.loc["d", "cos_corrected"] == 0.0
 
 
 # kills nodes.design_weights_no_window_rescale
@@ -66,18 +91,11 @@ def test_resampler_draws_questions_then_rollouts():
 
 # kills summary.clear_ignores_min_questions
 def test_one_question_is_never_a_clear_winner(tmp_path):
-    from diagnose.report.synthetic import TeacherSpec
-
-    teachers = (TeacherSpec("self:solution", 9.0, 0.5), TeacherSpec("self:hint", 0.0, 0.8))
-    run = generate_run(
-        tmp_path / "r",
-        seed=3,
-        n_questions=1,
-        rollouts_per_question=16,
-        nodes_per_rollout=16,
-        teachers=teachers,
-        objectives=("rkl",),
-        node_bootstrap=5,
+    """One exact-engine question with 16 rollouts and a large budget; the sharpened and flattened student
+    (tests/fixtures_run.py) point in opposite rkl directions, so their margin is twice the alignment of either
+    and the rollouts of this one question separate them."""
+    run = exact_run(
+        tmp_path / "r", teachers=[SHARPER, FLATTER], objectives=["rkl"], questions=1, rollouts=16, budget=600
     )
     tabs = {n: T.read_table(run, n) for n in ("rollouts", "nodes", "alignment")}
     rec = summarize(tabs["alignment"], tabs["rollouts"], tabs["nodes"], n_boot=300, seed=1).recommendation

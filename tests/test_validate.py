@@ -17,8 +17,7 @@ from diagnose import engines, objectives
 from diagnose.cli import app
 from diagnose.engines.base import SamplingParams
 from diagnose.errors import DiagnoseError
-from diagnose.estimate import EstimateConfig
-from diagnose.estimate import Question as EstimateQuestion
+from diagnose.estimate import EstimateConfig, EstimateQuestion
 from diagnose.estimate.generate import Generator
 from diagnose.estimate.rollouts import sample_rollouts
 from diagnose.pipeline import RunConfig, Runner

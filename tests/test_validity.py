@@ -13,7 +13,7 @@ import torch
 from diagnose import engines, objectives
 from diagnose.estimate import engine_teacher, select_nodes
 from diagnose.estimate.nodes import design_weights, token_coverage
-from diagnose.estimate.stats import corrected_cosine, node_stats, pooled_alignment
+from diagnose.estimate.stats import corrected_cosine, node_scores, pooled_alignment
 from diagnose.estimate.truth import (
     concat_inputs,
     exact_q,
@@ -178,8 +178,8 @@ def test_pooled_alignment_is_consistent_where_mean_cosines_are_not():
     mask = torch.ones(n, k, dtype=torch.bool)
     counts = torch.full((n, k), 2.0, dtype=torch.float64)
     s = torch.binomial(counts.float(), q.float(), generator=gen).double()
-    st = node_stats(p, s, counts, mask, d, (d * d).sum(-1), n_boot=1)
-    true = node_stats(p, q, torch.ones(n, k, dtype=torch.float64), mask, d, (d * d).sum(-1), n_boot=1)
+    st = node_scores(p, s, counts, mask, d, (d * d).sum(-1), n_boot=1)
+    true = node_scores(p, q, torch.ones(n, k, dtype=torch.float64), mask, d, (d * d).sum(-1), n_boot=1)
     unit = lambda x: x.dot / x.d_sq_full.sqrt()  # noqa: E731
     est = float(pooled_alignment(unit(st), st.g_sq, st.noise, torch.ones(n)))
     exact_v = float(pooled_alignment(unit(true), true.g_sq, torch.zeros(n), torch.ones(n)))
@@ -200,7 +200,7 @@ def test_unresolved_corrected_cosine_is_null_on_both_supports():
     assert float(rep[0]) == 1.0
     # Both supports follow the same rule in the estimator's per-node stats.
     p = torch.tensor([[0.5, 0.5]], dtype=torch.float64)
-    st = node_stats(
+    st = node_scores(
         p,
         torch.tensor([[1.0, 2.0]]),
         torch.tensor([[3.0, 3.0]]),

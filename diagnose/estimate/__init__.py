@@ -2,8 +2,8 @@
 
 One call does it all::
 
-    from diagnose.estimate import EstimateConfig, Question, estimate
-    questions = [Question(id="q0", prompt_ids=ids, verify=lambda text: ...)]     # verify(response text)
+    from diagnose.estimate import EstimateConfig, EstimateQuestion, estimate
+    questions = [EstimateQuestion(id="q0", prompt_ids=ids, verify=lambda text: ...)]     # verify(response text)
     teachers = {"hint": lambda rollouts, nodes: logits}  # float [N, V] per node, or int top-k ids
     res = estimate(engine, questions, teachers, objectives=["rkl", "fkl"],
                    config=EstimateConfig(budget=4000, nodes="windows", allocation="adaptive"),
@@ -17,7 +17,7 @@ One call does it all::
 
 Steps (each usable alone): `sample_rollouts` (rollouts.py) -> `select_nodes` / `refine_nodes` (nodes.py)
 -> `candidate_sets` (candidates.py) -> `run_continuations` (q.py, through the cached `Generator` of
-generate.py and cache.py) -> `node_stats` (stats.py: bias-corrected cosines, bootstrap intervals, teacher
+generate.py and cache.py) -> `node_scores` (stats.py: bias-corrected cosines, bootstrap intervals, teacher
 advantage; `pooled_alignment`: the noise-consistent group figure) with `allocate` (adaptive.py) spending
 extra continuations where intervals are widest; `design_weights` (nodes.py) gives the tokens each node
 stands for; diagnose.estimate.truth recomputes everything with exact Q on the exact engine. The
@@ -39,15 +39,15 @@ from .pipeline import (
     estimate,
 )
 from .q import NodeEstimate, Spend, new_estimates, pack, run_continuations
-from .rollouts import Question, Rollout, sample_rollouts
+from .rollouts import EstimateQuestion, Rollout, sample_rollouts
 from .stats import (
-    NodeStats,
+    NodeScores,
     bootstrap_q,
     corrected_cosine,
     effective_nodes,
     ideal_degenerate,
-    node_stats,
-    node_stats_many,
+    node_scores,
+    node_scores_many,
     noise_term,
     noise_weights,
     pooled_alignment,
@@ -63,7 +63,7 @@ __all__ = [
     "TeacherFn",
     "engine_teacher",
     "estimate",
-    "Question",
+    "EstimateQuestion",
     "Rollout",
     "sample_rollouts",
     "Node",
@@ -85,9 +85,9 @@ __all__ = [
     "new_estimates",
     "pack",
     "run_continuations",
-    "NodeStats",
-    "node_stats",
-    "node_stats_many",
+    "NodeScores",
+    "node_scores",
+    "node_scores_many",
     "bootstrap_q",
     "corrected_cosine",
     "noise_term",

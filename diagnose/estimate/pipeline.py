@@ -9,22 +9,22 @@ from typing import Callable, Mapping, Sequence
 
 import torch
 
-from .. import kernels
 from .. import objectives as objectives_mod
 from ..engines.base import SamplingParams
 from ..engines.sampling import processed_logprobs
 from ..errors import DiagnoseError
 from ..ideal import ideal_gradient
-from ..objectives.base import NEEDS_NONE, log_probs
+from ..objectives.base import log_probs
 from . import signal as signal_mod
 from .adaptive import allocate, finished, half_widths, uniform_allocate
 from .cache import open_cache
 from .candidates import candidate_sets
+from .directions import Direction, add_directions, direction_tensors
 from .generate import Generator
 from .nodes import Node, design_weights, refine_nodes, select_nodes, token_coverage
 from .q import NodeEstimate, Spend, new_estimates, pack, run_continuations
-from .rollouts import Question, Rollout, sample_rollouts
-from .stats import effective_nodes, ideal_degenerate, node_stats_many, rollout_cosine
+from .rollouts import EstimateQuestion, Rollout, group_advantages, sample_rollouts
+from .stats import effective_nodes, ideal_degenerate, node_scores_many, rollout_cosine
 
 SELECTION_PASSES = 4  # most node-selection passes (each scores the student and teachers at its nodes)
 
@@ -74,24 +74,6 @@ class EstimateConfig:
             stop=tuple(self.stop),
             seed=self.seed,
         )
-
-
-@dataclass
-class Direction:
-    """One teacher x objective at the estimated nodes: d on the candidates, |d|^2, teacher probs on C."""
-
-    teacher: str
-    objective: str
-    d: list[torch.Tensor] = field(default_factory=list)  # per node: [K_i]
-    d_sq_full: list[float] = field(default_factory=list)
-    d_zero: list[bool] = field(default_factory=list)  # d vanishes relative to its scale (kernels.D_REL_TOL)
-    signal: list[float] = field(default_factory=list)  # |d| / |d toward the student's rounding twins|
-
-    @property
-    def no_signal(self) -> list[bool]:
-        """d = 0, or d no larger than rounding of the logits alone makes it (signal.SIGNAL_FLOOR)."""
-        return [z or r <= signal_mod.SIGNAL_FLOOR for z, r in zip(self.d_zero, self.signal, strict=True)]
-    teacher_p: list[torch.Tensor] | None = None
 
 
 @dataclass
@@ -158,7 +140,7 @@ class Estimator:
     def __init__(
         self,
         engine,
-        questions: Sequence[Question],
+        questions: Sequence[EstimateQuestion],
         teachers: Mapping[str, TeacherFn] | None = None,
         objectives: Sequence = ("rkl",),
         config: EstimateConfig | None = None,
@@ -275,54 +257,19 @@ class Estimator:
         else:
             probs = log_probs(z.double()).exp()
         ests = new_estimates(nodes, self.rollouts, cand, probs, free=self.cfg.free_sample)
-        tokens = torch.tensor(observed, dtype=torch.long)
-        advantages = self._advantages(nodes)
         rows = [(name, payload) for name, payload in teach.items() if payload.dtype.is_floating_point]
-        # d at the candidates and |d|^2 come from the fused kernels: float64 sums pivoted at the student's
-        # mode, accurate on peaked rows where float32 d over the vocabulary is not, and no [N, V] direction
-        # is ever materialised. g* is not known yet (zeros): only d, |d|^2 and the scales are used here. The
-        # chunked back end (any device) is the float64 one; the Triton kernel still streams in float32.
-        zeros = torch.zeros(cand.shape, dtype=torch.float64)
-        with_teacher = [o for o in self.objectives if o.needs != NEEDS_NONE]
-        without = [o for o in self.objectives if o.needs == NEEDS_NONE]
-        # Rounding twins of the student (signal.py): per distinct precision, the directions toward them size
-        # what rounding alone makes, so a teacher that differs from the student only by rounding reads as
-        # "no signal" instead of getting a full-size cosine.
-        us = {name: self.teacher_roundoff(name) for name, _ in rows}
-        twin_seed = int(self.cfg.seed) * 1_000_003 + len(self.estimates)
-        twin_sets = {u: signal_mod.twins(z, u, seed=twin_seed) for u in sorted(set(us.values()))}
-        twin_index, extra = {}, []
-        for u, ts in twin_sets.items():
-            twin_index[u] = list(range(len(rows) + len(extra), len(rows) + len(extra) + len(ts)))
-            extra.extend(ts)
-        calls = []
-        if with_teacher and rows:
-            calls.append(([name for name, _ in rows], with_teacher, [t for _, t in rows] + extra, {}))
-        if without:
-            calls.append((["-"], without, [z], {"advantages": advantages}))
-        for tnames, objs, tlogits, kw in calls:
-            st = kernels.node_stats(z, tlogits, cand, zeros, objs, tokens=tokens, backend="chunked", **kw)
-            scale = st.p_sq.double()[None, :] + st.q_sq.double()  # [C, N]
-            for c, tname in enumerate(tnames):
-                tp = log_probs(tlogits[c].double()).exp() if tname != "-" else None
-                for o, obj in enumerate(objs):
-                    key = (tname, obj.label)
-                    dirn = self.directions.setdefault(key, Direction(teacher=tname, objective=obj.label))
-                    if tp is not None and dirn.teacher_p is None:
-                        dirn.teacher_p = []
-                    d_sq = st.d_sq[c, o].double()
-                    zero = d_sq <= (kernels.D_REL_TOL**2) * scale[c]
-                    if tname == "-":  # no teacher (the GRPO reference arm): nothing to compare with
-                        ratio = torch.full_like(d_sq, float("inf"))
-                    else:
-                        ratio = signal_mod.signal_ratio(d_sq, st.d_sq[twin_index[us[tname]], o])
-                    for i, e in enumerate(ests):
-                        dirn.d.append(st.d_cand[c, o, i, : len(e.cand_ids)].double())
-                        dirn.d_sq_full.append(float(d_sq[i]))
-                        dirn.d_zero.append(bool(zero[i]))
-                        dirn.signal.append(float(ratio[i]))
-                        if tp is not None:
-                            dirn.teacher_p.append(tp[i, torch.tensor(e.cand_ids, dtype=torch.long)])
+        add_directions(
+            self.directions,
+            z,
+            rows,
+            cand,
+            ests,
+            self.objectives,
+            tokens=torch.tensor(observed, dtype=torch.long),
+            advantages=self._advantages(nodes),
+            roundoffs={name: self.teacher_roundoff(name) for name, _ in rows},
+            twin_seed=int(self.cfg.seed) * 1_000_003 + len(self.estimates),
+        )
         self._student_logits.extend(z)
         for name, payload in rows if self.keep_teacher_logits else ():
             self._teacher_logits.setdefault(name, []).extend(payload)
@@ -337,17 +284,9 @@ class Estimator:
         return max(student, float(own)) if own is not None else student
 
     def _advantages(self, nodes) -> torch.Tensor:
-        """R - mean R over the question's rollouts (the GRPO reference arm's advantage)."""
-        by_q: dict[int, list[float]] = {}
-        for r in self.rollouts:
-            by_q.setdefault(r.question, []).append(float(r.correct))
-        return torch.tensor(
-            [
-                float(self.rollouts[n.rollout].correct)
-                - sum(by_q[self.rollouts[n.rollout].question]) / len(by_q[self.rollouts[n.rollout].question])
-                for n in nodes
-            ]
-        )
+        """R - mean R over the question's rollouts (the GRPO reference arm's advantage), per node."""
+        per_rollout = group_advantages(self.rollouts)
+        return torch.tensor([per_rollout[n.rollout] for n in nodes])
 
     def select(self) -> None:
         """Choose nodes until the node budget is spent (several passes: actual candidate sets are smaller)."""
@@ -394,17 +333,7 @@ class Estimator:
 
     def direction_tensors(self):
         """Per direction: (key, d [N, K] padded, d_sq_full [N], teacher_p [N, K] or None)."""
-        _, p, _, _, _ = pack(self.estimates)
-        out = []
-        for key, dirn in self.directions.items():
-            d = torch.zeros_like(p)
-            tp = torch.zeros_like(p) if dirn.teacher_p is not None else None
-            for i, row in enumerate(dirn.d):
-                d[i, : len(row)] = row
-                if tp is not None:
-                    tp[i, : len(row)] = dirn.teacher_p[i]
-            out.append((key, d, torch.tensor(dirn.d_sq_full, dtype=torch.float64), tp))
-        return out
+        return direction_tensors(self.directions, self.estimates)
 
     def adapt(self, mode: str = "adaptive") -> None:
         """Extra rounds until the budget is spent or every node meets the target half-width.
@@ -498,7 +427,7 @@ class Estimator:
         scores, eff, rollout_rows = [], {}, {}
         dts = self.direction_tensors()
         many = (
-            node_stats_many(
+            node_scores_many(
                 p,
                 s,
                 c,
@@ -516,12 +445,13 @@ class Estimator:
             eff[f"{tname}|{oname}"] = effective_nodes(st.g_sq, st.noise, st.degenerate, weights)
             groups = [e.node.rollout for e in self.estimates]
             for tag, dsq in (("full", st.d_sq_full), ("support", st.d_sq_support)):
-                for r, val in rollout_cosine(st.dot, st.g_sq, st.noise, dsq, groups).items():
-                    rollout_rows.setdefault((self.rollouts[r].id, tname, oname), {}).update(
+                per = rollout_cosine(st.dot, st.g_sq, dsq, rollouts=groups, noise=st.noise)
+                for r, cos, corrected, degenerate in per.itertuples():
+                    rollout_rows.setdefault((self.rollouts[int(r)].id, tname, oname), {}).update(
                         {
-                            f"cos_{tag}": val["cos"],
-                            f"cos_{tag}_corrected": val["cos_corrected"],
-                            "degenerate": val["degenerate"],
+                            f"cos_{tag}": float(cos),
+                            f"cos_{tag}_corrected": float(corrected),
+                            "degenerate": bool(degenerate),
                         }
                     )
             dirn = self.directions[(tname, oname)]
@@ -633,7 +563,7 @@ class Estimator:
 
 def estimate(
     engine,
-    questions: Sequence[Question],
+    questions: Sequence[EstimateQuestion],
     teachers: Mapping[str, TeacherFn] | None = None,
     objectives: Sequence = ("rkl",),
     config: EstimateConfig | None = None,

@@ -24,7 +24,7 @@ import torch
 
 from .generate import Generator, Request, cut_sample
 from .nodes import Node
-from .rollouts import Question, Rollout
+from .rollouts import EstimateQuestion, Rollout
 from .stats import sparse_ideal
 
 
@@ -113,7 +113,7 @@ class Spend:
 
 def run_continuations(
     gen: Generator,
-    questions: Sequence[Question],
+    questions: Sequence[EstimateQuestion],
     rollouts: Sequence[Rollout],
     estimates: Sequence[NodeEstimate],
     alloc: Mapping[tuple[int, int], int],

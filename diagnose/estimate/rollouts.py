@@ -10,8 +10,9 @@ from .generate import Generator, Request
 
 
 @dataclass
-class Question:
-    """A prompt (token ids, chat template already applied) and its verifier.
+class EstimateQuestion:
+    """What the estimator works on: a prompt (token ids, chat template already applied) and its verifier.
+    (A task's question, with its text, reference answer and solution, is diagnose.tasks.Question.)
 
     `verify` judges a whole response: called with its decoded text (skip_special_tokens=True) when
     verify_on="text", with its token ids when verify_on="ids", or with the Sample when verify_on="sample".
@@ -51,7 +52,7 @@ class Rollout:
         return f"{self.question_id}/{self.index}"
 
 
-def sample_rollouts(gen: Generator, questions: Sequence[Question], n: int) -> list[Rollout]:
+def sample_rollouts(gen: Generator, questions: Sequence[EstimateQuestion], n: int) -> list[Rollout]:
     """n verified rollouts per question (cached by (model, prompt, sampling settings, index))."""
     reqs = [Request(prefix=tuple(q.prompt_ids), token=-1, start=0, count=n) for q in questions]
     out = gen.fetch(reqs)
@@ -72,3 +73,12 @@ def sample_rollouts(gen: Generator, questions: Sequence[Question], n: int) -> li
                 )
             )
     return rollouts
+
+
+def group_advantages(rollouts: Sequence[Rollout]) -> list[float]:
+    """Per rollout: its reward (1 if correct) minus the mean reward of its question's rollouts: GRPO's
+    group-baselined advantage (the reference arm of the diagnosis and of `diagnose validate`)."""
+    groups: dict[int, list[float]] = {}
+    for r in rollouts:
+        groups.setdefault(r.question, []).append(float(r.correct))
+    return [float(r.correct) - sum(groups[r.question]) / len(groups[r.question]) for r in rollouts]

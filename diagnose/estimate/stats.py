@@ -54,7 +54,10 @@ from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
+import pandas as pd
 import torch
+
+from ..alignment import safe_cosine
 
 EPS = 1e-20
 
@@ -63,6 +66,13 @@ def _f64(x) -> torch.Tensor:
     if isinstance(x, np.ndarray) and not x.flags.writeable:  # e.g. pandas columns: torch warns on those
         x = np.array(x, dtype=np.float64)
     return torch.as_tensor(x, dtype=torch.float64)
+
+
+def _np64(x) -> np.ndarray:
+    """float64 numpy array from a tensor (any device, grad or not), array, Series or list."""
+    if isinstance(x, torch.Tensor):
+        x = x.detach().cpu()
+    return np.asarray(x, dtype=np.float64)
 
 
 def sparse_ideal(p: torch.Tensor, q: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -133,8 +143,10 @@ def ideal_degenerate(successes, counts, mask, p=None) -> torch.Tensor:
 
 
 @dataclass
-class NodeStats:
-    """Per-node scores for one direction d (one teacher x objective); every field is [N]."""
+class NodeScores:
+    """Per-node scores for one direction d (one teacher x objective) estimated from continuation outcomes:
+    raw and bias-corrected cosines with bootstrap intervals, and TA; every field is [N]. (The fused kernels'
+    per-node sums are diagnose.kernels.NodeStats, a different thing.)"""
 
     dot: torch.Tensor  # <d, g*-hat>
     g_sq: torch.Tensor  # |g*-hat|^2
@@ -164,7 +176,7 @@ def bootstrap_q(successes, counts, mask, n_boot: int = 1000, prior: float = 0.5,
     return torch.from_numpy(draws.astype(np.float64)), torch.from_numpy(n)
 
 
-def node_stats_many(
+def node_scores_many(
     p: torch.Tensor,
     successes: torch.Tensor,
     counts: torch.Tensor,
@@ -175,8 +187,8 @@ def node_stats_many(
     prior: float = 0.5,
     seed: int = 0,
     chunk: int = 128,
-) -> list[NodeStats]:
-    """`node_stats` for several directions sharing one set of replicates.
+) -> list[NodeScores]:
+    """`node_scores` for several directions sharing one set of replicates.
 
     Each direction is (d, d_sq_full, teacher_p or None[, d_zero]): d_zero [N] flags nodes where d vanishes
     relative to its scale (diagnose.kernels' relative rule); without it d is zero where |d|^2 is.
@@ -208,7 +220,7 @@ def node_stats_many(
             tq = torch.where(mask, _f64(tp), 0.0)
             ta = ((tq - p) * torch.where(mask, q_hat - v[:, None], 0.0)).sum(-1)
         outs.append(
-            NodeStats(
+            NodeScores(
                 dot=dot,
                 g_sq=g_sq,
                 noise=noise,
@@ -252,13 +264,13 @@ def node_stats_many(
     return outs
 
 
-def node_stats(p, successes, counts, mask, d, d_sq_full, teacher_p=None, **kw) -> NodeStats:
+def node_scores(p, successes, counts, mask, d, d_sq_full, teacher_p=None, **kw) -> NodeScores:
     """Point estimates (raw and corrected cosines, TA) with bootstrap intervals for each node.
 
     p, successes, counts, d, teacher_p: [N, K] on the candidates (mask [N, K]); d_sq_full [N] = |d|^2 over
     the whole vocabulary; teacher_p holds the teacher's probabilities on the candidates (for TA).
     """
-    return node_stats_many(p, successes, counts, mask, [(d, d_sq_full, teacher_p)], **kw)[0]
+    return node_scores_many(p, successes, counts, mask, [(d, d_sq_full, teacher_p)], **kw)[0]
 
 
 def effective_nodes(g_sq, noise, degenerate, weights=None) -> dict[str, float]:
@@ -310,16 +322,38 @@ def pooled_from_sums(a, b, u, unresolved: str = "nan"):
     return np.where(ok, out, np.where(u > 0, fill, np.nan))
 
 
-def rollout_cosine(dot, g_sq, noise, d_sq, groups, weights=None) -> dict[int, dict[str, float]]:
-    """Rollout-level cosine (concatenated nodes per group, d scaled by weights), raw and corrected."""
-    dot, g_sq, noise, d_sq = (_f64(x) for x in (dot, g_sq, noise, d_sq))
-    w = torch.ones_like(dot) if weights is None else _f64(weights)
-    groups = torch.as_tensor(groups, dtype=torch.long)
-    out = {}
-    for gid in torch.unique(groups).tolist():
-        m = groups == gid
-        raw, corr, deg = corrected_cosine(
-            (w[m] * dot[m]).sum(), g_sq[m].sum(), noise[m].sum(), (w[m] ** 2 * d_sq[m]).sum()
-        )
-        out[int(gid)] = {"cos": float(raw), "cos_corrected": float(corr), "degenerate": bool(deg)}
-    return out
+def rollout_cosine(dot, g_sq, d_sq, rollouts=None, weights=None, noise=None) -> pd.DataFrame:
+    """Rollout-level cosine: cos(concatenated g*, concatenated w d) over each rollout's nodes, raw and corrected.
+
+    The one implementation (the estimator's rollout scores, the summary's `rollout_cos` and
+    diagnose.alignment.rollout_cosine call it). Per-node inputs, each [N]: dot = <g*_n, d_n>, g_sq = |g*_n|^2,
+    d_sq = |d_n|^2, `noise` = the noise term of |g*_n|^2 (0 if None); weights w_n scale d_n (1 if None);
+    `rollouts` labels each node's rollout (all one rollout if None). Per rollout, with A = sum w dot,
+    B = sum g_sq, D = sum w^2 d_sq and N = sum noise (pandas sums):
+
+        cos           = A / sqrt(B D)          (diagnose.alignment.safe_cosine: 0 and degenerate where
+                                                 sqrt(B D) <= 1e-20),
+        cos_corrected = A / sqrt((B - N) D)    (`corrected_cosine`: NaN where B - N <= 0), 0 where degenerate.
+
+    Returns a DataFrame indexed by rollout label (sorted) with columns cos, cos_corrected, degenerate.
+    """
+    dot, g_sq, d_sq = (_np64(x) for x in (dot, g_sq, d_sq))
+    w = np.ones_like(dot) if weights is None else _np64(weights)
+    parts = pd.DataFrame(
+        {
+            "r": np.zeros(len(dot), dtype=np.int64) if rollouts is None else np.asarray(rollouts),
+            "dot": w * dot,
+            "g_sq": g_sq,
+            "d_sq": w * w * d_sq,
+            "noise": np.zeros_like(dot) if noise is None else _np64(noise),
+        }
+    )
+    sums = parts.groupby("r", sort=True)[["dot", "g_sq", "d_sq", "noise"]].sum()
+    a, b, d, n = (torch.tensor(sums[c].to_numpy(), dtype=torch.float64) for c in ("dot", "g_sq", "d_sq", "noise"))
+    cos, degenerate = safe_cosine(a, b, d)
+    _, corrected, _ = corrected_cosine(a, b, n, d)
+    corrected = torch.where(degenerate, 0.0, corrected)
+    return pd.DataFrame(
+        {"cos": cos.numpy(), "cos_corrected": corrected.numpy(), "degenerate": degenerate.numpy()},
+        index=sums.index,
+    )

@@ -20,7 +20,7 @@ from ..report.tables import difficulty_band
 from .nodes import Node
 from .pipeline import EstimateResult, Estimator
 from .q import NodeEstimate
-from .rollouts import Question
+from .rollouts import EstimateQuestion
 
 
 def exact_q(est: Estimator, e: NodeEstimate) -> torch.Tensor:
@@ -127,7 +127,7 @@ def summary_inputs(result: EstimateResult) -> dict[str, pd.DataFrame]:
     }
 
 
-def exact_questions(engine, n: int, seed: int = 0, length: int = 8, prefix: str = "q") -> list[Question]:
+def exact_questions(engine, n: int, seed: int = 0, length: int = 8, prefix: str = "q") -> list[EstimateQuestion]:
     """n random prompts for the exact engine (digit strings of `length`), each with its verifier.
 
     Long enough that prompts rarely repeat: a repeated (prefix, token) reuses the same numbered
@@ -136,7 +136,7 @@ def exact_questions(engine, n: int, seed: int = 0, length: int = 8, prefix: str 
     out = []
     for i in range(n):
         ids = engine.prompt("".join(str(rng.randrange(engine.digits)) for _ in range(length)))
-        out.append(Question(id=f"{prefix}{seed}-{i}", prompt_ids=ids, verify=engine.verifier(ids)))
+        out.append(EstimateQuestion(id=f"{prefix}{seed}-{i}", prompt_ids=ids, verify=engine.verifier(ids)))
     return out
 
 

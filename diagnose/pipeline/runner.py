@@ -24,8 +24,7 @@ from .. import engines, tasks
 from ..alignment import proxies
 from ..engines.base import render_prompt
 from ..errors import DiagnoseError
-from ..estimate import EstimateConfig, EstimateResult, Estimator
-from ..estimate import Question as EstimateQuestion
+from ..estimate import EstimateConfig, EstimateQuestion, EstimateResult, Estimator
 from ..objectives import parse as parse_objective
 from ..report import standard_metadata, write_summary, write_table
 from ..report.tables import completed_shards

@@ -28,11 +28,9 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-import torch
 
-from ..alignment import safe_cosine
 from ..errors import DiagnoseError
-from ..estimate.stats import effective_nodes, pooled_from_sums
+from ..estimate.stats import effective_nodes, pooled_from_sums, rollout_cosine
 from .tables import BANDS, METRICS, PROXIES, has_table, read_metadata, read_table, write_table
 
 NODE_KEY = ["question_id", "rollout_idx", "position"]
@@ -278,30 +276,23 @@ def _split_mask(df: pd.DataFrame, split: str) -> np.ndarray:
 
 
 def _rollout_level(group: pd.DataFrame, dsq: str, keys: bool = False):
-    """Per-rollout cosines of one configuration (degenerate rollouts dropped).
-
-    The same quantity as alignment.rollout_cosine(dot, g_sq, d_sq, weight) on each rollout's nodes (tested),
-    computed for all rollouts at once from per-rollout sums with the same alignment.safe_cosine. With
-    keys=True also returns the rollout labels of the kept values.
+    """Per-rollout cosines of one configuration (degenerate rollouts dropped): the table's columns passed to
+    diagnose.estimate.stats.rollout_cosine, the one implementation. With keys=True also returns the rollout
+    labels of the kept values.
     """
     if group["g_sq"].isna().any():  # no nodes table (|g*|^2 unknown): no rollout-level cosine
         return (np.array([]), np.array([])) if keys else np.array([])
-    w = group["weight"].to_numpy(float)
-    parts = pd.DataFrame(
-        {
-            "r": group["_rollout"].to_numpy(),
-            "dot": w * group["dot"].to_numpy(float),
-            "g_sq": group["g_sq"].to_numpy(float),
-            "d_sq": w * w * group[dsq].to_numpy(float),
-        }
+    per = rollout_cosine(
+        group["dot"].to_numpy(float),
+        group["g_sq"].to_numpy(float),
+        group[dsq].to_numpy(float),
+        rollouts=group["_rollout"].to_numpy(),
+        weights=group["weight"].to_numpy(float),
     )
-    sums = parts.groupby("r", sort=True)[["dot", "g_sq", "d_sq"]].sum()
-    dot, g_sq, d_sq = (torch.tensor(sums[c].to_numpy(), dtype=torch.float64) for c in ("dot", "g_sq", "d_sq"))
-    cos, deg = safe_cosine(dot, g_sq, d_sq)
-    keep = ~deg.numpy()
+    keep = ~per["degenerate"].to_numpy(bool)
     if keys:
-        return cos.numpy()[keep], sums.index.to_numpy()[keep]
-    return cos.numpy()[keep]
+        return per["cos"].to_numpy()[keep], per.index.to_numpy()[keep]
+    return per["cos"].to_numpy()[keep]
 
 
 class _Config:

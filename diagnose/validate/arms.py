@@ -19,7 +19,7 @@ import torch
 from .. import objectives as objectives_mod
 from ..estimate import Estimator
 from ..estimate.nodes import Node
-from ..estimate.rollouts import Rollout
+from ..estimate.rollouts import Rollout, group_advantages
 from ..pipeline.teachers import TeacherAtNodes
 from ..tasks import Question as TaskQuestion
 from ..teachers import TeacherConfig
@@ -50,10 +50,7 @@ class StepBatch:
 
     def advantages(self) -> list[float]:
         """Per rollout: its reward minus the mean reward of its question's group (GRPO's baseline)."""
-        groups: dict[int, list[float]] = {}
-        for r in self.rollouts:
-            groups.setdefault(r.question, []).append(float(r.correct))
-        return [float(r.correct) - sum(groups[r.question]) / len(groups[r.question]) for r in self.rollouts]
+        return group_advantages(self.rollouts)
 
 
 class ArmDirections:

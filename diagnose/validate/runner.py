@@ -23,8 +23,7 @@ import torch
 from .. import atomic, engines, tasks
 from ..engines.base import SamplingParams, render_prompt
 from ..errors import DiagnoseError
-from ..estimate import EstimateConfig
-from ..estimate import Question as EstimateQuestion
+from ..estimate import EstimateConfig, EstimateQuestion
 from ..estimate.generate import Generator, derive_seed
 from ..estimate.rollouts import sample_rollouts
 from ..pipeline.config import RunConfig
