@@ -122,3 +122,20 @@ def test_every_run_key_is_a_flag_and_reaches_the_estimate(tmp_path):
     bad = CliRunner().invoke(app, ["run", "--allocation", "sometimes", "--out", str(tmp_path / "bad")])
     assert bad.exit_code == 1 and "--allocation must be one of uniform, adaptive" in bad.output
     assert not (tmp_path / "bad").exists()
+
+
+def test_grpo_reference_arm_in_a_run(tmp_path):
+    """`--objective grpo_ref` (the GRPO arm: no teacher) runs beside a teacher's objective: its alignment rows
+    have null teacher proxies (there is no teacher distribution), the teacher's rows keep theirs, and the
+    summary ranks both."""
+    from tests.fixtures_run import OTHERS, exact_run
+
+    out = exact_run(tmp_path / "run", teachers=[OTHERS[0]], objectives=["rkl", "grpo_ref"], questions=2, budget=60)
+    al = read_table(out, "alignment")
+    grpo = al[al["objective"] == "grpo_ref"]
+    teacher = al[al["objective"] == "rkl"]
+    assert len(grpo) > 0 and (grpo["teacher"] == "-").all()
+    assert grpo[["q_token", "kl_pq", "tv", "entropy_teacher"]].isna().all().all()
+    assert teacher[["q_token", "kl_pq", "tv", "entropy_teacher"]].notna().all().all()
+    summary = read_table(out, "summary")
+    assert {"-|grpo_ref", config_label(OTHERS[0], "rkl")} <= set(summary["config"])

@@ -119,10 +119,10 @@ def frames_for_question(
                 "teacher_advantage": _nz(s.get("ta")),
                 "ta_ci_low": _nz(s.get("ta_lo")),
                 "ta_ci_high": _nz(s.get("ta_hi")),
-                "q_token": prox.get("q_token", math.nan),
+                # The GRPO reference arm (teacher "-") has no teacher distribution: its proxies are null.
                 **{
-                    k: prox.get(k, math.nan)
-                    for k in ("kl_pq", "kl_qp", "js", "tv", "cos_pq", "entropy_student", "entropy_teacher")
+                    k: prox.get(k)
+                    for k in ("q_token", "kl_pq", "kl_qp", "js", "tv", "cos_pq", "entropy_student", "entropy_teacher")
                 },
                 "param_cos": (param_cos or {}).get((s["teacher"], s["objective"], s["node_id"])),
                 "dot": s["dot"],

@@ -835,8 +835,7 @@ def _header(run_dir: Path, meta: dict, configs: list[str], metric: str) -> str:
     e = html.escape
     models = meta.get("models", {})
     student = models.get("student", "?") if isinstance(models, dict) else "?"
-    synthetic = "<span class='badge'>synthetic data</span>" if meta.get("synthetic") else ""
-    title = f"diagnose · on-policy distillation alignment report {synthetic}"
+    title = "diagnose · on-policy distillation alignment report"
     now = _dt.datetime.now(_dt.timezone.utc)
     return f"""<header class="top"><div class="inner"><h1>{title}</h1>
 <div class="sub">run <b>{e(run_dir.resolve().name)}</b> · student {e(str(student))} · {len(configs)} configurations ·
