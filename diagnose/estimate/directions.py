@@ -104,3 +104,14 @@ def direction_tensors(directions: dict[tuple[str, str], Direction], estimates: S
                 tp[i, : len(row)] = dirn.teacher_p[i]
         out.append((key, d, torch.tensor(dirn.d_sq_full, dtype=torch.float64), tp))
     return out
+
+
+def teacher_rows(teach: dict[str, torch.Tensor], z: torch.Tensor) -> list[tuple[str, torch.Tensor]]:
+    """Check what each teacher returned at the N nodes of z [N, V] (logits [N, V], or top-k ids [N, k]) and
+    return the (name, logits) pairs: the teachers that have a direction."""
+    from ..errors import DiagnoseError
+
+    for name, payload in teach.items():
+        if payload.shape[0] != z.shape[0] or (payload.dtype.is_floating_point and payload.shape != z.shape):
+            raise DiagnoseError(f"teacher {name!r} returned shape {tuple(payload.shape)} for {z.shape[0]} nodes")
+    return [(name, payload) for name, payload in teach.items() if payload.dtype.is_floating_point]

@@ -17,14 +17,16 @@ from ..ideal import ideal_gradient
 from ..objectives.base import log_probs
 from . import signal as signal_mod
 from .adaptive import allocate, finished, half_widths, uniform_allocate
+from .budget import Budget
 from .cache import open_cache
 from .candidates import candidate_sets
-from .directions import Direction, add_directions, direction_tensors
+from .directions import Direction, add_directions, direction_tensors, teacher_rows
 from .generate import Generator
 from .nodes import Node, design_weights, refine_nodes, select_nodes, token_coverage
-from .q import NodeEstimate, Spend, new_estimates, pack, run_continuations
+from .q import NodeEstimate, new_estimates, pack, run_continuations
+from .records import node_records, score_rows
 from .rollouts import EstimateQuestion, Rollout, group_advantages, sample_rollouts
-from .stats import effective_nodes, ideal_degenerate, node_scores_many, rollout_cosine
+from .stats import ideal_degenerate, node_scores_many
 
 SELECTION_PASSES = 4  # most node-selection passes (each scores the student and teachers at its nodes)
 
@@ -163,7 +165,8 @@ class Estimator:
         self.rollouts: list[Rollout] = []
         self.estimates: list[NodeEstimate] = []
         self.directions: dict[tuple[str, str], Direction] = {}
-        self.spend = Spend()
+        self.budget = Budget(self.cfg, len(self.teachers))
+        self.spend = self.budget.spend  # continuations and tokens consumed so far
         # Per node, in the order of `estimates`: the student's logits at the sampling temperature [V], and each
         # teacher's logits [V] (teachers that return top-k ids have none). `results()` hands them out stacked.
         self._student_logits: list[torch.Tensor] = []
@@ -179,18 +182,9 @@ class Estimator:
         )
         return self.rollouts
 
-    def _per_node(self) -> int:
-        return self.cfg.continuations if self.cfg.allocation == "uniform" else self.cfg.adaptive_initial
-
-    def _nominal_candidates(self) -> int:
-        return 1 + self.cfg.k_student + self.cfg.k_teacher * len(self.teachers)
-
     def cost(self, r: int, t: int) -> float:
         """Upper bound of a node's cost in budget units (actual candidate sets can only be smaller)."""
-        return self._node_cost(r, t, self._nominal_candidates())
-
-    def _spent(self) -> float:
-        return self.spend.tokens if self.cfg.budget_unit == "tokens" else self.spend.continuations
+        return self._node_cost(r, t, self.budget.nominal_candidates)
 
     def add_nodes(self, nodes: Sequence[Node], continuations: bool = True) -> list[NodeEstimate]:
         """Score the student and teachers at new nodes, build candidates and directions, run continuations
@@ -211,7 +205,7 @@ class Estimator:
         for i in range(start, len(self.estimates)):
             est = self.estimates[i]
             for k in range(len(est.cand_ids)):
-                alloc[(i, k)] = self._per_node() - (1 if (est.free and k == 0) else 0)
+                alloc[(i, k)] = self.budget.per_candidate - (1 if (est.free and k == 0) else 0)
         if alloc:
             self.spend.add(run_continuations(self.gen, self.questions, self.rollouts, self.estimates, alloc))
 
@@ -229,25 +223,15 @@ class Estimator:
         return torch.stack(out) / self.cfg.temperature
 
     def _node_cost(self, r: int, t: int, candidates: int) -> float:
-        """What a node's initial continuations cost with `candidates` candidates (in tokens: an upper bound,
-        each continuation at most the rollout's remaining length)."""
-        conts = candidates * self._per_node() - (1 if self.cfg.free_sample else 0)
-        if self.cfg.budget_unit == "tokens":
-            return conts * max(1, len(self.rollouts[r].token_ids) - t)
-        return conts
+        """The first round's cost of node (rollout r, position t) with `candidates` candidates."""
+        return self.budget.node_cost(len(self.rollouts[r].token_ids) - t, candidates)
 
     def _add_chunk(self, nodes: Sequence[Node]) -> list[NodeEstimate]:
         """Score the student and teachers at nodes (one engine round), then build candidates, student
         probabilities, directions and their signal checks."""
         z = self._student(nodes)
         teach = {name: fn(self.rollouts, nodes) for name, fn in self.teachers.items()}
-        for name, payload in teach.items():
-            if payload.shape[0] != len(nodes) or (
-                payload.dtype.is_floating_point and payload.shape != z.shape
-            ):
-                raise DiagnoseError(
-                    f"teacher {name!r} returned shape {tuple(payload.shape)} for {len(nodes)} nodes"
-                )
+        rows = teacher_rows(teach, z)
         observed = [self.rollouts[n.rollout].token_ids[n.position] for n in nodes]
         cand = candidate_sets(z, observed, teach, self.cfg.k_student, self.cfg.k_teacher)
         # p is the sampling policy's distribution: temperature (already in z) and the top-p nucleus, so a
@@ -257,7 +241,6 @@ class Estimator:
         else:
             probs = log_probs(z.double()).exp()
         ests = new_estimates(nodes, self.rollouts, cand, probs, free=self.cfg.free_sample)
-        rows = [(name, payload) for name, payload in teach.items() if payload.dtype.is_floating_point]
         add_directions(
             self.directions,
             z,
@@ -305,7 +288,7 @@ class Estimator:
         for _ in range(2 if cfg.budget_unit == "tokens" else 1):
             start, planned = len(self.estimates), 0.0
             while passes < SELECTION_PASSES:
-                left = first - self._spent() - planned
+                left = self.budget.left(first) - planned
                 nodes = select_nodes(
                     lengths,
                     left,
@@ -324,7 +307,7 @@ class Estimator:
             self._first_continuations(start)
         if cfg.nodes == "refine":
             for _ in range(64):
-                left = node_budget - self._spent()
+                left = self.budget.left(node_budget)
                 values = {e.node: e.ideal()[1] for e in self.estimates}
                 finals = [float(r.correct) for r in self.rollouts]
                 nodes = refine_nodes(lengths, values, finals, left, self.cost)
@@ -344,12 +327,8 @@ class Estimator:
         cfg = self.cfg
         dirs = [d for _, d, _, _ in self.direction_tensors()]
         while True:
-            left = cfg.budget - self._spent()
             _, p, s, c, mask = pack(self.estimates)
-            per = 1.0
-            if cfg.budget_unit == "tokens":
-                per = max(1.0, self.spend.tokens / max(1, self.spend.continuations))
-            size = int(min(cfg.round_size, math.floor(left / per)))
+            size = int(min(cfg.round_size, math.floor(self.budget.left() / self.budget.tokens_per_continuation())))
             if size < cfg.adaptive_step:
                 break
             if mode == "adaptive":
@@ -393,38 +372,9 @@ class Estimator:
             q_hat = torch.where(mask, s / c.clamp_min(1), 0.0)
             ideal = ideal_gradient(z, torch.where(mask, ids, -1), q_hat)
             g_c = ideal.g.double().gather(1, ids.clamp_min(0))
-        for i, e in enumerate(self.estimates):
-            ro = self.rollouts[e.node.rollout]
-            records.append(
-                {
-                    "node_id": e.id,
-                    "rollout_id": e.rollout_id,
-                    "question_id": e.question_id,
-                    "position": e.node.position,
-                    "length": len(ro.token_ids),
-                    "observed": e.observed,
-                    "rollout_correct": ro.correct,
-                    "v_hat": float(ideal.value[i]),
-                    "continuations": int(c[i].sum()) - (1 if e.free else 0),
-                    "weight": weights[i],
-                    "inclusion_prob": 1.0 / weights[i],
-                    "negligible": bool(negligible[i]),
-                    "degenerate": bool(g_zero[i]),
-                    "candidates": [
-                        {
-                            "token": tok,
-                            "p": e.p[k],
-                            "successes": e.successes[k],
-                            "count": e.counts[k],
-                            "q_hat": e.q_hat[k],
-                            "g": float(g_c[i, k]) if bool(mask[i, k]) else 0.0,
-                            "outcomes": list(e.outcomes[k]),
-                        }
-                        for k, tok in enumerate(e.cand_ids)
-                    ],
-                }
+            records = node_records(
+                self.estimates, self.rollouts, ideal.value, g_c, mask, c, weights, negligible, g_zero
             )
-        scores, eff, rollout_rows = [], {}, {}
         dts = self.direction_tensors()
         many = (
             node_scores_many(
@@ -441,52 +391,10 @@ class Estimator:
             if self.estimates
             else []
         )
-        for ((tname, oname), _, _, _), st in zip(dts, many, strict=False):
-            eff[f"{tname}|{oname}"] = effective_nodes(st.g_sq, st.noise, st.degenerate, weights)
-            groups = [e.node.rollout for e in self.estimates]
-            for tag, dsq in (("full", st.d_sq_full), ("support", st.d_sq_support)):
-                per = rollout_cosine(st.dot, st.g_sq, dsq, rollouts=groups, noise=st.noise)
-                for r, cos, corrected, degenerate in per.itertuples():
-                    rollout_rows.setdefault((self.rollouts[int(r)].id, tname, oname), {}).update(
-                        {
-                            f"cos_{tag}": float(cos),
-                            f"cos_{tag}_corrected": float(corrected),
-                            "degenerate": bool(degenerate),
-                        }
-                    )
-            dirn = self.directions[(tname, oname)]
-            silent = dirn.no_signal  # one list per direction (the property builds it)
-            for i, e in enumerate(self.estimates):
-                row = {
-                    "node_id": e.id,
-                    "teacher": tname,
-                    "objective": oname,
-                    "degenerate": bool(st.degenerate[i]),
-                    "signal_ratio": dirn.signal[i],
-                    "no_signal": silent[i],
-                }
-                for f in (
-                    "cos_full",
-                    "cos_full_corrected",
-                    "cos_full_lo",
-                    "cos_full_hi",
-                    "cos_support",
-                    "cos_support_corrected",
-                    "cos_support_lo",
-                    "cos_support_hi",
-                    "dot",
-                    "g_sq",
-                    "noise",
-                    "d_sq_full",
-                    "d_sq_support",
-                ):
-                    row[f] = float(getattr(st, f)[i])
-                for f in ("ta", "ta_lo", "ta_hi"):
-                    val = getattr(st, f)
-                    row[f] = float(val[i]) if val is not None else float("nan")
-                scores.append(row)
+        scored = [(self.directions[key], st) for (key, _, _, _), st in zip(dts, many, strict=False)]
+        scores, per_rollout, eff = score_rows(self.estimates, self.rollouts, scored, weights)
         hw = (
-            half_widths(p, s, c, mask, [d for _, d, _, _ in self.direction_tensors()])
+            half_widths(p, s, c, mask, [d for _, d, _, _ in dts])
             if self.estimates
             else []
         )
@@ -504,10 +412,6 @@ class Estimator:
             "token_coverage": token_coverage(weights, [len(r.token_ids) for r in self.rollouts]),
             "effective_nodes": eff,
         }
-        per_rollout = [
-            {"rollout_id": rid, "teacher": t, "objective": o, **vals}
-            for (rid, t, o), vals in rollout_rows.items()
-        ]
         return EstimateResult(
             self.rollouts,
             list(self.estimates),

@@ -1,0 +1,49 @@
+"""Budget accounting: what a node costs and what has been spent, in the configured unit (continuations, or
+continuation tokens, where a node's cost is bounded by its rollout's remaining length)."""
+
+from __future__ import annotations
+
+from .q import Spend
+
+
+class Budget:
+    """The estimate's budget in `cfg.budget_unit`s: the cost of a node's first round and the spend so far.
+
+    `cfg` is an EstimateConfig; `teachers` is how many teachers add top-k candidates to every node."""
+
+    def __init__(self, cfg, teachers: int):
+        self.cfg = cfg
+        self.teachers = teachers
+        self.spend = Spend()
+
+    @property
+    def per_candidate(self) -> int:
+        """Continuations per candidate in a node's first round (uniform: all it gets; adaptive: the start)."""
+        return self.cfg.continuations if self.cfg.allocation == "uniform" else self.cfg.adaptive_initial
+
+    @property
+    def nominal_candidates(self) -> int:
+        """The most candidates a node can have: its observed token, the student's top-k, each teacher's top-k."""
+        return 1 + self.cfg.k_student + self.cfg.k_teacher * self.teachers
+
+    def node_cost(self, remaining: int, candidates: int) -> float:
+        """What a node's first round costs with `candidates` candidates and `remaining` tokens left in its
+        rollout (in tokens: an upper bound, each continuation at most that long)."""
+        conts = candidates * self.per_candidate - (1 if self.cfg.free_sample else 0)
+        if self.cfg.budget_unit == "tokens":
+            return conts * max(1, remaining)
+        return conts
+
+    def spent(self) -> float:
+        return self.spend.tokens if self.cfg.budget_unit == "tokens" else self.spend.continuations
+
+    def left(self, total: float | None = None) -> float:
+        """Budget left of `total` (default: the whole budget)."""
+        return (self.cfg.budget if total is None else total) - self.spent()
+
+    def tokens_per_continuation(self) -> float:
+        """Mean length of the continuations so far (1 when counting continuations): the exchange rate the
+        adaptive rounds plan with."""
+        if self.cfg.budget_unit != "tokens":
+            return 1.0
+        return max(1.0, self.spend.tokens / max(1, self.spend.continuations))
