@@ -230,8 +230,10 @@ def test_rank_correlation_and_its_interval():
 
 def test_cli_refuses_bad_input_in_one_line(tmp_path, run_dir):
     cli = CliRunner()
+    (tmp_path / "typo.toml").write_text("stpes = 3\n")
     cases = [
         ([str(tmp_path / "nothing")], "not a run directory"),
+        ([str(run_dir), "--config", str(tmp_path / "typo.toml")], "unknown validate keys: stpes"),
         ([str(run_dir), "--reference", "bogus"], "unknown reference arm"),
         ([str(run_dir), "--steps", "0"], "--steps must be >= 1"),
         ([str(run_dir), "--arm", "self:answer|jsd"], "is not in the run"),

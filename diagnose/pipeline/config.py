@@ -138,19 +138,7 @@ class RunConfig:
     # ---- construction ----
     @classmethod
     def from_sources(cls, toml_path: str | Path | None = None, overrides: dict[str, Any] | None = None):
-        values: dict[str, Any] = {}
-        if toml_path is not None:
-            values.update(load_toml(toml_path))
-        for key, value in (overrides or {}).items():
-            if value is not None:
-                values[key] = value
-        known = {f.name for f in fields(cls)}
-        unknown = set(values) - known
-        if unknown:
-            raise DiagnoseError(f"unknown config keys: {', '.join(sorted(unknown))}")
-        cfg = cls(**values)
-        cfg.validate()
-        return cfg
+        return build_config(cls, toml_path, overrides, "config")
 
     def validate(self) -> None:
         """Cheap checks that need no model: numbers in range, names registered, specs parseable."""
@@ -270,6 +258,23 @@ def _toml_value(value) -> str:
     if isinstance(value, list):
         return "[" + ", ".join(_toml_value(v) for v in value) + "]"
     return json.dumps(str(value))  # a JSON string literal is a valid TOML basic string
+
+
+def build_config(cls, toml_path: str | Path | None, overrides: dict[str, Any] | None, what: str):
+    """A config dataclass from a TOML file, then the overrides that are not None (flags win), validated:
+    an unknown key is one error line naming it (`what` says whose keys, e.g. "config", "validate")."""
+    values: dict[str, Any] = {}
+    if toml_path is not None:
+        values.update(load_toml(toml_path))
+    for key, value in (overrides or {}).items():
+        if value is not None:
+            values[key] = value
+    unknown = set(values) - {f.name for f in fields(cls)}
+    if unknown:
+        raise DiagnoseError(f"unknown {what} keys: {', '.join(sorted(unknown))}")
+    cfg = cls(**values)
+    cfg.validate()
+    return cfg
 
 
 def load_toml(path: str | Path) -> dict[str, Any]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -42,20 +42,9 @@ class ValidateConfig:
 
     @classmethod
     def from_sources(cls, toml_path: str | Path | None = None, overrides: dict[str, Any] | None = None):
-        values: dict[str, Any] = {}
-        if toml_path is not None:
-            from ..pipeline.config import load_toml
+        from ..pipeline.config import build_config
 
-            values.update(load_toml(toml_path))
-        for key, value in (overrides or {}).items():
-            if value is not None:
-                values[key] = value
-        unknown = set(values) - {f.name for f in fields(cls)}
-        if unknown:
-            raise DiagnoseError(f"unknown validate keys: {', '.join(sorted(unknown))}")
-        cfg = cls(**values)
-        cfg.validate()
-        return cfg
+        return build_config(cls, toml_path, overrides, "validate")
 
     def __post_init__(self):
         self.configs = [str(c) for c in (self.configs or [])]
