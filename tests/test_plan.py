@@ -16,7 +16,7 @@ from diagnose.cli import app
 from diagnose.estimate import EstimateQuestion, Estimator, engine_teacher
 from diagnose.estimate.nodes import window_index
 from diagnose.pipeline import RunConfig
-from diagnose.pipeline.plan import expected_remaining, expected_work, node_costs, selection_remaining
+from diagnose.pipeline.plan import eta, expected_remaining, expected_work, node_costs, selection_remaining, split
 
 TINY = dict(
     questions=2,
@@ -153,3 +153,26 @@ def test_plan_with_a_missing_student_is_one_error_line(tmp_path):
     lines = res.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error:") and "/nonexistent" in lines[0], res.stderr
     assert "Traceback" not in res.output and not out.exists()
+
+
+def test_plan_bills_a_shard_and_splits_over_workers():
+    """`--shard i/N` bills the questions whose index is i mod N; `--workers W` divides generation and scoring
+    (not the load) by the workers that get questions; the exact engine's plan through the CLI says both."""
+    assert split(RunConfig(questions=10, shard="1/3"), 10) == (3, 1)  # questions 1, 4, 7
+    assert split(RunConfig(questions=10, workers=4), 10) == (10, 4)
+    assert split(RunConfig(questions=3, workers=8), 3) == (3, 3)  # a worker without a question does no work
+    assert split(RunConfig(questions=3, ray_address="auto"), 3) == (3, 1)
+    work = {"rollout_tokens": 400, "continuation_tokens": [100, 600], "rollouts": 8, "selection_passes": [1, 4]}
+    calib = {"tokens_per_s": 50.0, "score_s": {"self": 0.5}}
+    one, four = eta(work, calib, 3.0, [], 1), eta(work, calib, 3.0, [], 4)
+    assert one["load_s"] == four["load_s"] == 3.0
+    assert four["generation_s"] == pytest.approx([g / 4 for g in one["generation_s"]])
+    assert four["scoring_s"] == pytest.approx([s / 4 for s in one["scoring_s"]])
+    base = ["plan", "--json", "--engine", "exact", "--student", "exact", "--task", "digitsum", "--teacher",
+            "model=exact:seed=1", "--objective", "rkl", "--questions", "5", "--max-new-tokens", "8", "--budget", "60",
+            "-q"]
+    whole = json.loads(CliRunner().invoke(app, base).stdout)
+    shard = json.loads(CliRunner().invoke(app, [*base, "--shard", "0/2"]).stdout)
+    workers = json.loads(CliRunner().invoke(app, [*base, "--workers", "2"]).stdout)
+    assert (whole["work"]["questions"], shard["work"]["questions"], shard["shard"]) == (5, 3, "0/2")
+    assert workers["workers"] == 2 and workers["work"] == whole["work"]

@@ -220,6 +220,8 @@ class Plan:
     load_s: float
     eta_s: list[float]  # [lo, hi]
     eta_parts: dict = field(default_factory=dict)  # seconds: load, generation [lo, hi], scoring [lo, hi]
+    workers: int = 1  # workers the generation and scoring are split over (--workers)
+    shard: str = ""  # "i/N": the plan bills this shard's questions only
 
     def to_dict(self) -> dict:
         """Plain JSON-ready values."""
@@ -233,7 +235,8 @@ class Plan:
         least, most = self.work["node_cost_continuations"]
         return [
             f"plan: student {self.student} on {self.engine} ({self.device}), task {self.task}, "
-            f"{len(self.teachers)} teacher(s) x {len(self.objectives)} objective(s)",
+            f"{len(self.teachers)} teacher(s) x {len(self.objectives)} objective(s)"
+            + (f", shard {self.shard} (its questions only)" if self.shard else ""),
             f"  budget {self.budget} continuations per question; one node costs {least} to {most} continuations "
             "(its candidate set is smaller when top-k lists overlap)",
             "",
@@ -294,13 +297,20 @@ class Plan:
             _row(
                 "generation",
                 _duration_span(parts["generation_s"]),
-                f"(rollout + continuation tokens) / {c['tokens_per_s']:.1f} tokens/s",
+                f"(rollout + continuation tokens) / {c['tokens_per_s']:.1f} tokens/s"
+                + (f" / {self.workers} workers" if self.workers > 1 else ""),
             ),
             _row(
                 "scoring",
                 _duration_span(parts["scoring_s"]),
                 f"passes x rollouts x (student + each teacher) x one rollout of {c['score_tokens']} tokens "
                 f"scored alone: {scores}",
+            ),
+            *(
+                [f"split over {self.workers} Ray workers, each taken to run as fast as this calibration (workers "
+                 "that share this machine's cores or GPU run slower)"]
+                if self.workers > 1
+                else []
             ),
             f"calibration on {self.engine} ({self.device}): {c['rows']} rows ({c['prompts']} prompt(s) x "
             f"{c['rows'] // max(1, c['prompts'])} rollouts, up to {c['max_new_tokens']} new tokens), "
@@ -341,14 +351,17 @@ def _duration_span(pair: Sequence[float]) -> str:
     return f"{_duration(pair[0])} to {_duration(pair[1])}"
 
 
-def eta(work: dict, calibration: dict, load_s: float, teacher_models: Sequence[str]) -> dict:
+def eta(
+    work: dict, calibration: dict, load_s: float, teacher_models: Sequence[str], parallel: int = 1
+) -> dict:
     """ETA parts in seconds: load, generation [lo, hi] (rollout + continuation tokens at the calibrated rate)
-    and scoring [lo, hi] (passes x rollouts x (one student pass + one per teacher, each timed on its model))."""
-    rate = calibration["tokens_per_s"]
+    and scoring [lo, hi] (passes x rollouts x (one student pass + one per teacher, each timed on its model)),
+    the last two split over `parallel` workers that each run as fast as the calibration (they load at once)."""
+    rate = calibration["tokens_per_s"] * max(1, parallel)
     generation = [(work["rollout_tokens"] + c) / rate for c in work["continuation_tokens"]]
     times = calibration["score_s"]
     per_rollout = times["self"] + sum(times.get(m, times["self"]) for m in teacher_models)
-    scoring = [p * work["rollouts"] * per_rollout for p in work["selection_passes"]]
+    scoring = [p * work["rollouts"] * per_rollout / max(1, parallel) for p in work["selection_passes"]]
     total = [load_s + g + s for g, s in zip(generation, scoring, strict=True)]
     return {"load_s": load_s, "generation_s": generation, "scoring_s": scoring, "total_s": total}
 
@@ -363,9 +376,10 @@ def plan(cfg: RunConfig, progress: bool = True) -> Plan:
     prompts = [render_prompt(runner.engine.tokenizer, q.prompt) for q in runner.questions]
     with runner.progress.status("calibrating (a short sample and one scoring pass)"):
         calib = calibrate(runner.engine, prompts, cfg, runner.task.stop, runner.teacher_engines)
-    asked = replace(cfg, questions=len(runner.questions))  # a file task may hold fewer than asked for
-    work = expected_work(asked, calib["mean_rollout_tokens"], sum(map(len, prompts)) / len(prompts))
-    parts = eta(work, calib, load_s, [tc.model for tc in runner.teacher_cfgs])
+    mine, parallel = split(cfg, len(runner.questions))  # a file task may hold fewer than asked for
+    mean_prompt = sum(map(len, prompts)) / len(prompts)
+    work = expected_work(replace(cfg, questions=mine), calib["mean_rollout_tokens"], mean_prompt)
+    parts = eta(work, calib, load_s, [tc.model for tc in runner.teacher_cfgs], parallel)
     return Plan(
         student=cfg.student,
         engine=cfg.engine,
@@ -379,7 +393,18 @@ def plan(cfg: RunConfig, progress: bool = True) -> Plan:
         load_s=load_s,
         eta_s=parts.pop("total_s"),
         eta_parts=parts,
+        workers=parallel,
+        shard=cfg.shard or "",
     )
 
 
-__all__ = ["Plan", "calibrate", "expected_remaining", "expected_work", "plan"]
+def split(cfg: RunConfig, questions: int) -> tuple[int, int]:
+    """(questions this process bills, workers that share them): a `--shard i/N` process takes the questions
+    whose index is i mod N; `--workers W` spreads them over min(W, questions) Ray workers. With only a
+    `--ray-address` the cluster's size is not known here, and the plan counts one worker."""
+    part = cfg.shard_slice()
+    mine = len(range(part[0], questions, part[1])) if part else questions
+    return mine, max(1, min(cfg.workers, mine)) if cfg.workers > 0 else 1
+
+
+__all__ = ["Plan", "calibrate", "eta", "expected_remaining", "expected_work", "plan", "split"]
