@@ -31,11 +31,12 @@ SMALL = dict(steps=2, batch=2, eval_questions=4, eval_samples=2, seeds=1, progre
 
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory, embedded_model_path):
-    """A finished diagnosis of the embedded student: one teacher, two objectives (two configurations)."""
+    """A finished diagnosis of the embedded student: one teacher, two objectives, and the GRPO direction
+    (`grpo_ref`, no teacher): three configurations."""
     out = tmp_path_factory.mktemp("validate") / "run"
     cfg = RunConfig.from_sources(None, dict(
         task="arithmetic", temperature=0.7, max_new_tokens=16, questions=2, rollouts=2, budget=20,
-        continuations=1, top_k=2, teachers=["self:answer"], objectives=["rkl", "fkl"], out=str(out),
+        continuations=1, top_k=2, teachers=["self:answer"], objectives=["rkl", "fkl", "grpo_ref"], out=str(out),
         progress=False,
     ))
     Runner(cfg).run()
@@ -91,6 +92,31 @@ def test_validation_resumes_without_training_again(validated, monkeypatch):
     pd.testing.assert_frame_equal(again.table, before, check_exact=True)
     with pytest.raises(DiagnoseError, match="differs in: lr"):
         validate(run_dir, configs=["self:answer|rkl"], references=["control"], lr=3e-4, **SMALL)
+
+
+def test_grpo_arm_takes_the_alignment_the_run_measured(tmp_path, run_dir):
+    """A run that scored grpo_ref measures the alignment of the very direction the grpo arm trains on: that
+    arm carries it, appears once, and joins the rank correlation (3 measured arms here: rho is computed, and
+    drawn as points; the control stays a band)."""
+    run = tmp_path / "run"
+    shutil.copytree(run_dir, run, ignore=shutil.ignore_patterns("validation*"))
+    summary = read_table(run, "summary")
+    measured = summary[(summary["config"] == "-|grpo_ref") & (summary["metric"] == "cos_full")]["mean"].iloc[0]
+    v = Validation(run, ValidateConfig(configs=["-|grpo_ref", "self:answer|fkl"], **SMALL))
+    assert [(a.label, a.kind) for a in v.arms] == [("grpo", "grpo"), ("self:answer|fkl", "config"),
+                                                   ("ideal", "ideal"), ("control", "control")]
+    assert v.arms[0].alignment == pytest.approx(measured) and v.arms[0].objective == "grpo_ref"
+    assert (v.arms[-1].teacher, v.arms[-1].objective) == ("self:answer", "fkl")  # the control shuffles a teacher
+    result = validate(run, references=["control"], **SMALL)
+    arms = result.table
+    assert sorted(arms["arm"]) == ["control", "grpo", "self:answer|fkl", "self:answer|rkl"]
+    assert np.isfinite(arms[arms["arm"] == "grpo"]["alignment"].iloc[0])
+    meta = read_metadata(run, "validation_arms")["validation"]
+    assert meta["n"] == 3 and np.isfinite(meta["spearman"])
+    from diagnose.report.validation import fig_validation
+
+    points = fig_validation(arms).data[0]
+    assert sorted(points.text) == ["grpo", "self:answer|fkl", "self:answer|rkl"]
 
 
 def test_update_is_the_objectives_autograd_gradient(run_dir):

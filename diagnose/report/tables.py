@@ -316,8 +316,8 @@ _ARM = [
     _f("objective", _S, "Objective of the arm; empty for ideal."),
 ]
 _ALIGN = [
-    _f("alignment", _F, "The run's alignment of this configuration (summary `mean`); NaN for reference arms.",
-       nullable=True),
+    _f("alignment", _F, "The run's alignment of this arm (summary `mean`): configurations, and grpo when the run "
+       "scored grpo_ref; NaN for the other reference arms.", nullable=True),
     _f("alignment_ci_low", _F, "Lower end of the run's interval of `alignment`.", nullable=True),
     _f("alignment_ci_high", _F, "Upper end of the run's interval of `alignment`.", nullable=True),
 ]

@@ -1,6 +1,6 @@
 """The report's "Does alignment predict training?" section, drawn from the tables `diagnose validate` writes:
-alignment (x) against the change in held-out pass@1 (y) per configuration, reference arms as bands, the rank
-correlation with its interval, and a plain statement when the changes are within noise."""
+alignment (x) against the change in held-out pass@1 (y) per arm the run measured, the other reference arms as
+bands, the rank correlation with its interval, and a plain statement when the changes are within noise."""
 
 from __future__ import annotations
 
@@ -24,9 +24,11 @@ def _num(x, d=3, sign=True) -> str:
 
 
 def fig_validation(arms: pd.DataFrame) -> go.Figure:
-    """Configurations: alignment vs gain with both intervals; reference arms: their gain as a shaded band."""
+    """Arms whose alignment the run measured (configurations, and grpo when the run scored grpo_ref): alignment
+    vs gain with both intervals; the other reference arms: their gain as a shaded band."""
     fig = go.Figure()
-    cfg = arms[arms["kind"] == "config"]
+    measured = np.isfinite(arms["alignment"].to_numpy(float))
+    cfg = arms[measured]
     if len(cfg):
         fig.add_trace(
             go.Scatter(
@@ -41,7 +43,7 @@ def fig_validation(arms: pd.DataFrame) -> go.Figure:
                 hovertemplate="%{text}<br>alignment %{x:.3f}<br>gain %{y:+.3f}<extra></extra>",
             )
         )
-    for _, r in arms[arms["kind"] != "config"].iterrows():
+    for _, r in arms[~measured].iterrows():
         color = REFERENCE_STYLE.get(r["kind"], "#777")
         fig.add_hrect(y0=r["gain_ci_low"], y1=r["gain_ci_high"], fillcolor=color, opacity=0.12, line_width=0)
         fig.add_hline(y=r["gain"], line=dict(color=color, dash="dash"),
@@ -72,7 +74,7 @@ def statements(arms: pd.DataFrame, conclusions: dict) -> list[str]:
     out = []
     lo, hi = conclusions.get("spearman_ci", [float("nan")] * 2)
     out.append(
-        f"Rank correlation of alignment with gain over {conclusions.get('n', 0)} configurations: ρ = "
+        f"Rank correlation of alignment with gain over {conclusions.get('n', 0)} arms the run measured: ρ = "
         f"{_num(conclusions.get('spearman'), 2)} [{_num(lo, 2)}, {_num(hi, 2)}]; {conclusions.get('note', '')}."
     )
     noise = arms["verdict"] == "within noise"
@@ -102,7 +104,8 @@ def section_validation(run_dir: Path, div) -> str:
         f"Each configuration trained the student from the same weights for {settings.get('steps', '?')} on-policy "
         f"steps (learning rate {settings.get('lr', '?')}, {settings.get('batch', '?')} questions per step, "
         f"{settings.get('seeds', '?')} training seed(s)); beside them the ideal direction (estimated g*), GRPO "
-        f"on the task reward and a control teacher with shuffled vocabulary. y: change in pass@1 on "
+        f"on the task reward (a point when the run scored grpo_ref) and a control teacher with shuffled "
+        f"vocabulary. y: change in pass@1 on "
         f"{settings.get('eval_questions', '?')} held-out questions × {settings.get('eval_samples', '?')} samples, "
         "with 95% bootstrap intervals over seeds, then questions, then samples (paired across arms)."
     )

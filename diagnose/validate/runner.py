@@ -87,13 +87,25 @@ class Validation:
         arms = []
         for label in chosen:
             r = rows.loc[label]
-            arms.append(Arm(label, "config", str(r["teacher"]), str(r["objective"]),
-                            float(r["mean"]), float(r["ci_low"]), float(r["ci_high"])))
-        first = arms[0] if arms else Arm(known[0], "config", *known[0].split("|", 1))
+            measured = (float(r["mean"]), float(r["ci_low"]), float(r["ci_high"]))
+            if str(r["objective"]) == "grpo_ref":
+                # The run scored the GRPO direction itself (objective grpo_ref, no teacher): the grpo arm trains
+                # on exactly that direction, so it carries the run's alignment and joins the rank correlation.
+                arms.append(Arm("grpo", "grpo", "", "grpo_ref", *measured))
+            else:
+                arms.append(Arm(label, "config", str(r["teacher"]), str(r["objective"]), *measured))
+        with_teacher = [c for c in known if rows.loc[c, "objective"] != "grpo_ref"]
+        first = next((a for a in arms if a.kind == "config"), None)
+        if first is None and with_teacher:
+            first = Arm(with_teacher[0], "config", str(rows.loc[with_teacher[0], "teacher"]),
+                        str(rows.loc[with_teacher[0], "objective"]))
         for ref in self.cfg.references:
             if ref == "control":
+                if first is None:
+                    raise DiagnoseError("the control arm shuffles a teacher, and the run has no configuration with "
+                                        "a teacher; drop it with --reference ideal --reference grpo")
                 arms.append(Arm("control", "control", first.teacher, first.objective))
-            else:
+            elif not any(a.kind == ref for a in arms):
                 arms.append(Arm(ref, ref, "", "grpo_ref" if ref == "grpo" else ""))
         return arms
 
@@ -338,8 +350,9 @@ class Validation:
                 "alignment_ci_high": arm.alignment_high,
             })
         table = pd.DataFrame(rows)
-        configs = (table["kind"] == "config").to_numpy()
-        rho = rank_correlation(table["alignment"][configs], gain_reps[:, configs], gains[configs], cfg.level)
+        # every arm whose alignment the run measured: its configurations, and grpo when the run scored grpo_ref
+        measured = np.isfinite(table["alignment"].to_numpy(float))
+        rho = rank_correlation(table["alignment"][measured], gain_reps[:, measured], gains[measured], cfg.level)
         refs = {a.kind: k for k, a in enumerate(self.arms)}
         ideal_vs_control = None
         if "ideal" in refs and "control" in refs:
@@ -382,7 +395,7 @@ class ValidationResult:
             lines.append(f"  {r['arm']:<40} gain {r['gain']:+.3f} [{r['gain_ci_low']:+.3f}, {r['gain_ci_high']:+.3f}]"
                          f"  {r['verdict']}{align}")
         lo, hi = c["spearman_ci"]
-        lines.append(f"Spearman rho (alignment vs gain, {c['n']} configurations): {c['spearman']:+.2f} "
+        lines.append(f"Spearman rho (alignment vs gain, {c['n']} arms the run measured): {c['spearman']:+.2f} "
                      f"[{lo:+.2f}, {hi:+.2f}]: {c['note']}")
         ivc = c.get("ideal_vs_control")
         if ivc:

@@ -6,9 +6,10 @@ Estimands (also stored in the `validation_arms` table's metadata):
   probability that one sample at the run's temperature is verified correct, at the starting weights / after
   the arm's training with one seed.
 - `gain` of an arm: the expected change in that pass@1 after `steps` steps, averaged over training seeds.
-- `spearman`: the rank correlation, across the run's configurations, between their alignment (the run's
-  summary `mean`) and their gain. The reference arms (ideal, grpo, control) are shown beside it, not in it:
-  their alignments are not measured by the run.
+- `spearman`: the rank correlation, across the arms whose alignment the run measured, between their
+  alignment (the run's summary `mean`) and their gain. Those arms are the run's configurations, plus the grpo
+  arm when the run scored the objective `grpo_ref` (the same direction the arm trains on). The ideal and
+  control arms are shown beside it, not in it: the run does not measure their alignment.
 
 Intervals are percentile bootstraps over the independent units: training seeds, then held-out questions,
 then samples within each drawn question. The before and after samples of a question share their random
@@ -28,8 +29,8 @@ ESTIMANDS = {
     "starting weights",
     "pass_after": "the same pass@1 after `steps` training steps of the arm with one training seed",
     "gain": "expected change in held-out pass@1 after `steps` steps of the arm, averaged over training seeds",
-    "spearman": "rank correlation across the run's configurations between alignment (run summary `mean`) and "
-    "gain; reference arms excluded",
+    "spearman": "rank correlation, across the arms whose alignment the run measured (its configurations, and grpo "
+    "when the run scored grpo_ref), between alignment (run summary `mean`) and gain; ideal and control excluded",
     "intervals": "percentile bootstrap: training seeds, then held-out questions, then samples within each "
     "drawn question; paired across arms and between before and after; alignments held fixed",
 }
@@ -77,13 +78,13 @@ def verdict(low: float, high: float) -> str:
 
 
 def rank_correlation(alignment, gains_reps: np.ndarray, gains: np.ndarray, level: float) -> dict:
-    """Spearman rho of alignment vs gain over the configurations with an alignment, and its interval from the
-    replicate gains [B, A]. NaN (with a reason) when fewer than 3 configurations are usable."""
+    """Spearman rho of alignment vs gain over the arms with an alignment, and its interval from the replicate
+    gains [B, A]. NaN (with a reason) when fewer than 3 arms are usable."""
     x = np.asarray(alignment, dtype=float)
     ok = np.isfinite(x)
     if ok.sum() < 3:
         return {"spearman": float("nan"), "spearman_ci": [float("nan"), float("nan")], "n": int(ok.sum()),
-                "note": "fewer than 3 configurations with an alignment: no rank correlation"}
+                "note": "fewer than 3 arms with an alignment: no rank correlation"}
     rho = spearman(x[ok], np.asarray(gains, dtype=float)[ok])
     reps = np.array([spearman(x[ok], g[ok]) for g in np.asarray(gains_reps)])
     lo, hi = interval(reps, level)
