@@ -15,7 +15,7 @@ weights. Goals: the ideal arm gains more than the control with non-overlapping i
 Run: python benchmarks/validate.py [--out DIR] [--steps 6] [--lr 3e-5] [--questions 16]
 The last line printed is JSON: {"spearman", "spearman_ci", "ideal_gain", "control_gain", "arms",
 "spearman_arms", ...}.
-Measured: 47 minutes on a 2-core CPU (the diagnosis 3.3 of them); the result is in docs/validate.md.
+Measured: 33 minutes on a 2-core CPU (the diagnosis 3.3 of them); the result is in docs/validate.md.
 """
 
 from __future__ import annotations
