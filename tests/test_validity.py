@@ -54,12 +54,13 @@ def split_bias(rows):
 @pytest.fixture(scope="module")
 def default_runs():
     """60 questions through the CLI's default estimator settings (4 rollouts, 2 continuations, top-k 2,
-    budget 40, windows, 64 tokens), one teacher (another exact model), rkl and fkl."""
+    budget 40, windows, 64 tokens), one teacher (another exact model), rkl and fkl, and the GRPO direction
+    (grpo_ref, no teacher)."""
     eng, teacher = exact(seed=1, horizon=12), exact(seed=2, horizon=12)
     cfg = RunConfig().estimate_config()
     cfg.n_boot = 50
     qs = exact_questions(eng, 60, seed=3)
-    runs = run_per_question(eng, qs, {"t": engine_teacher(teacher)}, ["rkl", "fkl"], cfg)
+    runs = run_per_question(eng, qs, {"t": engine_teacher(teacher)}, ["rkl", "fkl", "grpo_ref"], cfg)
     return eng, teacher, cfg, qs, runs
 
 

@@ -9,6 +9,7 @@ from typing import Sequence
 import torch
 
 from .. import kernels
+from ..errors import DiagnoseError
 from ..objectives.base import NEEDS_NONE, log_probs
 from . import signal as signal_mod
 from .q import NodeEstimate, pack
@@ -109,8 +110,6 @@ def direction_tensors(directions: dict[tuple[str, str], Direction], estimates: S
 def teacher_rows(teach: dict[str, torch.Tensor], z: torch.Tensor) -> list[tuple[str, torch.Tensor]]:
     """Check what each teacher returned at the N nodes of z [N, V] (logits [N, V], or top-k ids [N, k]) and
     return the (name, logits) pairs: the teachers that have a direction."""
-    from ..errors import DiagnoseError
-
     for name, payload in teach.items():
         if payload.shape[0] != z.shape[0] or (payload.dtype.is_floating_point and payload.shape != z.shape):
             raise DiagnoseError(f"teacher {name!r} returned shape {tuple(payload.shape)} for {z.shape[0]} nodes")

@@ -94,17 +94,15 @@ class Validation:
                 arms.append(Arm("grpo", "grpo", "", "grpo_ref", *measured))
             else:
                 arms.append(Arm(label, "config", str(r["teacher"]), str(r["objective"]), *measured))
-        with_teacher = [c for c in known if rows.loc[c, "objective"] != "grpo_ref"]
-        first = next((a for a in arms if a.kind == "config"), None)
-        if first is None and with_teacher:
-            first = Arm(with_teacher[0], "config", str(rows.loc[with_teacher[0], "teacher"]),
-                        str(rows.loc[with_teacher[0], "objective"]))
+        # the control shuffles the teacher of the first chosen configuration that has one (else the run's first)
+        with_teacher = [c for c in [*chosen, *known] if rows.loc[c, "objective"] != "grpo_ref"]
         for ref in self.cfg.references:
             if ref == "control":
-                if first is None:
+                if not with_teacher:
                     raise DiagnoseError("the control arm shuffles a teacher, and the run has no configuration with "
                                         "a teacher; drop it with --reference ideal --reference grpo")
-                arms.append(Arm("control", "control", first.teacher, first.objective))
+                r = rows.loc[with_teacher[0]]
+                arms.append(Arm("control", "control", str(r["teacher"]), str(r["objective"])))
             elif not any(a.kind == ref for a in arms):
                 arms.append(Arm(ref, ref, "", "grpo_ref" if ref == "grpo" else ""))
         return arms
