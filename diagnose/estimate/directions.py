@@ -107,10 +107,23 @@ def direction_tensors(directions: dict[tuple[str, str], Direction], estimates: S
     return out
 
 
-def teacher_rows(teach: dict[str, torch.Tensor], z: torch.Tensor) -> list[tuple[str, torch.Tensor]]:
+def teacher_rows(
+    teach: dict[str, torch.Tensor], z: torch.Tensor, temperature: float = 1.0
+) -> list[tuple[str, torch.Tensor]]:
     """Check what each teacher returned at the N nodes of z [N, V] (logits [N, V], or top-k ids [N, k]) and
-    return the (name, logits) pairs: the teachers that have a direction."""
+    return the (name, logits / temperature) pairs: the teachers that have a direction, at the scoring
+    temperature (`at_temperature`), as the student's z already is."""
     for name, payload in teach.items():
         if payload.shape[0] != z.shape[0] or (payload.dtype.is_floating_point and payload.shape != z.shape):
             raise DiagnoseError(f"teacher {name!r} returned shape {tuple(payload.shape)} for {z.shape[0]} nodes")
-    return [(name, payload) for name, payload in teach.items() if payload.dtype.is_floating_point]
+    return [
+        (name, at_temperature(payload, temperature)) for name, payload in teach.items() if payload.dtype.is_floating_point
+    ]
+
+
+def at_temperature(logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Teacher logits as every objective sees them: divided by the scoring temperature (the run's sampling
+    temperature unless `teacher_temperature` says otherwise). The one place teacher logits are tempered: the
+    estimator (teacher_rows) and the validate arms call it."""
+    t = float(temperature)
+    return logits if t == 1.0 else logits / t

@@ -40,6 +40,10 @@ class EstimateConfig:
 
     rollouts_per_question: int = 4
     temperature: float = 1.0
+    # The temperature the teacher's logits are divided by before any objective sees them. None (default): the
+    # sampling temperature, the trainers' convention (TRL's and ms-swift's GKD use one temperature for
+    # sampling and both sides of the loss), so a teacher identical to the student gives d = 0 at any T.
+    teacher_temperature: float | None = None
     top_p: float = 1.0
     max_new_tokens: int = 256
     stop: tuple[str, ...] = ()
@@ -67,6 +71,11 @@ class EstimateConfig:
     prior: float = 0.5
     max_batch: int = 256
     node_chunk: int = 64
+
+    @property
+    def scoring_temperature(self) -> float:
+        """The temperature teacher logits are scored at: `teacher_temperature`, else the sampling one."""
+        return float(self.teacher_temperature or self.temperature)
 
     def sampling(self) -> SamplingParams:
         return SamplingParams(
@@ -118,13 +127,14 @@ class EstimateResult:
         }
 
 
-def engine_teacher(engine, temperature: float = 1.0) -> TeacherFn:
-    """A teacher that scores the student's own prompt + prefix with another engine (same tokenizer)."""
+def engine_teacher(engine) -> TeacherFn:
+    """A teacher that scores the student's own prompt + prefix with another engine (same tokenizer). Like every
+    TeacherFn it returns the engine's own logits: the Estimator scales them to the scoring temperature."""
 
     def teacher(rollouts: Sequence[Rollout], nodes: Sequence[Node]) -> torch.Tensor:
         seqs = [rollouts[n.rollout].prompt_ids + rollouts[n.rollout].token_ids for n in nodes]
         pos = [[len(rollouts[n.rollout].prompt_ids) + n.position] for n in nodes]
-        return torch.cat([sc.logits.float() for sc in engine.score(seqs, pos, topk=None)]) / temperature
+        return torch.cat([sc.logits.float() for sc in engine.score(seqs, pos, topk=None)])
 
     return teacher
 
@@ -231,7 +241,7 @@ class Estimator:
         probabilities, directions and their signal checks."""
         z = self._student(nodes)
         teach = {name: fn(self.rollouts, nodes) for name, fn in self.teachers.items()}
-        rows = teacher_rows(teach, z)
+        rows = teacher_rows(teach, z, self.cfg.scoring_temperature)
         observed = [self.rollouts[n.rollout].token_ids[n.position] for n in nodes]
         cand = candidate_sets(z, observed, teach, self.cfg.k_student, self.cfg.k_teacher)
         # p is the sampling policy's distribution: temperature (already in z) and the top-p nucleus, so a

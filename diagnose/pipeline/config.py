@@ -40,7 +40,7 @@ CHOICES = {
 }
 # Keys added after runs were already being made: at their defaults they stay out of the identity, so the digest
 # (and with it resuming, and cache folders under --cache-dir) of a run made before they existed is unchanged.
-LATER_KEYS = ("top_p", "budget_unit", "allocation", "target_half_width", "level", "n_boot")
+LATER_KEYS = ("top_p", "budget_unit", "allocation", "target_half_width", "level", "n_boot", "teacher_temperature")
 # Questions processed at once when `in_flight` is 0 (auto): enough rows per engine call to keep it busy.
 AUTO_IN_FLIGHT = {"hf": 8, "vllm": 32}
 
@@ -94,6 +94,11 @@ class RunConfig:
     )
     seed: int = _key(0, "Random seed (same seed, same tables).")
     temperature: float = _key(1.0, "Sampling temperature of the student (rollouts and continuations).")
+    teacher_temperature: float = _key(
+        0.0,
+        "Temperature the teacher's logits are divided by before the objectives (0: the sampling temperature, "
+        "as TRL's and ms-swift's GKD do; set it only if your trainer scores the teacher otherwise).",
+    )
     top_p: float = _key(1.0, "Nucleus sampling of the student (1: off).")
     max_new_tokens: int = _key(64, "Response length limit (rollouts and continuations).")
     level: float = _key(0.95, "Confidence level of the per-node intervals.")
@@ -170,6 +175,10 @@ class RunConfig:
                                 "(--workers / --ray-address), which splits it by itself")
         if not self.temperature > 0:
             raise DiagnoseError(f"--temperature must be > 0, got {self.temperature}")
+        if not self.teacher_temperature >= 0:
+            raise DiagnoseError(
+                f"--teacher-temperature must be > 0 (or 0: the sampling temperature), got {self.teacher_temperature}"
+            )
         if not 0 < self.top_p <= 1:
             raise DiagnoseError(f"--top-p must lie in (0, 1], got {self.top_p}")
         if not 0 < self.level < 1:
@@ -204,6 +213,7 @@ class RunConfig:
         values.update({estimate: getattr(self, run) for estimate, run in RENAMED.items()})
         values["budget"] = float(self.budget)
         values["target_half_width"] = self.target_half_width or None
+        values["teacher_temperature"] = self.teacher_temperature or None
         return EstimateConfig(**values, stop=tuple(stop))
 
     def questions_in_flight(self) -> int:
@@ -232,11 +242,16 @@ class RunConfig:
     # ---- identity and persistence ----
     def identity(self) -> dict[str, Any]:
         defaults = {f.name: f.default for f in fields(self)}
-        return {
+        out = {
             k: v
             for k, v in asdict(self).items()
             if k not in NON_IDENTITY and not (k in LATER_KEYS and v == defaults[k])
         }
+        if self.temperature != 1.0:
+            # Runs made before teachers were scored at the sampling temperature scored them untempered; at
+            # T != 1 the scoring temperature is part of the identity, so such a run is not resumed and mixed.
+            out["teacher_temperature"] = self.teacher_temperature or self.temperature
+        return out
 
     def digest(self) -> str:
         return hashlib.sha256(json.dumps(self.identity(), sort_keys=True).encode()).hexdigest()[:16]

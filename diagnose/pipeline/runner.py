@@ -128,6 +128,7 @@ class Runner:
             seeds={"seed": self.cfg.seed},
             config_hash=self.cfg.digest(),
             temperature=self.cfg.temperature,
+            teacher_temperature=self.estimate_config().scoring_temperature,
             engine=self.cfg.engine,
             teacher_dtype=self.cfg.teacher_dtype,
             student_dtype=str(getattr(self.engine, "dtype", "auto")).replace("torch.", ""),

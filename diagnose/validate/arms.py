@@ -18,6 +18,7 @@ import torch
 
 from .. import objectives as objectives_mod
 from ..estimate import Estimator
+from ..estimate.directions import at_temperature
 from ..estimate.nodes import Node
 from ..estimate.rollouts import Rollout, group_advantages
 from ..pipeline.teachers import TeacherAtNodes
@@ -76,14 +77,24 @@ class ArmDirections:
 class ObjectiveDirections(ArmDirections):
     """A teacher x objective configuration (optionally with the teacher's vocabulary shuffled: the control)."""
 
-    def __init__(self, teacher: TeacherConfig, objective: str, engine, shuffle: bool = False, summaries=None):
-        self.teacher, self.engine, self.shuffle = teacher, engine, shuffle
+    def __init__(
+        self,
+        teacher: TeacherConfig,
+        objective: str,
+        engine,
+        shuffle: bool = False,
+        summaries=None,
+        temperature: float = 1.0,
+    ):
+        """`temperature`: the run's scoring temperature for teacher logits (the diagnosis scored the same)."""
+        self.teacher, self.engine, self.shuffle, self.temperature = teacher, engine, shuffle, float(temperature)
         self.objective = objectives_mod.parse(objective)
         self.summaries = summaries or {}
         self.teacher_tokens = 0
 
     def teacher_logits(self, batch: StepBatch, index, positions) -> torch.Tensor:
-        """The teacher's logits at the rows, scored one question at a time (its context sees that question)."""
+        """The teacher's logits at the rows at the scoring temperature, scored one question at a time (its
+        context sees that question)."""
         rows: list[torch.Tensor | None] = [None] * sum(len(p) for p in positions)
         offsets, at = [], 0
         for pos in positions:
@@ -103,7 +114,7 @@ class ObjectiveDirections(ArmDirections):
                 for m in range(len(positions[k])):
                     rows[offsets[k] + m] = logits[j]
                     j += 1
-        out = torch.stack(rows).float()
+        out = at_temperature(torch.stack(rows).float(), self.temperature)
         if self.shuffle:  # one fresh permutation of the vocabulary per row, drawn from the step's stream
             perm = torch.stack([torch.randperm(out.shape[1], generator=self.gen) for _ in range(out.shape[0])])
             out = torch.gather(out, 1, perm)

@@ -170,7 +170,8 @@ class Validation:
         if arm.kind in ("config", "control"):
             tc = self.teacher_cfgs[arm.teacher]
             return ObjectiveDirections(tc, arm.objective, self.teacher_engines[tc.model],
-                                       shuffle=arm.kind == "control", summaries=self.summaries)
+                                       shuffle=arm.kind == "control", summaries=self.summaries,
+                                       temperature=self.estimate_config().scoring_temperature)
         if arm.kind == "grpo":
             return GRPODirections()
         return IdealDirections(self.engine, self.estimate_config(), lambda b: self.estimate_questions(b.questions))
@@ -284,7 +285,8 @@ class Validation:
     def metadata(self) -> dict:
         return standard_metadata(models={"student": self.run_cfg.student}, seeds={"seed": self.cfg.seed},
                                  config_hash=self.cfg.digest(), validate=self.cfg.identity(),
-                                 run_config_hash=self.run_cfg.digest())
+                                 run_config_hash=self.run_cfg.digest(), temperature=self.run_cfg.temperature,
+                                 teacher_temperature=self.estimate_config().scoring_temperature)
 
     def _write_samples(self, shard: str, seed: int, label: str, outcomes: np.ndarray) -> None:
         qs, js = np.nonzero(np.ones_like(outcomes))
