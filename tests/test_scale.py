@@ -9,17 +9,20 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
 
 import pandas as pd
 import pytest
+from typer.testing import CliRunner
 
+from diagnose.cli import app
 from diagnose.errors import DiagnoseError
 from diagnose.pipeline import RunConfig, Runner
 from diagnose.pipeline.scale import TEST_HOOK_ENV
-from diagnose.report.tables import read_table
+from diagnose.report.tables import has_table, read_table
 
 ray = pytest.importorskip("ray")
 
@@ -141,7 +144,20 @@ def test_two_shard_processes_then_report_give_the_serial_run(serial_run, tmp_pat
     ]
     outputs = [p.communicate(timeout=300) for p in procs]
     assert all(p.returncode == 0 for p in procs), outputs
-    assert any("left to other shards" in o for o, _ in outputs)  # the first to finish says what is left
+    # Each shard, once its own questions are committed, either finds questions of the other still pending and
+    # says how many are left (at most the other's 3; the count is taken again when printed, so it may be 0 by
+    # then), or finds none and writes the summary and report. Which does which is a race (both may finish
+    # together and both write), but the shard whose last commit came last sees everything done, so at least one
+    # writes the report. An unfinished shard's message is checked deterministically in
+    # test_report_over_an_unfinished_sharded_run_says_so.
+    wrote_report = []
+    for k, (stdout, _) in enumerate(outputs):
+        left = re.search(rf"shard {k}/2 done; ([0-9]+) of 6 questions are left to other shards", stdout)
+        report = f"report: {out / 'report.html'}" in stdout
+        assert bool(left) != report, stdout
+        assert left is None or int(left.group(1)) <= 3, stdout
+        wrote_report.append(report)
+    assert any(wrote_report), outputs
     report = subprocess.run([sys.executable, "-m", "diagnose", "report", str(out), "--resummarize"],
                             capture_output=True, text=True, env=ENV, timeout=300)
     assert report.returncode == 0 and "warning" not in report.stderr, report.stderr
@@ -151,7 +167,15 @@ def test_two_shard_processes_then_report_give_the_serial_run(serial_run, tmp_pat
 
 def test_report_over_an_unfinished_sharded_run_says_so(tmp_path):
     out = tmp_path / "half"
-    _run(out, shard="0/3")
+    cfg = tmp_path / "run.toml"
+    cfg.write_text(RunConfig(**{**EXACT, "out": str(out)}).to_toml())
+    # the only shard run: it always finds the other shards' questions pending and says what is left
+    shard = CliRunner().invoke(app, ["run", "--config", str(cfg), "--shard", "0/3", "-q"])
+    assert shard.exit_code == 0, shard.output
+    assert shard.output.strip() == (
+        f"shard 0/3 done; 4 of 6 questions are left to other shards. When all have finished: diagnose report {out}"
+    )
+    assert not (out / "report.html").exists() and not has_table(out, "summary")
     report = subprocess.run([sys.executable, "-m", "diagnose", "report", str(out)], capture_output=True,
                             text=True, env=ENV, timeout=300)
     assert report.returncode == 0
