@@ -234,7 +234,8 @@ def test_summary_matches_independent_pandas(tables):
     up, down = full.loc[f"{SHARPER}|rkl"], full.loc[f"{FLATTER}|rkl"]
     for col in ("mean", "mean_per_token", "mean_correct", "mean_incorrect", "rollout_cos", "diff_correct_incorrect"):
         assert np.isfinite(up[col]) and up[col] == pytest.approx(-down[col], rel=1e-9, abs=1e-12), col
-    assert (up["ci_low"], up["ci_high"]) == pytest.approx((-down["ci_high"], -down["ci_low"]), rel=1e-9)
+    # interval ends are stored in float32: mirrored quantiles agree to its precision (1 ulp ~ 6e-8 relative)
+    assert (up["ci_low"], up["ci_high"]) == pytest.approx((-down["ci_high"], -down["ci_low"]), rel=1e-6)
     assert up["mean"] != 0
     # rollout-level cosine: concatenated g* and w*d per rollout, averaged over rollouts
     x = a.merge(nodes[["question_id", "rollout_idx", "position", "g_sq"]])

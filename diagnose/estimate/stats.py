@@ -290,25 +290,33 @@ def effective_nodes(g_sq, noise, degenerate, weights=None) -> dict[str, float]:
 
 
 def pooled_alignment(dot_unit, g_sq, noise, live, weights=None):
-    """Noise-consistent alignment of a group of nodes: cos(concat sqrt(w) g*, concat sqrt(w) u), u = d / |d|.
+    """Noise-consistent alignment of a group of nodes over the nodes where the direction is live:
+    cos(concat sqrt(w) g*, concat sqrt(w) u) over those nodes, u = d / |d|.
 
-    dot_unit = <g*-hat, d> / |d| per node (0 where d = 0), live = 1 where d != 0. With A = sum w dot_unit
-    (unbiased: linear in Q-hat), B = sum w (|g-hat|^2 - noise) (unbiased for sum w |g*|^2) and U = sum w live,
-    the estimate A / sqrt(B U) converges to E_w[|g*| cos(g*, d)] / sqrt(E_w|g*|^2 E_w[live]) as nodes grow,
-    whatever the number of continuations per candidate: noise does not shrink it, so groups whose |g*|
-    differ (correct vs incorrect rollouts, Q near 1) compare fairly. NaN when B <= 0 or U = 0. Works on the
-    last axis (batches of replicates allowed).
+    live = 1 where the configuration has a direction (d != 0 and not no_signal), 0 elsewhere; dot_unit =
+    <g*-hat, d> / |d| per node (0 where not live). Every sum runs over live nodes only: with A = sum w live
+    dot_unit (unbiased: linear in Q-hat), B = sum w live (|g-hat|^2 - noise) (unbiased for sum_live w |g*|^2)
+    and U = sum w live, the estimate A / sqrt(B U) converges to
+
+        E_w[|g*| cos(g*, d) | live] / sqrt(E_w[|g*|^2 | live])
+
+    as nodes grow, whatever the number of continuations per candidate: noise does not shrink it, so groups
+    whose |g*| differ (correct vs incorrect rollouts, Q near 1) compare fairly, and a direction that is
+    silent at some nodes is scored on the nodes where it has one (a node without a direction leaves the
+    numerator and both denominators, so silence at a fraction f of nodes does not scale it by sqrt(1 - f)).
+    NaN when B <= 0 or U = 0. Works on the last axis (batches of replicates allowed).
     """
     dot_unit, g_sq, noise, live = (_f64(x) for x in (dot_unit, g_sq, noise, live))
     w = torch.ones_like(dot_unit) if weights is None else _f64(weights)
-    a = (w * dot_unit).sum(-1)
-    b = (w * (g_sq - noise)).sum(-1)
-    u = (w * live).sum(-1)
+    on = live != 0
+    a = torch.where(on, w * dot_unit, 0.0).sum(-1)
+    b = torch.where(on, w * (g_sq - noise), 0.0).sum(-1)
+    u = torch.where(on, w, 0.0).sum(-1)
     return torch.from_numpy(np.asarray(pooled_from_sums(a.numpy(), b.numpy(), u.numpy()), dtype=np.float64))
 
 
 def pooled_from_sums(a, b, u, unresolved: str = "nan"):
-    """`pooled_alignment` from its sums A, B, U (numpy arrays of any matching shape): A / sqrt(B U).
+    """`pooled_alignment` from its sums A, B, U over live nodes (numpy arrays of any matching shape): A / sqrt(B U).
 
     Where U = 0 (no direction anywhere) it is NaN. Where B <= 0 (the noise leaves no signal) it is
     unresolved: NaN (`unresolved="nan"`, point estimates), or sign(A) (`"sign"`, the far end, for bootstrap

@@ -6,15 +6,20 @@ configuration per token.
 
 What each figure estimates (ESTIMANDS below, also stored in the summary's metadata):
 
-- `mean` (and mean_<split>): the configuration's alignment over the group's tokens, estimated by
-  `diagnose.estimate.stats.pooled_alignment`: cos between the ideal gradient over every token of the group
-  and the configuration's per-token directions scaled to unit length, i.e. E[|g*| cos(g*, d)] /
-  sqrt(E|g*|^2 E[1{d != 0}]) over tokens. Nodes are weighted by the tokens they stand for (their `weight`, the
-  inverse inclusion probability of node selection) and |g*|^2 is noise-corrected, so the estimate is
-  consistent as questions grow at ANY number of continuations: noise does not shrink it toward 0, and groups
-  whose |g*| differ (correct vs incorrect rollouts) compare fairly.
-- `mean_per_token`: the token-weighted mean of the per-node cosine estimates over nodes where it is defined;
-  descriptive only (noise pulls each per-node cosine toward 0, more where |g*| is small).
+- `mean` (and mean_<split>): the configuration's alignment over the group's tokens where it has a direction,
+  estimated by `diagnose.estimate.stats.pooled_alignment`: cos between the ideal gradient and the
+  configuration's per-token directions scaled to unit length, both concatenated over the group's LIVE tokens
+  (d != 0 and not no_signal), i.e. E[|g*| cos(g*, d) | live] / sqrt(E[|g*|^2 | live]). A row without a
+  direction (no_signal, or d = 0 as for grpo_ref on a question whose rollouts all agree) leaves the
+  numerator and both denominators, so a teacher silent at a fraction f of a group's nodes is not scaled by
+  sqrt(1 - f) there. Nodes are weighted by the tokens they stand for (their `weight`, the inverse inclusion
+  probability of node selection) and |g*|^2 is noise-corrected, so the estimate is consistent as questions
+  grow at ANY number of continuations: noise does not shrink it toward 0, and groups whose |g*| differ
+  (correct vs incorrect rollouts) compare fairly. NaN (unresolved) where no row is live or the noise leaves
+  no signal; such a configuration gets a null `rank` and is never recommended.
+- `mean_per_token`: the token-weighted mean of the per-node cosine estimates over nodes where it is defined
+  (and the direction has a signal); descriptive only (noise pulls each per-node cosine toward 0, more where
+  |g*| is small).
 - Every interval and margin is a percentile bootstrap that resamples the independent units: questions, then
   rollouts within each drawn question (nodes of one rollout share its fate). One set of replicate weights is
   shared by all configurations, so margins between configurations are paired.
@@ -154,8 +159,10 @@ def bootstrap_mean(
 # ---------------------------------------------------------------- the summary
 
 ESTIMANDS = {
-    "mean": "alignment over the group's tokens: cos(concatenated g*, concatenated unit d), token-weighted, "
-    "noise-corrected |g*|^2 (consistent at any number of continuations)",
+    "mean": "alignment over the group's live tokens (d != 0, not no_signal): cos(concatenated g*, concatenated "
+    "unit d) over them, token-weighted, noise-corrected |g*|^2 (consistent at any number of continuations); "
+    "null when unresolved",
+    "rank": "order of `mean` (1 = best; mostly silent configurations last); null where `mean` is null",
     "ci_low/ci_high": "95% percentile bootstrap over questions, then rollouts within them",
     "mean_per_token": "token-weighted mean of per-node cosine estimates (descriptive: noise shrinks it to 0)",
     "diff_correct_incorrect": "mean over correct-rollout tokens minus mean over incorrect-rollout tokens",
@@ -252,18 +259,21 @@ def _prepare(alignment: pd.DataFrame, rollouts: pd.DataFrame, nodes: pd.DataFram
     noise = (df["g_sq"] - df["g_sq_unbiased"]).astype(float)
     df["_noise"] = noise.fillna(0.0)
     df["_g_known"] = df["g_sq"].notna()
+    silent = df["no_signal"].to_numpy(bool)
     for metric, dsq, bc in (
         ("cos_full", "d_sq", "cos_bias_corrected"),
         ("cos_support", "d_sq_support", "cos_support_bias_corrected"),
     ):
+        # live: the configuration has a direction here (d != 0 and not no_signal). Every pooled sum (A, B and
+        # U) runs over live rows only; the estimator zeroes d at no_signal rows, but the flag decides.
         d_sq = df[dsq].to_numpy(float)
-        live = d_sq > 0
+        live = (d_sq > 0) & ~silent
         with np.errstate(invalid="ignore", divide="ignore"):
             df[f"_unit_{metric}"] = np.where(live, df["dot"].to_numpy(float) / np.sqrt(np.where(live, d_sq, 1)), 0)
         df[f"_live_{metric}"] = live.astype(float)
         df[f"_bc_{metric}"] = df[bc].astype(float) if bc in df else np.nan
-    # a per-node cosine counts in per-token means where it is defined and resolvable
-    df["_use"] = ~df["degenerate"].to_numpy(bool) & ~df["negligible"].to_numpy(bool)
+    # a per-node cosine counts in per-token means where it is defined and resolvable, and has a signal
+    df["_use"] = ~df["degenerate"].to_numpy(bool) & ~df["negligible"].to_numpy(bool) & ~silent
     return df
 
 
@@ -306,11 +316,13 @@ class _Config:
         bc = group[f"_bc_{metric}"].to_numpy(float)
         bc_ok = use & np.isfinite(bc)
         ta = group["teacher_advantage"].to_numpy(float)
+        live = group[f"_live_{metric}"].to_numpy(float) > 0
+        g_corr = group["g_sq"].to_numpy(float) - group["_noise"].to_numpy(float)  # noise-corrected |g*|^2
         cols = np.stack(
             [
-                w * group[f"_unit_{metric}"].to_numpy(float),  # A
-                w * (group["g_sq"].to_numpy(float) - group["_noise"].to_numpy(float)),  # B
-                w * group[f"_live_{metric}"].to_numpy(float),  # U
+                w * group[f"_unit_{metric}"].to_numpy(float),  # A (0 where not live)
+                np.where(live, w * g_corr, 0.0),  # B: |g*|^2 of the live rows only
+                np.where(live, w, 0.0),  # U
                 np.where(use, w * cos, 0.0),
                 np.where(use, w, 0.0),
                 np.where(bc_ok, w * np.nan_to_num(bc), 0.0),
@@ -367,7 +379,7 @@ def _row(group: pd.DataFrame, metric: str, res: Resampler, level: float) -> tupl
         eff = effective_nodes(
             group["g_sq"].to_numpy(float),
             group["_noise"].to_numpy(float),
-            group["degenerate"].to_numpy(bool),
+            group["degenerate"].to_numpy(bool) | group["no_signal"].to_numpy(bool),
             group["node_weight"].to_numpy(float),
         )
         row["n_effective"] = float(eff["effective_nodes"])
@@ -417,7 +429,7 @@ def _best(table: pd.DataFrame, configs: dict, split: str | None, res: Resampler,
         if split is None
         else (f"ci_low_{split}", f"ci_high_{split}", f"n_{split}")
     )
-    ranked = table.dropna(subset=[col])
+    ranked = table.dropna(subset=[col, "mean"])  # an unresolved configuration is never recommended
     ranked = ranked[~_mostly_silent(ranked)].sort_values([col, lo_col], ascending=False)
     if ranked.empty:
         return None
@@ -453,6 +465,17 @@ def _best(table: pd.DataFrame, configs: dict, split: str | None, res: Resampler,
     return out
 
 
+def _ranks(table: pd.DataFrame) -> pd.Series:
+    """Rank of each configuration by `mean` (1 = best, ties by ci_low; mostly silent ones after the rest);
+    null where `mean` is unresolved (NaN): such a configuration is never ranked, so it never stands first."""
+    resolved = table["mean"].notna().to_numpy(bool)
+    key = table["mean"].where(~_mostly_silent(table))  # mostly silent configurations rank last
+    order = table.assign(_key=key)[resolved].sort_values(["_key", "ci_low"], ascending=False, na_position="last").index
+    rank = pd.Series(pd.NA, index=table.index, dtype="Int32")
+    rank.loc[order] = np.arange(1, len(order) + 1)
+    return rank
+
+
 def _mostly_silent(table: pd.DataFrame) -> np.ndarray:
     """Configurations with no signal at more than half of their nodes: never ranked first or recommended."""
     total = table["n_nodes"] + table["n_degenerate"] + table["n_no_signal"]
@@ -473,12 +496,13 @@ def _num(x):
     return None if np.isnan(x) else x
 
 
-def _headroom(df: pd.DataFrame, metric: str, best: str, res: Resampler, level) -> dict[str, Any]:
+def _headroom(df: pd.DataFrame, metric: str, best: str, res: Resampler, level, configs=None) -> dict[str, Any]:
     """Token-weighted mean of the per-node best cosine over configurations minus the best single
-    configuration's, over nodes where every configuration's cosine is defined."""
-    usable = df[df["_use"].to_numpy(bool)]
+    configuration's, over nodes where every configuration's cosine is defined (and has a signal). `configs`:
+    the configurations taken into account (the ranked ones; all by default)."""
+    configs = sorted(df["config"].unique() if configs is None else set(configs))
+    usable = df[df["_use"].to_numpy(bool) & df["config"].isin(configs).to_numpy(bool)]
     wide = usable.pivot(index="_node", columns="config", values=metric)
-    configs = sorted(df["config"].unique())
     full = wide.reindex(columns=configs).dropna()
     if full.empty or best not in full:
         return {}
@@ -536,9 +560,7 @@ def summarize(
         made = [_row(g, metric, res, level) for _, g in df.groupby("config", sort=True)]
         table = pd.DataFrame([r for r, _ in made])
         configs = {r["config"]: c for r, c in made}
-        key = table["mean"].where(~_mostly_silent(table))  # silent configurations rank last
-        order = table.assign(_key=key).sort_values(["_key", "ci_low"], ascending=False, na_position="last").index
-        table.loc[order, "rank"] = np.arange(1, len(table) + 1)
+        table["rank"] = _ranks(table)
         rows.append(table)
         rec = {"overall": _best(table, configs, None, res, level), "bands": {}, "no_signal": _silent(table)}
         for band in BANDS:
@@ -547,12 +569,13 @@ def summarize(
                 rec["bands"][band] = best
         recommendation[metric] = rec
         if rec["overall"] is not None:
-            headroom[metric] = _headroom(df, metric, rec["overall"]["config"], res, level)
+            ranked = table.loc[table["rank"].notna(), "config"]
+            headroom[metric] = _headroom(df, metric, rec["overall"]["config"], res, level, ranked)
         valid = df[df["_use"].to_numpy(bool)]
         names = [name for name in PROXIES + ("teacher_advantage",) if name in valid]
         pooled[metric] = {k: _num(x) for k, x in rank_correlations(valid[names], valid[metric]).items()}
     out = pd.concat(rows, ignore_index=True)
-    out["rank"] = out["rank"].astype("int32")
+    out["rank"] = out["rank"].astype("Int32")  # null: unresolved, never ranked
     settings = {
         "n_boot": n_boot,
         "seed": seed,

@@ -204,7 +204,13 @@ SCHEMAS: dict[str, pa.Schema] = {
             _f("teacher", _S, "Teacher label."),
             _f("objective", _S, "Objective label."),
             _f("metric", _S, "Which per-node cosine is summarised: cos_full or cos_support."),
-            _f("rank", _I, "Rank of the configuration by `mean` within the metric (1 = best)."),
+            _f(
+                "rank",
+                _I,
+                "Rank of the configuration by `mean` within the metric (1 = best); null where `mean` is null "
+                "(unresolved: never ranked).",
+                nullable=True,
+            ),
             _f("n_nodes", _I, "Nodes with a defined per-node cosine (not degenerate, not negligible)."),
             _f("n_degenerate", _I, "Degenerate nodes (g* = 0 or d = 0: cosine undefined)."),
             _f("n_no_signal", _I, "Nodes where the direction is no larger than rounding noise (no_signal)."),
