@@ -194,10 +194,10 @@ def _pooled_by_config(a, nodes, metric, mask=None):
     if mask is not None:
         y = y[mask(y)]
     dsq = y["d_sq" if metric == "cos_full" else "d_sq_support"]
-    live = dsq > 0
+    live = (dsq > 0) & ~y["no_signal"].astype(bool)  # A, B and U over the configuration's live rows
     y = y.assign(
         A=y["w"] * np.where(live, y["dot"] / np.sqrt(dsq.where(live, 1.0)), 0.0),
-        B=y["w"] * y["g_sq_unbiased"],
+        B=y["w"] * y["g_sq_unbiased"] * live,
         U=y["w"] * live,
     )
     g = y.groupby("config")[["A", "B", "U"]].sum()
