@@ -33,6 +33,19 @@ class Request:
     max_new_tokens: int | None = None  # this request's length limit (None: the Generator's); see q.py
 
 
+@dataclass
+class Tally:
+    """Samples one kind of request (rollouts or continuations) was answered with: `generated` by the engine in
+    this Generator's lifetime, or `cached` (read from the cache: written by an earlier, interrupted run, by a
+    run sharing the cache, or earlier in this one for an identical prefix). Every sample a request asks for is
+    counted once, so generated + cached is what the caller received; tokens likewise."""
+
+    generated: int = 0
+    cached: int = 0
+    generated_tokens: int = 0
+    cached_tokens: int = 0
+
+
 class Generator:
     """Fetches numbered samples through the cache, generating the missing blocks with the engine."""
 
@@ -45,6 +58,7 @@ class Generator:
         self.generated = 0  # samples produced by the engine in this Generator's lifetime
         self.generated_tokens = 0
         self.engine_calls = 0
+        self.tally = {"rollouts": Tally(), "continuations": Tally()}  # see Tally
 
     def params_for(self, request: Request) -> SamplingParams:
         """The sampling settings of one request (its own length limit, when it has one)."""
@@ -66,6 +80,7 @@ class Generator:
             for r, pr in zip(requests, req_params, strict=True)
         ]
         found = self.cache.get_many(k for ks in keys for k in ks)
+        hits = set(found)  # what the cache answered before any generation
         # Missing samples, as contiguous runs per request, grouped by (token kind, run start, run length).
         groups: dict[tuple[bool, int], list[tuple[int, int, int]]] = {}
         for ri, (r, ks) in enumerate(zip(requests, keys, strict=False)):
@@ -116,7 +131,17 @@ class Generator:
                 self.generated += len(new)
                 self.cache.put_many(new)
                 found.update(new)
-        return [[found[k] for k in ks] for ks in keys]
+        out = [[found[k] for k in ks] for ks in keys]
+        for r, ks, samples in zip(requests, keys, out, strict=True):
+            t = self.tally["rollouts" if r.token < 0 else "continuations"]
+            for k, smp in zip(ks, samples, strict=True):
+                if k in hits:
+                    t.cached += 1
+                    t.cached_tokens += len(smp.token_ids)
+                else:
+                    t.generated += 1
+                    t.generated_tokens += len(smp.token_ids)
+        return out
 
 
 def cut_sample(sample: Sample, length: int, tokenizer, finish_reason: str) -> Sample:

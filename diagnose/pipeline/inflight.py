@@ -8,6 +8,10 @@ stream (seed, prefix, forced token, sample index) and scores each sequence on it
 The `Batcher` dispatches when every busy worker is waiting on the engine (nothing more can arrive): all
 pending calls are grouped by what makes them compatible (method, samples per request, sampling settings) and
 each group becomes one engine call. Only one engine call runs at a time.
+
+Engine time is accounted per stage (`STAGES`: rollouts, scoring, continuations, param_space) and per question:
+a merged call's seconds are split over its members in proportion to the sequences each asked for, so the
+questions' shares add up to the engine's busy time (`Batcher.take_seconds`; the run's cost.json sums them).
 """
 
 from __future__ import annotations
@@ -34,6 +38,12 @@ class _Call:
     rank: tuple = (0, 0)  # (question, call number within it): the order inside a merged call
 
 
+# Engine call kind -> the stage its seconds are reported under (cost.json `engine_s`). `sample` also writes the
+# summaries of `self:summary` teacher contexts; `score` scores the student and every teacher at the nodes;
+# `exclusive` is direct model work between engine calls (--param-space gradients).
+STAGES = {"sample": "rollouts", "score": "scoring", "continue": "continuations", "exclusive": "param_space"}
+
+
 @dataclass
 class Throughput:
     """What the engine has done for the run so far (for progress display and cost accounting)."""
@@ -43,6 +53,8 @@ class Throughput:
     rows: dict = field(default_factory=lambda: defaultdict(int))  # kind -> sequences generated or scored
     tokens: dict = field(default_factory=lambda: defaultdict(int))  # kind -> tokens generated
     seconds: dict = field(default_factory=lambda: defaultdict(float))  # kind -> seconds inside its calls
+    # question index -> stage -> its share of the seconds inside engine calls (see the module docstring)
+    by_question: dict = field(default_factory=lambda: defaultdict(lambda: defaultdict(float)))
 
     @property
     def busy_s(self) -> float:
@@ -100,6 +112,12 @@ class Batcher:
             raise call.error
         return call.result
 
+    def take_seconds(self, question: int) -> dict[str, float]:
+        """Question `question`'s share of the engine's busy seconds so far, per stage, and forget it (a
+        question's calls are all answered once its worker has its result)."""
+        with self._cond:
+            return dict(self.stats.by_question.pop(question, {}))
+
     def exclusive(self, fn: Callable[[], Any]):
         """Run `fn` (direct model use, e.g. parameter-space gradients) between engine calls, never during one."""
         return self.submit(_Call("exclusive", ("exclusive", id(fn)), {"fn": fn}))
@@ -133,6 +151,10 @@ class Batcher:
         s = self.stats
         s.calls += 1
         s.seconds[kind] += seconds
+        sizes = [_size(c) for c in members]
+        total = sum(sizes)
+        for c, n in zip(members, sizes, strict=True):
+            s.by_question[c.rank[0]][STAGES.get(kind, kind)] += seconds * (n / total if total else 1 / len(members))
         for c in members:
             if c.error is not None or c.result is None or kind == "exclusive":
                 continue
@@ -144,6 +166,18 @@ class Batcher:
                 s.tokens[kind] += sum(len(x.token_ids) for x in group)
         if self._on_call is not None:
             self._on_call(s)
+
+
+def _size(call: _Call) -> int:
+    """Sequences a call asks the engine for (its weight in the split of a merged call's seconds)."""
+    a = call.args
+    if call.kind == "sample":
+        return len(a["prompts"]) * a["n"]
+    if call.kind == "continue":
+        return len(a["requests"]) * a["m"]
+    if call.kind == "score":
+        return len(a["sequences"])
+    return 1
 
 
 def _run_group(members: list[_Call]) -> None:
@@ -207,6 +241,11 @@ class BatchedEngine:
     def unwrapped(self):
         return self._engine
 
+    @property
+    def batcher(self) -> Batcher:
+        """The Batcher this engine's calls go through (its per-question engine seconds: `take_seconds`)."""
+        return self._batcher
+
     def sample(self, prompts: Sequence[Sequence[int]], n: int, params: SamplingParams):
         if not prompts:
             return []
@@ -262,7 +301,7 @@ class LockedTokenizer:
         return len(self._tok)
 
 
-__all__ = ["Batcher", "BatchedEngine", "LockedTokenizer", "Throughput"]
+__all__ = ["STAGES", "Batcher", "BatchedEngine", "LockedTokenizer", "Throughput"]
 
 
 def batched_engines(engine, teacher_engines: dict, batcher: Batcher) -> tuple[BatchedEngine, dict]:

@@ -11,9 +11,11 @@ engine busy without changing any question's numbers.
 from __future__ import annotations
 
 import json
+import os
 import tempfile
 import threading
 import time
+import uuid
 from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,7 +35,7 @@ from ..teachers.scoring import max_context
 from ..teachers.summaries import summarize
 from .config import RunConfig
 from .frames import frames_for_question
-from .inflight import Batcher, batched_engines
+from .inflight import BatchedEngine, Batcher, batched_engines
 from .param_cos import param_cosines
 from .progress import Progress
 from .rundir import check_writable, open_run_dir, write_atomic
@@ -146,7 +148,7 @@ class Runner:
         engine = engine or self.engine
         teacher_engines = teacher_engines or self.teacher_engines
         q = self.questions[index]
-        t0 = time.time()
+        t0 = time.perf_counter()
         prompt_ids = render_prompt(engine.tokenizer, q.prompt)
         eq = EstimateQuestion(id=q.id, prompt_ids=prompt_ids, verify=lambda text, q=q: self.task.verify(q, text))
         summary = None
@@ -173,26 +175,37 @@ class Runner:
             param_cos = exclusive(work) if exclusive is not None else work()
         teacher_proxies = self._proxies(result)
         frames = frames_for_question(result, q, self.task, engine.tokenizer, teacher_proxies, fns, param_cos)
+        batcher = engine.batcher if isinstance(engine, BatchedEngine) else None  # it times the engine calls
+        tally = est.gen.tally
         cost = {
             "rollouts": len(result.rollouts),
+            "rollouts_cached": tally["rollouts"].cached,
             "generated_tokens": int(sum(len(r.token_ids) for r in result.rollouts)),
             "continuations": int(result.summary["continuations"]),
+            "continuations_generated": tally["continuations"].generated,
+            "continuations_cached": tally["continuations"].cached,
             "continuation_tokens": int(result.summary["continuation_tokens"]),
+            "continuation_tokens_generated": tally["continuations"].generated_tokens,
             "teacher_tokens": int(sum(f.tokens for f in fns.values())),
             "nodes": int(result.summary["nodes"]),
-            "wall_time_s": round(time.time() - t0, 3),
+            "question_s": round(time.perf_counter() - t0, 3),
+            "engine_s": {k: round(v, 6) for k, v in (batcher.take_seconds(index) if batcher else {}).items()},
         }
         device = str(getattr(self.engine, "device", "cpu"))
         return QuestionOutput(index, frames, cost, self.metadata(), device)
 
     def commit(self, output: QuestionOutput) -> dict:
-        """Write one question's shards (alignment last: its presence marks the question done) and cost."""
-        for name in TABLES:
+        """Write one question's shards and cost (alignment last: its presence marks the question done, so a
+        done question always has its cost), and extend this invocation's time record."""
+        for name in TABLES[:-1]:
             write_table(self.out, name, output.frames[name], shard=shard_id(output.index), metadata=output.metadata)
         cost_dir = self.out / "cost"
         cost_dir.mkdir(exist_ok=True)
         write_atomic(cost_dir / f"{shard_id(output.index)}.json", json.dumps(output.cost))
+        name = TABLES[-1]
+        write_table(self.out, name, output.frames[name], shard=shard_id(output.index), metadata=output.metadata)
         self.device = output.device
+        self._record_invocation(committed=1)
         return output.cost
 
     @staticmethod
@@ -231,6 +244,8 @@ class Runner:
         from ..report import load as load_result
         from ..report import render_report
 
+        started = time.time()  # this invocation's start (see write_cost: elapsed_s)
+        self._invocation = None
         # Everything that can fail on bad input (models, tokenizers, prompt lengths) is checked before the
         # run directory is created, so a refused run leaves nothing behind. With Ray, the workers load.
         fresh = not (self.out / "config.toml").exists()
@@ -245,6 +260,7 @@ class Runner:
             open_run_dir(self.cfg)
             todo = self.todo()
             if todo:
+                self._start_invocation(started)
                 part = self.cfg.shard_slice() or (0, 1)
                 total = len(range(part[0], len(self.questions), part[1]))  # this process's questions
                 with self.progress.bar("questions", total=total, completed=total - len(todo)) as bar:
@@ -304,15 +320,83 @@ class Runner:
         if errors:
             raise errors[0]
 
+    # ---- cost --------------------------------------------------------------------------------------
+    def _start_invocation(self, started: float) -> None:
+        """This process works on questions: from now on it keeps a record of its wall-clock interval in
+        cost/invocations/ (updated as questions commit, so a killed process leaves what it had done)."""
+        token = f"{int(started * 1000)}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+        self._invocation = {"path": self.out / "cost" / "invocations" / f"{token}.json", "lock": threading.Lock(),
+                            "record": {"started": started, "ended": started, "questions": 0,
+                                       "shard": self.cfg.shard or None, "workers": self.cfg.workers}}
+        self._record_invocation()
+
+    def _record_invocation(self, committed: int = 0) -> None:
+        inv = getattr(self, "_invocation", None)
+        if inv is None:  # commits outside `run` (or a run with nothing to do) record no interval
+            return
+        with inv["lock"]:
+            record = inv["record"]
+            record["ended"] = max(record["ended"], time.time())
+            record["questions"] += committed
+            inv["path"].parent.mkdir(parents=True, exist_ok=True)
+            write_atomic(inv["path"], json.dumps(record))
+
     def write_cost(self) -> dict:
+        """cost.json: the questions' costs summed (cost/qNNNNN.json), plus the run's elapsed time.
+
+        - `elapsed_s`: wall-clock seconds during which some invocation of `diagnose run` was working on this
+          run directory, from its start (model loading included) to its cost.json: the union of the intervals
+          in cost/invocations/, so resumes add up (the gaps between them do not count) and `--shard` processes
+          running side by side count once. An invocation that had nothing to do records nothing.
+        - `engine_s`: per stage, busy seconds inside engine calls spent on the committed questions; questions in
+          flight share merged calls (split by sequences), and Ray workers or shards run calls side by side, so
+          the sum can exceed `elapsed_s` there (never within one process: it runs one engine call at a time).
+        - `question_seconds_sum`: each question's seconds from its start to its result, summed; questions in
+          flight overlap, so this can exceed elapsed time. (Older runs called it `wall_time_s`.)
+        - `continuations` = `continuations_generated` (by the engine, for the committed questions) +
+          `continuations_cached` (read from the continuation cache: an interrupted earlier invocation, a run
+          sharing --cache-dir, or an identical prefix earlier in the question).
+        """
+        self._record_invocation()
         total: dict = {}
         for path in sorted((self.out / "cost").glob("q*.json")):
-            for key, value in json.loads(path.read_text()).items():
-                total[key] = total.get(key, 0) + value
+            shard = json.loads(path.read_text())
+            if "wall_time_s" in shard:  # written before elapsed time was recorded: it was the question's time
+                shard["question_s"] = shard.pop("wall_time_s")
+            for key, value in shard.items():
+                if isinstance(value, dict):
+                    into = total.setdefault(key, {})
+                    for k, v in value.items():
+                        into[k] = into.get(k, 0) + v
+                else:
+                    total[key] = total.get(key, 0) + value
+        if "question_s" in total:
+            total["question_seconds_sum"] = round(total.pop("question_s"), 3)
+        if "engine_s" in total:
+            total["engine_s"] = {k: round(v, 3) for k, v in sorted(total["engine_s"].items())}
+        intervals = []
+        for path in sorted((self.out / "cost" / "invocations").glob("*.json")):
+            try:
+                rec = json.loads(path.read_text())
+                intervals.append((float(rec["started"]), float(rec["ended"])))
+            except (ValueError, KeyError, TypeError):  # unreadable record: left out
+                continue
+        if intervals:
+            total = {"elapsed_s": round(_union_seconds(intervals), 3), "invocations": len(intervals), **total}
         total["questions"] = len(self.questions)
         total["device"] = self.device or str(getattr(self.engine, "device", "cpu"))
         write_atomic(self.out / "cost.json", json.dumps(total, indent=1))
         return total
+
+
+def _union_seconds(intervals: list[tuple[float, float]]) -> float:
+    """Length of the union of [start, end] intervals (overlapping ones count once)."""
+    total, reach = 0.0, float("-inf")
+    for start, end in sorted(intervals):
+        if end > reach:
+            total += end - max(start, reach)
+            reach = end
+    return total
 
 
 def completion(run_dir) -> tuple[int, int] | None:

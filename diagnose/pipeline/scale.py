@@ -12,6 +12,10 @@ Faults: a worker process that dies is replaced and its questions are retried (at
 each); an error raised inside a question (bad input) stops handing out work, lets the questions in flight
 commit, then ends the run with that error. A killed driver resumes by rerunning the command.
 
+Cost: a worker's Batcher times the engine calls of each question it computes, and that question's engine
+seconds travel in its cost to the driver; elapsed time is the driver's own invocation (runner.write_cost),
+so cost.json's `elapsed_s` is the whole run's while `engine_s` adds up over workers running side by side.
+
 External teachers run in each worker (`teacher_placement = "colocate"`, default) or in a pool of teacher
 servers, one per teacher model, that the workers call behind the engine protocol (`"pool"`).
 """
