@@ -72,7 +72,21 @@ TESTS = {
         "tests/test_validity.py",
         "tests/test_report.py",
     ),
-    "diagnose/report/summary.py": ("tests/test_statistics_units.py", "tests/test_report.py", "tests/test_validity.py"),
+    "diagnose/report/summary.py": (
+        "tests/test_silent_rows.py",
+        "tests/test_statistics_units.py",
+        "tests/test_report.py",
+        "tests/test_validity.py",
+    ),
+    "diagnose/estimate/directions.py": (
+        "tests/test_temperature.py",
+        "tests/test_statistics_units.py",
+        "tests/test_estimator_exact.py",
+    ),
+    "diagnose/estimate/signal.py": ("tests/test_signal.py", "tests/test_temperature.py"),
+    "diagnose/estimate/generate.py": ("tests/test_cost.py", "tests/test_estimator_exact.py"),
+    "diagnose/pipeline/runner.py": ("tests/test_cost.py",),
+    "diagnose/report/html.py": ("tests/test_cost.py",),
     "kernels/": ("tests/test_kernels.py", "tests/test_validity.py", "tests/test_estimator_exact.py"),
 }
 
@@ -249,8 +263,8 @@ MUTANTS = [
     Mutant(
         "stats.pooled_without_noise_term",
         STATS,
-        "b = (w * (g_sq - noise)).sum(-1)",
-        "b = (w * g_sq).sum(-1)",
+        "b = torch.where(on, w * (g_sq - noise), 0.0).sum(-1)",
+        "b = torch.where(on, w * g_sq, 0.0).sum(-1)",
         "pooled alignment with the raw |g-hat|^2 (no noise term)",
     ),
     Mutant(
@@ -363,8 +377,8 @@ MUTANTS = [
     Mutant(
         "summary.pooled_B_without_noise",
         SUMMARY,
-        'w * (group["g_sq"].to_numpy(float) - group["_noise"].to_numpy(float)),  # B',
-        'w * group["g_sq"].to_numpy(float),  # B',
+        'g_corr = group["g_sq"].to_numpy(float) - group["_noise"].to_numpy(float)  # noise-corrected |g*|^2',
+        'g_corr = group["g_sq"].to_numpy(float)',
         "summary's pooled alignment without the noise term",
     ),
     Mutant(
@@ -409,6 +423,57 @@ MUTANTS = [
         "deg_f, deg_s = g_zero | (d_sq <= scale), g_zero | (d_sup <= scale)",
         "deg_f, deg_s = g_zero | (d_sq <= 0), g_zero | (d_sup <= 0)",
         "kernels: d = 0 tested exactly, so rounding noise of d gets a full-size cosine",
+    ),
+    # ---- temperature, no-signal floor, silent rows
+    Mutant(
+        "directions.teacher_untempered",
+        "diagnose/estimate/directions.py",
+        "    return logits if t == 1.0 else logits / t\n",
+        "    return logits\n",
+        "teacher logits scored at temperature 1 beside a tempered student: an identical teacher reads as signal",
+    ),
+    Mutant(
+        "signal.twins_random_signs_only",
+        "diagnose/estimate/signal.py",
+        "        xi = xi.to(z.device).scatter(-1, peaks, signs.to(z.device).expand(peaks.shape).contiguous())\n",
+        "        xi = xi.to(z.device)\n",
+        "rounding twins with random signs on the peaks: a two-peaked node's twin vanishes by luck",
+    ),
+    Mutant(
+        "summary.silent_rows_in_denominator",
+        SUMMARY,
+        "np.where(live, w * g_corr, 0.0),  # B",
+        "w * g_corr,  # B",
+        "no-signal rows' |g*|^2 kept in the pooled denominator: a teacher silent at f of nodes shrinks by sqrt(1-f)",
+    ),
+    Mutant(
+        "summary.unresolved_configs_ranked",
+        SUMMARY,
+        'resolved = table["mean"].notna().to_numpy(bool)',
+        "resolved = np.ones(len(table), bool)",
+        "configurations with a null mean ranked by label: a silent teacher can stand at rank 1",
+    ),
+    # ---- cost.json
+    Mutant(
+        "runner.elapsed_is_the_question_sum",
+        "diagnose/pipeline/runner.py",
+        'total = {"elapsed_s": round(_union_seconds(intervals), 3),',
+        'total = {"elapsed_s": round(total.get("question_seconds_sum", 0), 3),',
+        "elapsed time reported as the sum of per-question times over the questions in flight",
+    ),
+    Mutant(
+        "report.question_sum_shown_as_wall_time",
+        "diagnose/report/html.py",
+        '"question_seconds_sum": "question time, summed",',
+        '"question_seconds_sum": "wall time",',
+        "the report labels the per-question sum as wall time",
+    ),
+    Mutant(
+        "generate.cache_hits_counted_as_generated",
+        "diagnose/estimate/generate.py",
+        "hits = set(found)  #",
+        "hits = set()  #",
+        "continuations read from the cache counted as generated",
     ),
 ]
 
