@@ -116,9 +116,8 @@ def teacher_rows(
     for name, payload in teach.items():
         if payload.shape[0] != z.shape[0] or (payload.dtype.is_floating_point and payload.shape != z.shape):
             raise DiagnoseError(f"teacher {name!r} returned shape {tuple(payload.shape)} for {z.shape[0]} nodes")
-    return [
-        (name, at_temperature(payload, temperature)) for name, payload in teach.items() if payload.dtype.is_floating_point
-    ]
+    floats = [(name, payload) for name, payload in teach.items() if payload.dtype.is_floating_point]
+    return [(name, at_temperature(payload, temperature)) for name, payload in floats]
 
 
 def at_temperature(logits: torch.Tensor, temperature: float) -> torch.Tensor:
