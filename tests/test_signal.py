@@ -115,7 +115,9 @@ def test_the_student_as_its_own_external_teacher_has_no_signal(tmp_path, embedde
     rec = res.recommendation
     assert rec["overall"] is None or not rec["overall"]["config"].startswith("model=embedded")
     assert any(x.startswith("model=embedded|") and "no signal at" in x for x in rec["no_signal"])
-    assert "no signal" in (out / "report.html").read_text(encoding="utf-8").lower()
+    page = (out / "report.html").read_text(encoding="utf-8")
+    assert "no signal" in page.lower()
+    assert f"temperature {temperature} (teacher scored at {temperature})" in page
 
 
 def _signal_floor_benchmark():

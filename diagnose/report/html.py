@@ -893,15 +893,22 @@ def load_tables(run_dir) -> dict[str, pd.DataFrame | None]:
 
 
 def _header(run_dir: Path, meta: dict, configs: list[str], metric: str) -> str:
-    """The page header: run, student, number of configurations, metric, when generated."""
+    """The page header: run, student, sampling and teacher temperature, number of configurations, metric, when
+    generated."""
     e = html.escape
     models = meta.get("models", {})
     student = models.get("student", "?") if isinstance(models, dict) else "?"
     title = "diagnose · on-policy distillation alignment report"
     now = _dt.datetime.now(_dt.timezone.utc)
+    temps = ""
+    if "temperature" in meta:  # runs before the teacher was scored at the sampling temperature lack the second
+        temps = f" · temperature {e(str(meta['temperature']))}"
+        if "teacher_temperature" in meta:
+            temps += f" (teacher scored at {e(str(meta['teacher_temperature']))})"
     return f"""<header class="top"><div class="inner"><h1>{title}</h1>
-<div class="sub">run <b>{e(run_dir.resolve().name)}</b> · student {e(str(student))} · {len(configs)} configurations ·
-metric {e(metric)} ({e(METRIC_NAMES[metric])}) · generated {now:%Y-%m-%d %H:%M} UTC</div>
+<div class="sub">run <b>{e(run_dir.resolve().name)}</b> · student {e(str(student))}{temps} ·
+{len(configs)} configurations · metric {e(metric)} ({e(METRIC_NAMES[metric])}) ·
+generated {now:%Y-%m-%d %H:%M} UTC</div>
 </div></header>"""
 
 
