@@ -56,8 +56,12 @@ FAST = (
     "tests/test_report.py",
     "tests/test_kernels.py",
     "tests/test_statistics_units.py",
+    "tests/test_temperature.py",
+    "tests/test_silent_rows.py",
+    "tests/test_cost.py",
+    "tests/test_signal.py",
 )
-DESELECT = "not chromium"
+DESELECT = "not chromium and not slow"  # the browser test and test_signal.py's embedded-model runs
 
 # Which fast test files run against a mutant of a module (longest matching prefix wins). Ordered so that the
 # file most likely to fail, and quick to fail, comes first (pytest -x stops at the first failure).
