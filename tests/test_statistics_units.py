@@ -77,16 +77,21 @@ def test_design_weights_cover_every_token_when_some_rollouts_miss_a_window():
         assert token_coverage(w, lengths) == pytest.approx(1.0)
 
 
-# kills summary.resample_rollouts_ignoring_questions
-def test_resampler_draws_questions_then_rollouts():
+# kills summary.resample_rollouts_ignoring_questions, summary.two_stage_bootstrap
+def test_resampler_draws_whole_questions():
+    """The question-cluster bootstrap: questions with replacement, each with all of its rollouts, so every rollout
+    of a question carries that question's copy count (no second stage inside the question: that counted the
+    within-question variance twice)."""
     rollouts = pd.DataFrame(
         {"question_id": np.repeat([f"q{i}" for i in range(6)], 4), "rollout_idx": np.tile(range(4), 6)}
     )
     res = Resampler(rollouts, 4000, seed=0)
-    per_q = res.weights.reshape(4000, 6, 4).sum(-1)  # total draws of each question's rollouts per replicate
-    assert np.all(per_q.sum(1) == 24) and np.all(per_q % 4 == 0)  # questions come in whole copies
-    # a question's copy count is multinomial(6, 1/6): variance 5/6, times 4 rollouts squared
-    assert per_q.var(0).mean() == pytest.approx(16 * 5 / 6, rel=0.1)
+    w = res.weights.reshape(4000, 6, 4)
+    assert np.all(w == w[:, :, :1])  # a drawn question brings all of its rollouts, once per copy
+    per_q = w[:, :, 0]
+    assert np.all(per_q.sum(1) == 6)
+    # a question's copy count is multinomial(6, 1/6): variance 5/6
+    assert per_q.var(0).mean() == pytest.approx(5 / 6, rel=0.1)
 
 
 # kills summary.clear_ignores_min_questions

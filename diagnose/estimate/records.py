@@ -28,6 +28,8 @@ SCORE_FIELDS = (
     "noise",
     "d_sq_full",
     "d_sq_support",
+    "dot_half0",
+    "dot_half1",
 )
 
 
@@ -59,7 +61,7 @@ def node_records(
                 "v_hat": float(value[i]),
                 "continuations": int(counts[i].sum()) - (1 if e.free else 0),
                 "weight": weights[i],
-                "inclusion_prob": 1.0 / weights[i],
+                "inclusion_prob": weights.inclusion[i],  # nodes.DesignWeights: not 1 / weight (rescaled)
                 "negligible": bool(negligible[i]),
                 "degenerate": bool(degenerate[i]),
                 "candidates": [
@@ -114,7 +116,8 @@ def score_rows(
                 "no_signal": silent[i],
             }
             for f in SCORE_FIELDS:
-                row[f] = float(getattr(st, f)[i])
+                val = getattr(st, f)
+                row[f] = float(val[i]) if val is not None else float("nan")
             for f in ("ta", "ta_lo", "ta_hi"):
                 val = getattr(st, f)
                 row[f] = float(val[i]) if val is not None else float("nan")

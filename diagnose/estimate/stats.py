@@ -165,6 +165,10 @@ class NodeScores:
     ta: torch.Tensor | None = None
     ta_lo: torch.Tensor | None = None
     ta_hi: torch.Tensor | None = None
+    # <d, g*-hat> from each half of the continuations (`halves`): independent, each unbiased for <d, g*>; NaN
+    # where a candidate has no continuation in that half. The summary's headroom chooses on one, scores on the other.
+    dot_half0: torch.Tensor | None = None
+    dot_half1: torch.Tensor | None = None
 
 
 def bootstrap_q(successes, counts, mask, n_boot: int = 1000, prior: float = 0.5, seed: int = 0):
@@ -187,11 +191,14 @@ def node_scores_many(
     prior: float = 0.5,
     seed: int = 0,
     chunk: int = 128,
+    halves: tuple | None = None,
 ) -> list[NodeScores]:
     """`node_scores` for several directions sharing one set of replicates.
 
     Each direction is (d, d_sq_full, teacher_p or None[, d_zero]): d_zero [N] flags nodes where d vanishes
     relative to its scale (diagnose.kernels' relative rule); without it d is zero where |d|^2 is.
+    `halves` = (successes, counts) of each of two disjoint halves of the continuations ([N, K] each, see
+    `split_halves`): each direction's `dot_half0` / `dot_half1` then hold <d, g*-hat> from each half alone.
     """
     p = torch.where(mask, _f64(p), 0.0)
     s, n = _f64(successes), _f64(counts)
@@ -201,6 +208,7 @@ def node_scores_many(
     g = torch.where(g_zero[:, None], 0.0, g)  # exactly zero, not round-off
     noise = noise_term(p, s, n, mask)
     alpha = (1 - level) / 2
+    half_g = [] if halves is None else [_half_ideal(p, hs, hn, mask) for hs, hn in halves]
     outs = []
     for spec in directions:
         d, d_sq_full, tp = spec[:3]
@@ -238,6 +246,8 @@ def node_scores_many(
                 ta=ta,
                 ta_lo=None if ta is None else torch.empty_like(dot),
                 ta_hi=None if ta is None else torch.empty_like(dot),
+                dot_half0=(d * half_g[0]).sum(-1) if half_g else None,
+                dot_half1=(d * half_g[1]).sum(-1) if half_g else None,
             )
         )
     for a in range(0, p.shape[0], chunk):
@@ -262,6 +272,33 @@ def node_scores_many(
                 st.ta_lo[sl] = torch.quantile(ta_b, alpha, dim=0)
                 st.ta_hi[sl] = torch.quantile(ta_b, 1 - alpha, dim=0)
     return outs
+
+
+def split_halves(outcomes: Sequence[Sequence[Sequence[int]]], width: int) -> tuple:
+    """Two disjoint halves of each candidate's continuations, by index parity: ((s0, n0), (s1, n1)), each [N, width].
+
+    `outcomes[i][k]` lists the 0/1 outcomes of candidate k at node i in continuation-index order. Continuations
+    are independent draws whose number did not depend on their own outcomes, so the halves are independent
+    estimates of the same Q, which is what cross-fitting needs (choose on one, score on the other)."""
+    out = []
+    for parity in (0, 1):
+        s = torch.zeros(len(outcomes), width, dtype=torch.float64)
+        n = torch.zeros(len(outcomes), width, dtype=torch.float64)
+        for i, node in enumerate(outcomes):
+            for k, o in enumerate(node):
+                half = o[parity::2]
+                s[i, k], n[i, k] = sum(half), len(half)
+        out.append((s, n))
+    return tuple(out)
+
+
+def _half_ideal(p, s, n, mask) -> torch.Tensor:
+    """g*-hat from one half's Q-hat; NaN rows where a candidate of the node has no continuation in the half
+    (g*-hat is linear in Q-hat only on the full candidate set, which is what keeps <d, g*-hat> unbiased)."""
+    s, n = _f64(s), _f64(n)
+    g, _ = sparse_ideal(p, s / n.clamp_min(1), mask)
+    complete = ~(mask & (n <= 0)).any(-1)
+    return torch.where(complete[:, None], g, float("nan"))
 
 
 def node_scores(p, successes, counts, mask, d, d_sq_full, teacher_p=None, **kw) -> NodeScores:

@@ -113,6 +113,8 @@ def summary_inputs(result: EstimateResult) -> dict[str, pd.DataFrame]:
                 "cos_support_bias_corrected": s["cos_support_corrected"],
                 "teacher_advantage": 0.0 if s["ta"] is None else s["ta"],
                 "dot": s["dot"],
+                "dot_half0": s.get("dot_half0", float("nan")),
+                "dot_half1": s.get("dot_half1", float("nan")),
                 "d_sq": s["d_sq_full"],
                 "d_sq_support": s["d_sq_support"],
                 "weight": 1.0,
@@ -202,3 +204,144 @@ def informed_teacher(engine, strength: float = 4.0):
         return torch.stack(rows)
 
     return teacher
+
+
+def exact_node_pool(engine, questions, teachers, config) -> list[dict]:
+    """Per question, its nodes as `diagnose run` selects them (one Estimator per question) with the exact Q on
+    each node's candidate set: rollouts (verdicts), positions, design weights, student p and exact Q. The
+    material for simulations that redraw only the continuations (`headroom_simulation`)."""
+    pool = []
+    for est, result in run_per_question(engine, questions, teachers, ["rkl"], config):
+        nodes = []
+        for e, rec in zip(est.estimates, result.node_records, strict=True):
+            ro = est.rollouts[e.node.rollout]
+            nodes.append(
+                {
+                    "rollout_idx": ro.index,
+                    "position": e.node.position,
+                    "weight": float(rec["weight"]),
+                    "p": torch.tensor(e.p, dtype=torch.float64),
+                    "q": exact_q(est, e),
+                }
+            )
+        rollouts = [(r.index, bool(r.correct)) for r in est.rollouts]
+        pool.append({"question_id": est.questions[0].id, "rollouts": rollouts, "nodes": nodes})
+    return pool
+
+
+def headroom_simulation(
+    pool: list[dict],
+    rng: random.Random,
+    configs: int = 15,
+    cos: float = 0.3,
+    winner_cos: float | None = None,
+    continuations: int = 2,
+    n_boot: int = 500,
+) -> tuple[dict, float]:
+    """One simulated run: (the summary's headroom for cos_full, the exact headroom).
+
+    At every node of `pool` (exact Q known) each of `configs` configurations gets a direction on the candidate
+    set with a set true cosine to the exact g*: `cos` for all (null: every per-node choice is as good as any,
+    exact headroom 0), or, with `winner_cos`, one configuration drawn per node has that cosine (a real
+    per-node winner). Each candidate's `continuations` outcomes are drawn from its exact Q; g*-hat, its
+    halves and noise come from the project's own functions, and the tables go through `summarize`. The exact
+    headroom is the same pooled figure with the exact g*, the per-node best and the single best chosen on it.
+    """
+    from ..report.summary import summarize
+    from .stats import noise_term, sparse_ideal, split_halves
+
+    gen = torch.Generator().manual_seed(rng.randrange(2**31))
+    names = [f"c{j:02d}|rkl" for j in range(configs)]
+    al, nd, ro = [], [], []
+    exact_terms = []  # (w, <g, u_c> for every c, |g|^2)
+    for q in pool:
+        rate = sum(c for _, c in q["rollouts"]) / len(q["rollouts"])
+        for idx, correct in q["rollouts"]:
+            ro.append(
+                {
+                    "question_id": q["question_id"],
+                    "rollout_idx": idx,
+                    "correct": correct,
+                    "pass_rate": rate,
+                    "difficulty": str(difficulty_band(rate)),
+                }
+            )
+        for n in q["nodes"]:
+            p, qx = n["p"], n["q"]
+            k = len(p)
+            mask = torch.ones(1, k, dtype=torch.bool)
+            g, _ = sparse_ideal(p[None], qx[None], mask)
+            g = g[0]
+            gn = float(g.norm())
+            gu = g / gn if gn > 0 else torch.zeros(k, dtype=torch.float64)
+            win = rng.randrange(configs) if winner_cos is not None else -1
+            dirs = []
+            for j in range(configs):
+                e = torch.randn(k, generator=gen, dtype=torch.float64)
+                e = e - (e @ gu) * gu
+                e = e / e.norm().clamp_min(1e-300)
+                c = winner_cos if j == win else cos
+                dirs.append(c * gu + (1 - c * c) ** 0.5 * e)
+            outcomes = [
+                (torch.rand(continuations, generator=gen, dtype=torch.float64) < float(qk)).int().tolist() for qk in qx
+            ]
+            s = torch.tensor([[sum(o) for o in outcomes]], dtype=torch.float64)
+            cnt = torch.full((1, k), float(continuations), dtype=torch.float64)
+            gh, _ = sparse_ideal(p[None], s / cnt, mask)
+            (s0, n0), (s1, n1) = split_halves([outcomes], k)
+            g0, _ = sparse_ideal(p[None], s0 / n0.clamp_min(1), mask)
+            g1, _ = sparse_ideal(p[None], s1 / n1.clamp_min(1), mask)
+            ok = bool((n0 > 0).all() and (n1 > 0).all())
+            g_sq = float((gh * gh).sum())
+            noise = float(noise_term(p[None], s, cnt, mask)[0])
+            nd.append(
+                {
+                    "question_id": q["question_id"],
+                    "rollout_idx": n["rollout_idx"],
+                    "position": n["position"],
+                    "g_sq": g_sq,
+                    "g_sq_unbiased": g_sq - noise,
+                    "weight": n["weight"],
+                    "negligible": False,
+                    "degenerate": g_sq == 0,
+                }
+            )
+            for name, d in zip(names, dirs, strict=True):
+                dot = float(gh[0] @ d)
+                raw = dot / (g_sq**0.5) if g_sq > 0 else 0.0
+                al.append(
+                    {
+                        "question_id": q["question_id"],
+                        "rollout_idx": n["rollout_idx"],
+                        "position": n["position"],
+                        "config": name,
+                        "teacher": name.split("|")[0],
+                        "objective": "rkl",
+                        "cos_full": raw,
+                        "cos_support": raw,
+                        "cos_bias_corrected": float("nan"),
+                        "cos_support_bias_corrected": float("nan"),
+                        "teacher_advantage": 0.0,
+                        "dot": dot,
+                        "dot_half0": float(g0[0] @ d) if ok else float("nan"),
+                        "dot_half1": float(g1[0] @ d) if ok else float("nan"),
+                        "d_sq": 1.0,
+                        "d_sq_support": 1.0,
+                        "weight": 1.0,
+                        "degenerate": g_sq == 0,
+                        "no_signal": False,
+                    }
+                )
+            exact_terms.append((n["weight"], [float(g @ d) for d in dirs], gn * gn))
+    summ = summarize(pd.DataFrame(al), pd.DataFrame(ro), pd.DataFrame(nd), metrics=("cos_full",), n_boot=n_boot,
+                     seed=rng.randrange(2**31))
+    hr = summ.headroom.get("cos_full", {})
+    if not hr:
+        return hr, float("nan")
+    w = torch.tensor([t[0] for t in exact_terms], dtype=torch.float64)
+    dots = torch.tensor([t[1] for t in exact_terms], dtype=torch.float64)
+    gsq = torch.tensor([t[2] for t in exact_terms], dtype=torch.float64)
+    scale = float((w * gsq).sum() * w.sum()) ** 0.5
+    j_best = int((w[:, None] * dots).sum(0).argmax())  # the exactly best single configuration
+    exact = float((w * (dots.max(1).values - dots[:, j_best])).sum()) / scale
+    return hr, exact

@@ -126,6 +126,8 @@ def frames_for_question(
                 },
                 "param_cos": (param_cos or {}).get((s["teacher"], s["objective"], s["node_id"])),
                 "dot": s["dot"],
+                "dot_half0": _finite(s.get("dot_half0")),
+                "dot_half1": _finite(s.get("dot_half1")),
                 "d_sq": s["d_sq_full"],
                 "d_sq_support": s["d_sq_support"],
                 "weight": 1.0,
@@ -137,6 +139,10 @@ def frames_for_question(
     rows = {"rollouts": ro_rows, "nodes": node_rows, "candidates": cand_rows, "alignment": al_rows}
     # an empty list still gets the table's columns (a question whose budget bought no node)
     return {name: pd.DataFrame(r, columns=None if r else schema(name).names) for name, r in rows.items()}
+
+
+def _finite(x):
+    return None if x is None or (isinstance(x, float) and not math.isfinite(x)) else float(x)
 
 
 def _nz(x):

@@ -153,18 +153,19 @@ def fig_ranking(s: pd.DataFrame, other: pd.DataFrame | None, metric: str) -> go.
                 x=s["rollout_cos"],
                 y=s["config"],
                 mode="markers",
-                name="rollout-level cosine",
+                name="rollout-level cosine (raw, per rollout)",
                 orientation="h",
                 error_x=_err(s, "rollout_cos", "rollout_cos_ci_low", "rollout_cos_ci_high"),
                 marker=dict(size=9, symbol="square-open", color="#b2182b"),
-                hovertemplate="%{y}<br>rollout-level %{x:.3f}<extra></extra>",
+                hovertemplate="%{y}<br>rollout-level cosine %{x:.3f} (raw, mean over rollouts, not token-weighted)"
+                "<extra></extra>",
             )
         )
     _zero_line(fig)
     fig.update_layout(
         **_layout(
             title=dict(
-                text="Ranking of configurations: alignment with 95% intervals (questions, then rollouts, resampled)",
+                text="Ranking of configurations: alignment with 95% intervals (questions resampled)",
                 font=dict(size=15),
                 x=0,
                 xanchor="left",
@@ -653,13 +654,19 @@ def _bottom_line(summary: Summary, metric: str, other: str | None) -> str:
     hr = summary.headroom.get(metric)
     if hr:
         lines.append(
-            "<p><b>Headroom.</b> Picking the best configuration separately at every token would reach "
-            "a token-weighted mean per-node "
+            "<p><b>Headroom.</b> Choosing the configuration separately at every token would reach an "
             f"alignment of {_f(hr['oracle_mean'])} {_ci(hr['oracle_ci_low'], hr['oracle_ci_high'])} against "
             f"{_f(hr['best_mean'])} for <code>{e(hr['best_config'])}</code> alone: headroom "
             f"<b>{_f(hr['headroom'])}</b> {_ci(hr['headroom_ci_low'], hr['headroom_ci_high'])} over "
-            f"{hr['n_nodes']} nodes. <span class='muted'>An upper bound: the per-token maximum of noisy "
-            "estimates is biased upward.</span>"
+            f"{hr['n_nodes']} nodes where every ranked configuration has a direction. "
+            + (
+                "<span class='muted'>Cross-fitted: each token's choice is made on one half of its "
+                "continuations and scored on the other, so the maximum over noisy estimates does not inflate "
+                "it; it is what a choice made on half the evidence gains.</span>"
+                if hr.get("cross_fitted")
+                else "<span class='muted'>In-sample per-token maximum (this run stored no continuation "
+                "halves): optimistic under noise, so no interval is given.</span>"
+            )
             + (
                 " Configurations most often best per token: "
                 + ", ".join(
@@ -1096,7 +1103,9 @@ def render_report(
             rollouts, tables["nodes"], tables["candidates"], alignment, configs, max_rollouts
         ),
     }
-    unit = summary.settings.get("resampling", "questions, then rollouts within each drawn question")
+    unit = summary.settings.get(
+        "resampling", "questions with replacement, each with all of its rollouts (question-cluster bootstrap)"
+    )
     sections = [
         _section_bottom_line(summary, metric, other, unit),
         _section_cost(run_dir, tables, meta),

@@ -156,8 +156,11 @@ class RunResult:
                 )
         if hr:
             lines.append(
-                f"  headroom (best config per token): +{_f(hr['headroom'])} "
+                f"  headroom (best config per token, cross-fitted): {_f(hr['headroom'])} "
                 f"[{_f(hr['headroom_ci_low'])}, {_f(hr['headroom_ci_high'])}] -> {_f(hr['oracle_mean'])}"
+                if hr.get("cross_fitted")
+                else f"  headroom (best config per token, in-sample, optimistic): {_f(hr['headroom'])} "
+                f"-> {_f(hr['oracle_mean'])}"
             )
         lines.append("")
         lines.append(self.top(10).to_string(index=False, float_format=lambda v: f"{v:.3f}"))

@@ -12,16 +12,17 @@ What each figure estimates (ESTIMANDS below, also stored in the summary's metada
   (d != 0 and not no_signal), i.e. E[|g*| cos(g*, d) | live] / sqrt(E[|g*|^2 | live]). A row without a
   direction (no_signal, or d = 0 as for grpo_ref on a question whose rollouts all agree) leaves the
   numerator and both denominators, so a teacher silent at a fraction f of a group's nodes is not scaled by
-  sqrt(1 - f) there. Nodes are weighted by the tokens they stand for (their `weight`, the inverse inclusion
-  probability of node selection) and |g*|^2 is noise-corrected, so the estimate is consistent as questions
+  sqrt(1 - f) there. Nodes are weighted by the tokens they stand for (their `weight`: the inverse of the
+  probability that node selection picks them, scaled for rollouts a window missed) and |g*|^2 is noise-corrected, so the estimate is consistent as questions
   grow at ANY number of continuations: noise does not shrink it toward 0, and groups whose |g*| differ
   (correct vs incorrect rollouts) compare fairly. NaN (unresolved) where no row is live or the noise leaves
   no signal; such a configuration gets a null `rank` and is never recommended.
 - `mean_per_token`: the token-weighted mean of the per-node cosine estimates over nodes where it is defined
   (and the direction has a signal); descriptive only (noise pulls each per-node cosine toward 0, more where
   |g*| is small).
-- Every interval and margin is a percentile bootstrap that resamples the independent units: questions, then
-  rollouts within each drawn question (nodes of one rollout share its fate). One set of replicate weights is
+- Every interval and margin is a percentile bootstrap that resamples the independent units, questions, each
+  with all of its rollouts and nodes (the question-cluster bootstrap: nodes of one rollout share its fate,
+  rollouts of one question its difficulty). One set of replicate weights is
   shared by all configurations, so margins between configurations are paired.
 """
 
@@ -163,12 +164,16 @@ ESTIMANDS = {
     "unit d) over them, token-weighted, noise-corrected |g*|^2 (consistent at any number of continuations); "
     "null when unresolved",
     "rank": "order of `mean` (1 = best; mostly silent configurations last); null where `mean` is null",
-    "ci_low/ci_high": "95% percentile bootstrap over questions, then rollouts within them",
+    "ci_low/ci_high": "95% percentile bootstrap over questions (each with all its rollouts and nodes)",
     "mean_per_token": "token-weighted mean of per-node cosine estimates (descriptive: noise shrinks it to 0)",
     "diff_correct_incorrect": "mean over correct-rollout tokens minus mean over incorrect-rollout tokens",
     "teacher_advantage": "token-weighted mean of TA = sum_C (q - p)(Q - V) (unbiased per node)",
-    "rollout_cos": "mean over rollouts of the rollout-level cosine (concatenated g* vs w d)",
+    "rollout_cos": "per-rollout figure, not token-weighted: unweighted mean over rollouts of each rollout's raw "
+    "cosine of g* and w d concatenated over its nodes (attenuated by noise; descriptive, never ranked)",
     "n_effective": "Kish effective count of nodes weighted by token weight x corrected |g*|^2",
+    "headroom": "what choosing the configuration per token adds over the best single one, over nodes where every "
+    "ranked configuration is live; cross-fitted over continuation halves (unbiased for 0 with no per-node winner), "
+    "interval from a lower to an upper bound of the exact headroom",
     "margin": "paired difference of `mean` between the best configuration and the runner-up; clear when "
     "its interval excludes 0",
 }
@@ -176,8 +181,14 @@ MIN_CLEAR_QUESTIONS = 2  # fewer questions: no interval across questions, never 
 
 
 class Resampler:
-    """Replicate weights [B, R] of the two-stage bootstrap: questions with replacement, then rollouts with
-    replacement within each drawn copy of a question (a question drawn k times gets k R_q rollout draws)."""
+    """Replicate weights [B, R] of the question-cluster bootstrap: questions with replacement, each drawn copy of
+    a question bringing all of its rollouts (weight = how often the question was drawn).
+
+    Questions are the independent units; rollouts of one question are exchangeable draws given it, and the
+    between-question spread of a question's total already contains their spread. Resampling rollouts again
+    inside each drawn question (a two-stage bootstrap) counts that within-question variance twice: on the
+    exact engine it gave 1.4-1.9x this variance and 0.97-0.98 coverage where 0.95 is claimed
+    (benchmarks/validity.py `coverage`)."""
 
     def __init__(self, rollouts: pd.DataFrame, n_boot: int, seed: int):
         keys = list(zip(rollouts["question_id"].astype(str), rollouts["rollout_idx"].astype(int), strict=True))
@@ -190,10 +201,7 @@ class Resampler:
         w = np.zeros((self.n_boot, len(keys)))
         if self.n_boot > 0 and len(qs):
             k = rng.multinomial(len(qs), np.full(len(qs), 1 / len(qs)), size=self.n_boot)  # [B, Q]
-            for qi in range(len(qs)):
-                cols = np.flatnonzero(codes == qi)
-                draws = rng.multinomial(k[:, qi] * len(cols), np.full(len(cols), 1 / len(cols)))
-                w[:, cols] = draws
+            w = k[:, codes].astype(float)  # every rollout of a drawn question, as often as it was drawn
         self.weights = w
 
     def columns(self, frame: pd.DataFrame) -> np.ndarray:
@@ -497,40 +505,123 @@ def _num(x):
 
 
 def _headroom(df: pd.DataFrame, metric: str, best: str, res: Resampler, level, configs=None) -> dict[str, Any]:
-    """Token-weighted mean of the per-node best cosine over configurations minus the best single
-    configuration's, over nodes where every configuration's cosine is defined (and has a signal). `configs`:
-    the configurations taken into account (the ranked ones; all by default)."""
+    """What choosing the configuration per token would add over the best single one.
+
+    Estimand (the exact headroom), over the nodes where every ranked configuration (`configs`) is live, with
+    u_c = d_c / |d_c|, w the token weights and the pooled normalisation of `mean`:
+
+        H = [sum_n w_n max_c <g*_n, u_c> - max_c sum_n w_n <g*_n, u_c>] / sqrt(sum w |g*|^2 sum w).
+
+    Both terms are maxima, and a maximum of noisy estimates is optimistic (a winner's curse: with every
+    configuration equally good at every node, the in-sample per-node maximum reads as headroom). So:
+
+    - the point estimate is cross-fitted over continuations: each node's choice is made on one half of its
+      candidates' continuations (`dot_half0`) and scored on the other (`dot_half1`), and the other way round,
+      averaged; the single best configuration likewise (chosen on one half's pooled numerator, scored on the
+      other). Given the choices each half's <d, g*-hat> is unbiased, so with no real per-node winner the
+      estimate is unbiased for 0; with one it estimates what choices made on half the evidence gain, which is
+      at most H (an imperfect choice gains less);
+    - the interval brackets H between two one-sided bounds that hold whatever the noise: below, the
+      cross-fitted per-node choice minus the in-sample best single configuration (E[cross-fitted] <= max,
+      E[in-sample max] >= max); above, the in-sample per-node maximum minus the cross-fitted single best.
+      Its ends are the lower and upper (1 - level) / 2 quantiles of the two bounds' question-cluster bootstrap
+      replicates. It covers 0 when there is no per-node winner and H when there is one, and its width says
+      how far the evidence is from settling the choice. The scale sqrt(sum w |g*|^2 / sum w) is held at its
+      point estimate in replicates (a common factor: it cannot create headroom, and at a few continuations a
+      resampled one is often unresolvable).
+
+    Without halves (runs written before they were stored, or exact Q) only the in-sample figure exists: it is
+    reported with no interval and flagged."""
     configs = sorted(df["config"].unique() if configs is None else set(configs))
-    usable = df[df["_use"].to_numpy(bool) & df["config"].isin(configs).to_numpy(bool)]
-    wide = usable.pivot(index="_node", columns="config", values=metric)
-    full = wide.reindex(columns=configs).dropna()
-    if full.empty or best not in full:
+    if best not in configs or len(configs) < 2:
         return {}
-    info = usable.drop_duplicates("_node").set_index("_node").loc[full.index]
+    dsq_col = "d_sq" if metric == "cos_full" else "d_sq_support"
+    rows = df[df["config"].isin(configs).to_numpy(bool) & (df[f"_live_{metric}"].to_numpy(float) > 0)]
+    have_halves = {"dot_half0", "dot_half1"} <= set(rows.columns)
+    norm = np.sqrt(rows[dsq_col].to_numpy(float))
+    units = {}
+    for c in ["dot"] + (["dot_half0", "dot_half1"] if have_halves else []):
+        wide = rows.assign(_u=rows[c].to_numpy(float) / norm).pivot(index="_node", columns="config", values="_u")
+        units[c] = wide.reindex(columns=configs)
+    complete = units["dot"].notna().all(axis=1)
+    cross = False
+    if have_halves:
+        halves_ok = units["dot_half0"].notna().all(axis=1) & units["dot_half1"].notna().all(axis=1)
+        cross = bool((complete & halves_ok).any())
+        if cross:
+            complete = complete & halves_ok
+    nodes_used = complete[complete].index
+    if not len(nodes_used):
+        return {}
+    info = rows.drop_duplicates("_node").set_index("_node").loc[nodes_used]
     w = info["node_weight"].to_numpy(float)
-    values = full.to_numpy(float)
-    oracle, single = values.max(1), full[best].to_numpy(float)
-    cols = res.columns(info.reset_index())
-    p_sum, r_sum = res.sums(cols, np.stack([w * oracle, w * single, w], -1))
-    om, bm = float(_ratio(p_sum[0], p_sum[2])), float(_ratio(p_sum[1], p_sum[2]))
-    o_reps, b_reps = _ratio(r_sum[:, 0], r_sum[:, 2]), _ratio(r_sum[:, 1], r_sum[:, 2])
-    olo, ohi = _interval(o_reps, level)
-    glo, ghi = _interval(o_reps - b_reps, level)
-    winners = pd.Series(np.asarray(configs)[values.argmax(1)]).value_counts(normalize=True)
-    return {
+    g_corr = info["g_sq"].to_numpy(float) - info["_noise"].to_numpy(float)
+    names = np.asarray(configs)
+    u = units["dot"].loc[nodes_used].to_numpy(float)  # all continuations
+    in_oracle = u.max(1)  # in-sample per-node maximum (biased up)
+    in_single = u[:, int((w[:, None] * u).sum(0).argmax())]  # in-sample best single (biased up)
+    if cross:
+        u0 = units["dot_half0"].loc[nodes_used].to_numpy(float)
+        u1 = units["dot_half1"].loc[nodes_used].to_numpy(float)
+        c0, c1 = u0.argmax(1), u1.argmax(1)  # chosen on one half ...
+        idx = np.arange(len(nodes_used))
+        oracle = 0.5 * (u1[idx, c0] + u0[idx, c1])  # ... scored on the other
+        b0, b1 = int((w[:, None] * u0).sum(0).argmax()), int((w[:, None] * u1).sum(0).argmax())
+        single = 0.5 * (u1[:, b0] + u0[:, b1])
+        # a node whose half has every direction at the same value (g*-hat = 0 there) has no winner to report
+        strict0, strict1 = np.ptp(u0, axis=1) > 0, np.ptp(u1, axis=1) > 0
+        winners = pd.Series(np.concatenate([names[c0[strict0]], names[c1[strict1]]])).value_counts(normalize=True)
+    else:
+        oracle, single = in_oracle, u[:, configs.index(best)]
+        winners = pd.Series(names[u.argmax(1)]).value_counts(normalize=True)
+    terms = np.stack([oracle, single, oracle - in_single, in_oracle - single, in_oracle - in_single], -1)
+    cols_ = res.columns(info.reset_index())
+    p_sum, r_sum = res.sums(cols_, np.concatenate([w[:, None] * terms, (w * g_corr)[:, None], w[:, None]], -1))
+    b, tot = p_sum[-2], p_sum[-1]
+    scale = np.sqrt(b / tot) if b > 0 and tot > 0 else np.nan  # rms |g*| over these nodes (noise-corrected)
+    point = p_sum[:5] / tot / scale
+    out = {
         "best_config": best,
-        "best_mean": _num(bm),
-        "oracle_mean": _num(om),
-        "oracle_ci_low": _num(olo),
-        "oracle_ci_high": _num(ohi),
-        "headroom": _num(om - bm),
-        "headroom_ci_low": _num(glo),
-        "headroom_ci_high": _num(ghi),
-        "n_nodes": int(len(full)),
+        "best_mean": _num(point[1]),
+        "oracle_mean": _num(point[0]),
+        "headroom": _num(point[0] - point[1]),
+        "headroom_in_sample": _num(point[4]),
+        "n_nodes": int(len(nodes_used)),
+        "cross_fitted": bool(cross),
         "winner_share": {k: float(v) for k, v in winners.head(5).items()},
-        "note": "token-weighted per-node cosines; the per-node maximum of noisy estimates is optimistic "
-        "(selection bias)",
     }
+    if cross and np.isfinite(scale):
+        reps = r_sum[:, :5] / np.where(r_sum[:, -1:] > 0, r_sum[:, -1:], np.nan) / scale
+        alpha = (1 - level) / 2
+        lower, upper = reps[:, 2], reps[:, 3]
+        ok = np.isfinite(lower) & np.isfinite(upper)
+        lo = float(np.quantile(lower[ok], alpha)) if ok.mean() >= 0.95 else np.nan
+        hi = float(np.quantile(upper[ok], 1 - alpha)) if ok.mean() >= 0.95 else np.nan
+        olo, ohi = _interval(reps[:, 0], level)
+        out.update(
+            {
+                "oracle_ci_low": _num(olo),
+                "oracle_ci_high": _num(ohi),
+                "headroom_ci_low": _num(lo),
+                "headroom_ci_high": _num(hi),
+                "note": "cross-fitted: each token's choice made on one half of the continuations and scored on "
+                "the other; the interval runs from a lower bound (cross-fitted choice minus the in-sample best "
+                "single configuration) to an upper bound (in-sample per-token maximum minus the cross-fitted "
+                "single best)",
+            }
+        )
+    else:
+        out.update(
+            {
+                "oracle_ci_low": None,
+                "oracle_ci_high": None,
+                "headroom_ci_low": None,
+                "headroom_ci_high": None,
+                "note": "in-sample per-node maximum (no continuation halves stored, or no resolved signal): "
+                "optimistic under noise (selection bias), so no interval is given",
+            }
+        )
+    return out
 
 
 def summarize(
@@ -545,8 +636,8 @@ def summarize(
 ) -> Summary:
     """Compute the summary table and the run-level recommendation and headroom from the run's tables.
 
-    Intervals resample questions, then rollouts within them (`cluster="question"`, the only honest choice
-    for nodes that share rollouts and questions; "rollout" and "node" are accepted as aliases of it for
+    Intervals resample questions, each with all its rollouts and nodes (`cluster="question"`, the only honest
+    choice for nodes that share rollouts and questions; "rollout" and "node" are accepted as aliases of it for
     old callers).
     """
     if cluster not in ("question", "rollout", "node"):
@@ -581,7 +672,7 @@ def summarize(
         "seed": seed,
         "level": level,
         "cluster": "question",
-        "resampling": "questions, then rollouts within each drawn question",
+        "resampling": "questions with replacement, each with all of its rollouts (question-cluster bootstrap)",
         "n_questions": res.n_questions,
         "metrics": list(metrics),
         "estimands": ESTIMANDS,
@@ -589,6 +680,27 @@ def summarize(
     return Summary(
         table=out, recommendation=recommendation, headroom=headroom, proxy_pooled=pooled, settings=settings
     )
+
+
+def alignment_replicates(
+    alignment: pd.DataFrame,
+    rollouts: pd.DataFrame,
+    nodes: pd.DataFrame | None = None,
+    metric: str = "cos_full",
+    n_boot: int = 1000,
+    seed: int = 0,
+) -> tuple[pd.Series, pd.DataFrame]:
+    """Each configuration's `mean` and its bootstrap replicates [n_boot, configs], from the same question-cluster
+    replicate weights as `summarize` (same n_boot and seed: the same replicates). For callers that carry the
+    alignment's uncertainty into a further statistic (validate's rank correlation resamples it jointly with
+    the gains). An unresolved replicate counts as the far end sign(A), as in the summary's intervals."""
+    df = _prepare(alignment, rollouts, nodes)
+    res = Resampler(rollouts, n_boot, seed)
+    points, reps = {}, {}
+    for config, group in df.groupby("config", sort=True):
+        cfg = _Config(group, metric, res, 0.95, {})
+        points[config], reps[config] = cfg.pooled()
+    return pd.Series(points, dtype=float), pd.DataFrame(reps)
 
 
 def summarize_run(run_dir, **kw) -> Summary:
