@@ -1,13 +1,20 @@
 """Benchmark: continuations needed to reach a target alignment-interval half-width, adaptive vs uniform.
 
-Both arms estimate the same nodes from the same rollouts, start from `adaptive_initial` continuations per
-candidate, and add rounds until every node's interval half-width (delta method, adaptive.half_widths) meets
-the target, its g* is confidently ~0, or a candidate cap is hit. savings = uniform continuations / adaptive
-continuations over the nodes that met the target in both arms (equal half-width). The two arms share one
-sample cache, so common continuations are generated once (each arm is still charged for all it uses).
+Both arms estimate the same nodes from the same rollouts and start from `adaptive_initial` continuations per
+candidate. Adaptive: those are the pilot (planning only, never averaged into Q-hat, but spent), and one plan
+from the pilot draws fresh estimation continuations until every node's predicted interval meets the target
+(adaptive.allocate). Uniform: the baseline needs no pilot; the first continuations are estimation outcomes
+and rounds of `adaptive_step` more per candidate run until each node's interval meets the target, its g*
+is confidently ~0, or a candidate cap is hit (sequential: cheapest, though its Q-hat is not unbiased).
+Both arms are judged by the same realized interval (delta method, adaptive.half_widths, on the estimation
+outcomes): savings = uniform continuations / adaptive continuations (pilot included) over the nodes that met
+the target in both arms, reported with each arm's median realized half-width there and, on the exact model,
+each arm's coverage of the exact support cosine by its bootstrap interval. The two arms share one sample
+cache, so common continuations are generated once (each arm is still charged for all it uses).
 
 Parts: the exact model (always) and the embedded SmolLM2 through the hf engine on arithmetic questions with
 an answer-hint self-distillation teacher (skipped with a reason when the hf engine or checkpoint is absent).
+`adaptive_split_bias` measures the bias of Q-hat(observed) per rollout verdict under adaptive allocation.
 Run: .venv/bin/python benchmarks/estimator.py  (last line: JSON).
 """
 
@@ -34,14 +41,21 @@ from diagnose.estimate import (
 from diagnose.estimate.adaptive import finished, half_widths
 
 
-def compare_allocations(make_estimator: Callable[[], Estimator], target_half_width: float) -> dict:
+def compare_allocations(
+    make_estimator: Callable[[], Estimator],
+    target_half_width: float,
+    truth: Callable | None = None,
+) -> dict:
     """Continuations to reach `target_half_width` on every node with adaptive versus uniform allocation.
 
-    `make_estimator()` must return a fresh Estimator (same engine, questions, config) each time; both arms
-    select the same nodes with `adaptive_initial` continuations per candidate, then run rounds until every
-    node's predicted interval (adaptive.half_widths) meets the target, is finished (g* confidently ~ 0), or
-    hits `max_per_candidate`. `savings` compares the nodes that met the target in both arms (equal
-    half-width); `total_ratio` compares whole runs (nodes capped in either arm included).
+    `make_estimator()` must return a fresh Estimator (same engine, questions, config, allocation="adaptive")
+    each time; both arms select the same nodes with `adaptive_initial` continuations per candidate, then run
+    `adapt` (see the module docstring). A node met the target when its realized interval (adaptive.half_widths
+    on its estimation outcomes) is within the target and it is not finished (g* confidently ~0). `savings`
+    compares the nodes that met it in both arms, every continuation counted (the adaptive pilot too);
+    `total_ratio` compares whole runs. `truth(est, e)` (exact Q on a node's candidates), when given, adds each
+    arm's coverage: the share of the informative nodes met in both arms (|g*| > 0.02 by the exact Q, not
+    degenerate) whose bootstrap interval of the support cosine holds the exact one.
     """
     arms = {}
     for mode in ("adaptive", "uniform"):
@@ -51,9 +65,11 @@ def compare_allocations(make_estimator: Callable[[], Estimator], target_half_wid
         est.select()
         est.adapt(mode)
         _, p, s, c, mask = pack(est.estimates)
+        _, _, _, pilot, _ = pack(est.estimates, pilot=True)
         hw = half_widths(p, s, c, mask, [d for _, d, _, _ in est.direction_tensors()])
         arms[mode] = {
-            "per_node": c.sum(-1) - (1 if est.cfg.free_sample else 0),
+            "per_node": (c + pilot).sum(-1) - (1 if est.cfg.free_sample else 0),
+            "hw": hw,
             "met": (hw <= target_half_width + 1e-9) & ~finished(p, s, c, mask, est.cfg.g_tolerance),
             "total": est.spend.continuations,
             "estimator": est,
@@ -61,18 +77,147 @@ def compare_allocations(make_estimator: Callable[[], Estimator], target_half_wid
     a, u = arms["adaptive"], arms["uniform"]
     both = a["met"] & u["met"]
     ca, cu = float(a["per_node"][both].sum()), float(u["per_node"][both].sum())
-    return {
+    out = {
         "target_half_width": target_half_width,
         "nodes": int(both.numel()),
         "nodes_met_both": int(both.sum()),
+        "nodes_met_adaptive": int(a["met"].sum()),
+        "nodes_met_uniform": int(u["met"].sum()),
         "adaptive_continuations": ca,
         "uniform_continuations": cu,
         "savings": cu / ca if ca > 0 else float("nan"),
         "adaptive_total": a["total"],
         "uniform_total": u["total"],
         "total_ratio": u["total"] / max(1, a["total"]),
+        "median_half_width_adaptive": float(a["hw"][both].median()) if bool(both.any()) else float("nan"),
+        "median_half_width_uniform": float(u["hw"][both].median()) if bool(both.any()) else float("nan"),
         "estimators": {"adaptive": a["estimator"], "uniform": u["estimator"]},
     }
+    if truth is not None:
+        for mode, arm in arms.items():
+            out[f"coverage_{mode}"], out["coverage_nodes"] = _coverage(arm["estimator"], both, truth)
+        out.update(_scaled_savings(arms, target_half_width, truth))
+    return out
+
+
+def _exact_half_widths(est: Estimator, truth: Callable):
+    """(exact delta-method half-width at the estimation counts [N], exact |g*| [N]): the interval each node's
+    allocation buys in truth (exact Q in J and sigma^2), whatever its outcomes happened to be."""
+    from diagnose.estimate import sparse_ideal
+    from diagnose.estimate.adaptive import predicted_variance, sensitivities
+
+    ids, p, _, c, _ = pack(est.estimates)
+    mask = ids >= 0
+    q = torch.zeros_like(p)
+    for i, e in enumerate(est.estimates):
+        q[i, : len(e.cand_ids)] = truth(est, e).double()
+    big = torch.full_like(p, 1e9)
+    var = []
+    for _, d, _, _ in est.direction_tensors():
+        jac, _ = sensitivities(p, q * big, big, mask, d)
+        var.append(predicted_variance(jac, torch.where(mask, q * (1 - q), 0.0), c.clamp_min(1e-9), mask))
+    g, _ = sparse_ideal(p, q, mask)
+    return 1.96 * torch.stack(var).amax(0).sqrt(), (g * g).sum(-1).sqrt()
+
+
+def _scaled_savings(arms: dict, target: float, truth: Callable) -> dict:
+    """Savings at exactly the target width in truth: each arm's estimation continuations at a node scaled by
+    (exact half-width / target)^2 (variance ~ 1/n), so neither a lucky early stop nor an overshoot counts, plus
+    the adaptive pilot unscaled; over nodes with |g*| > 0.02 (exact) that neither arm finished."""
+    costs, hws = {}, {}
+    for mode, arm in arms.items():
+        est = arm["estimator"]
+        hw, g = _exact_half_widths(est, truth)
+        _, _, _, c, _ = pack(est.estimates)
+        _, _, _, pilot, _ = pack(est.estimates, pilot=True)
+        costs[mode] = pilot.sum(-1) + c.sum(-1) * (hw / target) ** 2
+        hws[mode] = hw
+        informative = g > 0.02
+    ok = informative & torch.isfinite(costs["adaptive"]) & torch.isfinite(costs["uniform"])
+    ok &= (arms["adaptive"]["per_node"] > 0) & ~torch.stack([arms[m]["hw"] == 0 for m in arms]).any(0)
+    sa, su = float(costs["adaptive"][ok].sum()), float(costs["uniform"][ok].sum())
+    return {
+        "scaled_nodes": int(ok.sum()),
+        "scaled_savings": su / sa if sa > 0 else float("nan"),
+        "exact_half_width_adaptive": float(hws["adaptive"][ok].median()) if bool(ok.any()) else float("nan"),
+        "exact_half_width_uniform": float(hws["uniform"][ok].median()) if bool(ok.any()) else float("nan"),
+    }
+
+
+def _coverage(est: Estimator, nodes, truth: Callable) -> tuple[float, int]:
+    """Share of the informative `nodes` (mask; |g*| > 0.02 by the exact Q, not degenerate) whose bootstrap
+    interval of the support cosine (first direction) holds the exact one, and how many there were."""
+    from diagnose.estimate import sparse_ideal
+
+    res = est.results()
+    rows = {}
+    for r in res.scores:
+        rows.setdefault(r["node_id"], r)
+    key = next(iter(est.directions))
+    hits = total = 0
+    for i, e in enumerate(est.estimates):
+        r = rows.get(e.id)
+        if not bool(nodes[i]) or r is None or r["degenerate"]:
+            continue
+        q = truth(est, e).double()
+        live = torch.ones(1, len(q), dtype=torch.bool)
+        g, _ = sparse_ideal(torch.tensor(e.p, dtype=torch.float64)[None], q[None], live)
+        if float(g.norm()) < 0.02:
+            continue
+        d = est.directions[key].d[i].double()
+        true = float((d * g[0]).sum() / (g[0].norm() * d.norm()))
+        total += 1
+        hits += r["cos_support_lo"] - 1e-9 <= true <= r["cos_support_hi"] + 1e-9
+    return (hits / total if total else float("nan")), total
+
+
+def compare_at_budget(make_estimator: Callable[[], Estimator], continuations: int, truth: Callable) -> dict:
+    """Adaptive versus uniform allocation at the same budget, the way a run spends it (no target).
+
+    Uniform: `continuations` per candidate at every node, the default design (no pilot, nothing adaptive).
+    Adaptive: the same nodes (make_estimator's config must select nodes independently of the budget, e.g.
+    nodes="every") with the uniform arm's spend as budget: pilot plus plan. Both unbiased. Each node's
+    precision is its exact delta-method variance of the cosine (exact Q from `truth(est, e)`) at its
+    estimation counts, over the nodes with |g*| > 0.02 (exact). Uniform variance scales as 1 / budget, so
+    `savings` = uniform budget that would match the adaptive mean variance / adaptive budget (pilot spent);
+    also at the worst node, the 90th percentile and the median. `coverage_*`: share of those nodes whose
+    bootstrap interval of the support cosine holds the exact one; `realized_half_width_*`: the mean predicted
+    half-width from each arm's own estimation outcomes (what a run reports).
+    """
+    arms = {}
+    for mode in ("uniform", "adaptive"):
+        est = make_estimator()
+        est.cfg.target_half_width = None
+        if mode == "uniform":
+            est.cfg.allocation, est.cfg.continuations = "uniform", continuations
+        else:
+            est.cfg.allocation, est.cfg.budget = "adaptive", float(arms["uniform"]["spent"])
+        est.sample()
+        est.select()
+        if mode == "adaptive":
+            est.adapt()
+        hw, g = _exact_half_widths(est, truth)
+        _, p, s, c, mask = pack(est.estimates)
+        realized = half_widths(p, s, c, mask, [d for _, d, _, _ in est.direction_tensors()])
+        arms[mode] = {"spent": est.spend.continuations, "var": hw**2, "g": g, "realized": realized, "est": est}
+    u, a = arms["uniform"], arms["adaptive"]
+    ok = (u["g"] > 0.02) & torch.isfinite(a["var"]) & torch.isfinite(u["var"])
+    scale = u["spent"] / max(1, a["spent"])
+    out = {"continuations_per_candidate": continuations, "budget": u["spent"], "adaptive_spent": a["spent"]}
+    out["nodes"] = int(ok.sum())
+    for name, stat in (
+        ("savings", lambda v: v.mean()),
+        ("savings_worst", lambda v: v.max()),
+        ("savings_p90", lambda v: v.quantile(0.9)),
+        ("savings_median", lambda v: v.median()),
+    ):
+        out[name] = float(stat(u["var"][ok]) / stat(a["var"][ok])) * scale
+    both = torch.ones_like(ok)
+    for mode, arm in arms.items():
+        cov, _ = _coverage(arm["est"], both, truth)
+        out[f"coverage_{mode}"] = cov
+        out[f"realized_half_width_{mode}"] = float(arm["realized"][ok].mean())
+    return out
 
 
 def _summary(out: dict, seconds: float) -> dict:
@@ -82,15 +227,28 @@ def _summary(out: dict, seconds: float) -> dict:
         "target_half_width",
         "nodes",
         "nodes_met_both",
+        "nodes_met_adaptive",
+        "nodes_met_uniform",
         "adaptive_continuations",
         "uniform_continuations",
         "adaptive_total",
         "uniform_total",
+        "median_half_width_adaptive",
+        "median_half_width_uniform",
+        "coverage_adaptive",
+        "coverage_uniform",
+        "coverage_nodes",
+        "scaled_nodes",
+        "scaled_savings",
+        "exact_half_width_adaptive",
+        "exact_half_width_uniform",
     )
-    return {**{k: out[k] for k in keep}, "seconds": round(seconds, 1)}
+    return {**{k: out[k] for k in keep if k in out}, "seconds": round(seconds, 1)}
 
 
-def exact_part(target: float = 0.1) -> dict:
+def exact_part(target: float = 0.1, budget_continuations: tuple[int, ...] = (16, 64)) -> dict:
+    """The exact model: target mode (`compare_allocations`, with exact-width scaling and coverage) and budget
+    mode (`compare_at_budget`) at each of `budget_continuations` per candidate."""
     eng, teacher = engines.load("exact", "exact", seed=1), engines.load("exact", "exact", seed=2)
     qs = [
         EstimateQuestion(id=f"q{i}", prompt_ids=eng.prompt(t), verify=eng.verifier(eng.prompt(t)))
@@ -111,10 +269,16 @@ def exact_part(target: float = 0.1) -> dict:
         )
         return Estimator(eng, qs, {"teacher": engine_teacher(teacher)}, ["rkl"], cfg, cache=cache)
 
+    from diagnose.estimate.truth import exact_q
+
     t0 = time.time()
-    out = compare_allocations(make, target)
+    out = compare_allocations(make, target, truth=exact_q)
     oracle = _oracle_savings(eng, out["estimators"]["uniform"])
-    return {**_summary(out, time.time() - t0), "oracle_savings": oracle}
+    result = {**_summary(out, time.time() - t0), "oracle_savings": oracle}
+    for n in budget_continuations:
+        t0 = time.time()
+        result[f"budget_{n}"] = {**compare_at_budget(make, n, exact_q), "seconds": round(time.time() - t0, 1)}
+    return result
 
 
 def _oracle_savings(eng, est) -> float:
@@ -242,6 +406,48 @@ def embedded_part(
     t0 = time.time()
     out = compare_allocations(make, target)
     return {**_summary(out, time.time() - t0), "questions": source}, ""
+
+
+def adaptive_split_bias(n_questions: int, detail: bool = False, seed: int = 11):
+    """Bias of Q-hat(observed token) under allocation="adaptive", per split of the rollout's verdict, in
+    standard errors: {"correct": z, "incorrect": z}. The exact engine (horizon 12, Q by dynamic programming)
+    at `diagnose run`'s defaults otherwise (RunConfig().estimate_config()), one teacher (another exact model),
+    `n_questions` questions of benchmarks/validity.py's split_bias (seed 11), one Estimator per question.
+
+    detail=True: (that dict, {split: {"bias", "se", "nodes", "unestimated"}}), where "unestimated" counts
+    nodes whose observed token got no estimation continuation (left out; 0 when the budget covers every
+    floor, as at the defaults)."""
+    import math
+
+    import numpy as np
+
+    from diagnose.estimate.truth import exact_q, exact_questions, run_per_question
+    from diagnose.pipeline.config import RunConfig
+
+    eng = engines.load("exact", "exact", seed=1, horizon=12)
+    teacher = engines.load("exact", "exact", seed=2, horizon=12)
+    cfg = RunConfig().estimate_config()
+    cfg.allocation, cfg.n_boot = "adaptive", 20  # node-level intervals are not used here
+    qs = exact_questions(eng, n_questions, seed=seed)
+    runs = run_per_question(eng, qs, {"t": engine_teacher(teacher)}, ["rkl"], cfg)
+    errs: dict[bool, list[float]] = {True: [], False: []}
+    missing = {True: 0, False: 0}
+    for est, _ in runs:
+        for e in est.estimates:
+            k = e.cand_ids.index(e.observed)
+            split = bool(est.rollouts[e.node.rollout].correct)
+            if not e.outcomes[k]:
+                missing[split] += 1
+                continue
+            errs[split].append(e.q_hat[k] - float(exact_q(est, e)[k]))
+    z, info = {}, {}
+    for split, name in ((True, "correct"), (False, "incorrect")):
+        x = np.array(errs[split])
+        se = float(x.std(ddof=1) / math.sqrt(len(x))) if len(x) > 1 else float("nan")
+        bias = float(x.mean()) if len(x) else float("nan")
+        z[name] = bias / se if se > 0 else float("nan")
+        info[name] = {"bias": bias, "se": se, "nodes": len(x), "unestimated": missing[split]}
+    return (z, info) if detail else z
 
 
 def main() -> None:

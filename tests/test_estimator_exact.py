@@ -29,16 +29,17 @@ from diagnose.estimate import (
     sparse_ideal,
 )
 from diagnose.estimate.nodes import window_index
+from diagnose.estimate.truth import exact_q
 from diagnose.ideal import ideal_gradient
 
 
-def compare_allocations(make_estimator, target_half_width):
-    """benchmarks/estimator.py's adaptive-versus-uniform comparison (a benchmark, not part of the package)."""
+def _bench_estimator():
+    """benchmarks/estimator.py (a benchmark, not part of the package): the adaptive-versus-uniform comparisons."""
     path = Path(__file__).resolve().parents[1] / "benchmarks" / "estimator.py"
     spec = importlib.util.spec_from_file_location("benchmarks_estimator", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    return module.compare_allocations(make_estimator, target_half_width)
+    return module
 
 
 def exact(**kw):
@@ -363,6 +364,9 @@ def test_refine_strategy_runs_under_budget():
 
 
 def test_adaptive_allocation_needs_fewer_continuations(world):
+    """At the same budget (the pilot counted as spent) the unbiased adaptive plan reaches a smaller exact
+    delta-method variance of the cosine than uniform allocation, on average and at the worst node, and its
+    intervals still cover the exact cosine (benchmarks/estimator.py measures 1.6-1.9x at 16-64 per candidate)."""
     eng, teacher = exact(seed=1), exact(seed=2)
     qs = questions_for(eng)
 
@@ -373,36 +377,15 @@ def test_adaptive_allocation_needs_fewer_continuations(world):
             nodes="every",
             allocation="adaptive",
             adaptive_initial=2,
-            round_size=4096,
             max_per_candidate=512,
             seed=3,
         )
         return Estimator(eng, qs, {"t": engine_teacher(teacher)}, ["rkl"], cfg)
 
-    out = compare_allocations(make, 0.2)
-    assert out["nodes_met_both"] >= 0.6 * out["nodes"]
-    # (whole runs: 1.10 before the rollout verdict stopped counting as a free sample; 1.097 after)
-    assert out["savings"] >= 1.25 and out["total_ratio"] >= 1.05
-    # The adaptive estimates are still right: the intervals cover the exact cosine at most nodes.
-    est = out["estimators"]["adaptive"]
-    res = est.results()
-    assert res.summary["max_half_width"] >= 0
-    rows = {r["node_id"]: r for r in res.scores}
-    hits = total = 0
-    for i, e in enumerate(est.estimates):
-        ro = est.rollouts[e.node.rollout]
-        q, _ = eng.exact_values(ro.prompt_ids + ro.token_ids[: e.node.position])
-        mask = torch.ones(len(e.cand_ids), dtype=torch.bool)
-        g, _ = sparse_ideal(torch.tensor(e.p)[None], q[torch.tensor(e.cand_ids)][None], mask[None])
-        r = rows[e.id]
-        if r["degenerate"] or float(g.norm()) < 0.02:
-            continue
-        dirn = est.directions[("t", "rkl")]
-        dd = dirn.d[i].double()
-        true = float((dd * g[0]).sum() / (g[0].norm() * dd.norm()))
-        total += 1
-        hits += r["cos_support_lo"] - 1e-9 <= true <= r["cos_support_hi"] + 1e-9
-    assert total >= 15 and hits / total >= 0.85
+    out = _bench_estimator().compare_at_budget(make, 16, exact_q)
+    assert out["nodes"] >= 15
+    assert out["savings"] >= 1.3 and out["savings_worst"] >= 1.3
+    assert out["coverage_adaptive"] >= 0.85
 
 
 def test_ideal_gradient_padding_keeps_token_zero():

@@ -18,13 +18,13 @@ One call does it all::
 Steps (each usable alone): `sample_rollouts` (rollouts.py) -> `select_nodes` / `refine_nodes` (nodes.py)
 -> `candidate_sets` (candidates.py) -> `run_continuations` (q.py, through the cached `Generator` of
 generate.py and cache.py) -> `node_scores` (stats.py: bias-corrected cosines, bootstrap intervals, teacher
-advantage; `pooled_alignment`: the noise-consistent group figure) with `allocate` (adaptive.py) spending
-extra continuations where intervals are widest; `design_weights` (nodes.py) gives the tokens each node
-stands for; diagnose.estimate.truth recomputes everything with exact Q on the exact engine. Each teacher x
-objective's direction d comes from directions.py, the budget's accounting from budget.py, and the result's
-rows from records.py. The `Estimator` class (pipeline.py) drives the steps; `estimate()` is its one-call
-front end. Everything talks to an engine
-only through the Engine protocol (sample, continue_from, score).
+advantage; `pooled_alignment`: the noise-consistent group figure) with `allocate` (adaptive.py) planning
+extra continuations from a pilot that is never counted in Q-hat (so Q-hat stays unbiased); `design_weights`
+(nodes.py) gives the tokens each node stands for; diagnose.estimate.truth recomputes everything with exact Q on
+the exact engine. Each teacher x objective's direction d comes from directions.py, the budget's accounting
+from budget.py, and the result's rows from records.py. The `Estimator` class (pipeline.py) drives the steps;
+`estimate()` is its one-call front end. Everything talks to an engine only through the Engine protocol
+(sample, continue_from, score).
 """
 
 from .adaptive import allocate, half_widths, uniform_allocate

@@ -1,24 +1,42 @@
-r"""Adaptive allocation of continuations: spend them where they shrink the widest alignment intervals.
+r"""Adaptive allocation of continuations: a pilot plans, fresh continuations estimate.
 
-Delta method, per node and direction d: theta = cos(g*, d_C) (the support cosine; the full one is the same
-times the constant |d_C|/|d|), g* = A Q with A_ik = p_i (delta_ik - pi_k) (see stats). The sensitivity is
-J = A^T u, u = d / (|g||d_C|) - theta g / |g|^2, i.e. J_k = p_k u_k - pi_k sum_i p_i u_i, and
-Var(theta-hat) ~ sum_k J_k^2 sigma_k^2 / n_k with sigma_k^2 from a smoothed Q~ = (s + 1) / (n + 2), so that
-a candidate with all-equal outcomes still looks uncertain. |g|^2 is the bias-corrected one, floored at its
-noise level, where the cosine cannot be resolved anyway.
+Why a pilot. If the number of continuations a candidate gets depends on outcomes that are then averaged into
+its Q-hat, Q-hat is biased (stopping once a node looks resolved keeps lucky runs short), and more questions do
+not remove it. So the outcomes that decide the allocation (the pilot: the first `adaptive_initial`
+continuations per candidate, `NodeEstimate.pilot`) are never averaged into Q-hat. `allocate` plans from the
+pilot alone, in one go, how many fresh estimation continuations each candidate gets, and Q-hat uses only
+those: given the plan (a function of the pilot) they are iid Bernoulli(Q_k), so Q-hat, <d, g-hat> and the
+noise-corrected |g|^2 are unbiased. The pilot is spent but not used for estimation.
 
-Each round hands out `round_size` continuations in steps of `step`: the node whose worst direction has the
-widest predicted interval (among nodes still above the target half-width) gets `step` more continuations on
-the candidate whose extra samples shrink that variance most, J_k^2 sigma_k^2 (1/n_k - 1/(n_k + step));
-the predicted variance is updated and the next step chosen. A node gets at most `growth` times its current
-count per round, so the plan is revised as Q-hat sharpens. Candidates with small p_k matter little
-(J_k ~ p_k), which is where uniform allocation wastes most.
+The plan. Every candidate gets `ESTIMATION_FLOOR` = 2 estimation continuations (the least the unbiased noise
+term needs). Nodes `finished` on the pilot (structurally degenerate, or |g*| confidently below
+`g_tolerance`) get no more. The rest of the budget goes `step` at a time to the unfinished node with the
+fewest planned continuations per candidate (equal shares across nodes), on its candidate with the largest
+drop of the predicted noise of g-hat, w_k sigma~_k^2 (1/n_k - 1/(n_k + step)), with w_k = (A^T A)_kk
+(stats.noise_weights: ~ p_k^2, known without any outcome) and sigma~_k^2 from the pilot's smoothed
+Q~ = (s + 1) / (n + 2). So n_k ~ sqrt(w_k) sigma~_k: candidates with small p_k, where uniform allocation
+wastes most, get little. With `target_half_width` a node stops once its predicted interval (below) at the
+planned counts meets it.
+
+Measured (benchmarks/estimator.py, exact model): the old sequential design, re-planned every round on the
+outcomes it estimated from, was biased. Ranking nodes by the pilot's predicted width starved nodes whose
+two-sample pilot looked resolved (3-4x worse than uniform on the worst nodes), and the delta-method J of a
+two-sample pilot chose candidates no better than w_k; hence equal node shares and the g-hat noise. The pilot
+cannot size a node either: with a target, realized widths scatter widely around it.
+
+Predicted intervals (targets, `half_widths`) use the delta method, per node and direction d: theta =
+cos(g*, d_C) (the support cosine; the full one is the same times the constant |d_C|/|d|), g* = A Q with
+A_ik = p_i (delta_ik - pi_k) (see stats). The sensitivity is J = A^T u, u = d / (|g||d_C|) - theta g /
+|g|^2, i.e. J_k = p_k u_k - pi_k sum_i p_i u_i, and Var(theta-hat) ~ sum_k J_k^2 sigma_k^2 / n_k with
+sigma_k^2 from Q~, so that a candidate with all-equal outcomes still looks uncertain. |g|^2 is the
+bias-corrected one, floored at its noise level, where the cosine cannot be resolved anyway.
 """
 
 from __future__ import annotations
 
 import heapq
 
+import numpy as np
 import torch
 
 from .stats import EPS, _f64, noise_term, noise_weights, sparse_ideal
@@ -83,77 +101,91 @@ def half_widths(p, successes, counts, mask, directions, z: float = 1.96) -> torc
     return torch.where(structural(p, mask), 0.0, torch.stack(out).amax(0))
 
 
+ESTIMATION_FLOOR = 2  # estimation continuations every candidate gets, whatever the pilot says
+
+
 def allocate(
     p,
     successes,
     counts,
     mask,
     directions,
-    round_size: int,
+    budget: int,
     step: int = 2,
     target_half_width: float | None = None,
     z: float = 1.96,
     max_per_candidate: int = 1024,
     g_tolerance: float = 0.01,
-    growth: float = 1.0,
+    drawn=None,
+    floor: int = ESTIMATION_FLOOR,
 ) -> dict[tuple[int, int], int]:
-    """{(node, candidate): extra continuations} for one round (empty when every node meets the target)."""
+    """{(node, candidate): estimation continuations to draw}, planned from the pilot in one go (module doc).
+
+    `successes`, `counts` [N, K] are the pilot's (planning only); `mask` the candidates it covered;
+    `directions` the d [N, K] whose predicted intervals a target applies to; `drawn` [N, K] the estimation
+    outcomes each candidate already has (default none): the plan tops them up. Every decision reads the pilot
+    only, so the plan is independent of the outcomes it will be averaged with. Floors go to whole nodes,
+    unfinished ones first, while the budget lasts (a node without them gets no estimation outcome and is
+    reported degenerate); then `step` at a time as in the module docstring, at most `max_per_candidate`
+    estimation continuations per candidate, until `budget` is planned or every unfinished node meets the
+    target.
+    """
     counts = _f64(counts)
-    jacs, sigs, variances = [], [], []
-    for d in directions:
-        jac, sig = sensitivities(p, successes, counts, mask, d)
-        jacs.append(jac)
-        sigs.append(sig)
-        variances.append(predicted_variance(jac, sig, counts, mask))
-    if not jacs:
+    mask = torch.as_tensor(mask, dtype=torch.bool)
+    if budget <= 0:
         return {}
-    # Where the signal is not yet detected (corrected |g|^2 within its noise), the cosine's delta method is
-    # meaningless: spend on the candidates that sharpen |g| itself (weights w_k of stats.noise_weights).
-    s_, n_ = _f64(successes), counts
-    g_hat, _ = sparse_ideal(torch.where(mask, _f64(p), 0.0), s_ / n_.clamp_min(1), mask)
-    undetected = (g_hat * g_hat).sum(-1) - noise_term(p, s_, n_, mask) <= noise_term(p, s_, n_, mask)
-    w_noise = noise_weights(p, mask)
-    jac = torch.stack(jacs)  # [D, N, K]
-    sig = torch.stack(sigs)
-    var = torch.stack(variances)  # [D, N]
-    n = counts.clone()
-    target_var = None if target_half_width is None else (target_half_width / z) ** 2
-    heap = []
-    dead = finished(p, successes, counts, mask, g_tolerance, z)
-    for i in range(var.shape[1]):
-        v = float(var[:, i].max())
-        if not dead[i] and (target_var is None or v > target_var):
-            heapq.heappush(heap, (-v, i))
+    live = mask.numpy()
+    # numpy copies: the greedy takes thousands of tiny steps, where torch's per-op overhead dominates.
+    noise = noise_weights(p, mask).numpy()
+    q_s = ((_f64(successes) + 1) / (counts + 2)).numpy()
+    noise = noise * q_s * (1 - q_s)  # w_k sigma~_k^2
+    have = np.zeros(live.shape) if drawn is None else _f64(drawn).numpy()
+    n = np.where(live, np.maximum(have, float(floor)), 0.0)
+    if target_half_width is not None and directions:
+        terms = []  # J_k^2 sigma~_k^2 per direction [D, N, K]: the predicted variance is sum_k terms / n_k
+        for d in directions:
+            jac, sig = sensitivities(p, successes, counts, mask, d)
+            terms.append((jac**2 * sig).numpy())
+        terms = np.stack(terms)
+        target_var = (target_half_width / z) ** 2
+    else:
+        terms, target_var = None, None
+    dead = finished(p, successes, counts, mask, g_tolerance, z).tolist()
+    sizes = np.maximum(live.sum(-1), 1)
+
+    def open_(i: int) -> bool:  # node i still wants more
+        if terms is None:
+            return True
+        return float((terms[:, i] / np.maximum(n[i], 1.0)).sum(-1).max()) > target_var
+
     alloc: dict[tuple[int, int], int] = {}
     given = 0
-    # Sensitivities come from the current Q-hat: a node gets at most `growth` x its current count per round,
-    # so allocations are re-planned as the estimates sharpen (sequential design, not one blind pour).
-    cap = (torch.where(mask, counts, 0.0).sum(-1) * growth).clamp_min(step)
-    node_given = torch.zeros(counts.shape[0], dtype=torch.float64)
-    while heap and given + step <= round_size:
-        _, i = heapq.heappop(heap)
-        if node_given[i] + step > cap[i]:
+    funded = []
+    for i in sorted(range(live.shape[0]), key=lambda i: dead[i]):  # floors: unfinished nodes first
+        need = {k: int(n[i, k] - have[i, k]) for k in np.flatnonzero(live[i]).tolist()}
+        cost = sum(need.values())
+        if not need or given + cost > budget:
             continue
-        worst = int(var[:, i].argmax())
-        room = (n[i] + step <= max_per_candidate) & mask[i]
+        for k, c in need.items():
+            if c > 0:
+                alloc[(i, k)] = c
+        given += cost
+        funded.append(i)
+    # Equal shares: the node with the fewest planned continuations per candidate goes next.
+    heap = [(n[i].sum() / sizes[i], i) for i in funded if not dead[i] and open_(i)]
+    heapq.heapify(heap)
+    while heap and given + step <= budget:
+        _, i = heapq.heappop(heap)
+        room = (n[i] + step <= max_per_candidate) & live[i]
         if not room.any():
             continue
-        shrink = 1 / n[i].clamp_min(1) - 1 / (n[i] + step)
-        if undetected[i]:
-            gain = w_noise[i] * sig[worst, i] * shrink
-        else:
-            gain = jac[worst, i] ** 2 * sig[worst, i] * shrink
-        gain = torch.where(room, gain, -1.0)
-        k = int(gain.argmax())
-        # Update every direction's predicted variance at node i for the extra samples on k.
-        var[:, i] -= jac[:, i, k] ** 2 * sig[:, i, k] * (1 / n[i, k].clamp_min(1) - 1 / (n[i, k] + step))
+        gain = noise[i] * (1 / np.maximum(n[i], 1.0) - 1 / (n[i] + step))
+        k = int(np.where(room, gain, -1.0).argmax())
         n[i, k] += step
-        node_given[i] += step
         alloc[(i, k)] = alloc.get((i, k), 0) + step
         given += step
-        v = float(var[:, i].max())
-        if target_var is None or v > target_var:
-            heapq.heappush(heap, (-v, i))
+        if open_(i):
+            heapq.heappush(heap, (n[i].sum() / sizes[i], i))
     return alloc
 
 

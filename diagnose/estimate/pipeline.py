@@ -26,7 +26,7 @@ from .nodes import Node, design_weights, refine_nodes, select_nodes, token_cover
 from .q import NodeEstimate, new_estimates, pack, run_continuations
 from .records import node_records, score_rows
 from .rollouts import EstimateQuestion, Rollout, group_advantages, sample_rollouts
-from .stats import ideal_degenerate, node_scores_many
+from .stats import ideal_degenerate, node_scores_many, split_halves
 
 SELECTION_PASSES = 4  # most node-selection passes (each scores the student and teachers at its nodes)
 
@@ -52,14 +52,15 @@ class EstimateConfig:
     k_teacher: int = 4
     continuations: int = 8  # per candidate (uniform); adaptive starts from `adaptive_initial`
     budget: float = 2000.0  # in `budget_unit`s, for everything after the rollouts
-    budget_unit: str = "continuations"  # or "tokens" (a node's cost is estimated with its remaining length)
+    budget_unit: str = "continuations"  # or "tokens" (a node's cost is bounded by max_new_tokens - position)
     nodes: str = "windows"  # windows | windows_end | uniform | every | refine
     refine_fraction: float = 0.5  # `refine`: share of the node budget spent on the first, coarse pass
     allocation: str = "uniform"  # or "adaptive"
-    adaptive_initial: int = 2
-    adaptive_reserve: float = 0.5  # share of the budget kept for adaptive rounds
-    target_half_width: float | None = None  # adaptive: stop once every node's interval is this narrow
-    round_size: int = 256
+    adaptive_initial: int = 2  # adaptive: pilot continuations per candidate (plan only; never in Q-hat)
+    adaptive_reserve: float = 0.5  # adaptive: share of the budget kept for the planned continuations
+    # adaptive: plan no more for a node once its predicted interval is this narrow
+    target_half_width: float | None = None
+    round_size: int = 256  # the sequential uniform baseline of benchmarks/estimator.py only
     adaptive_step: int = 2
     max_per_candidate: int = 1024
     g_tolerance: float = 0.01  # adaptive: a node whose |g*| is confidently below this needs no more samples
@@ -193,7 +194,8 @@ class Estimator:
         return self.rollouts
 
     def cost(self, r: int, t: int) -> float:
-        """Upper bound of a node's cost in budget units (actual candidate sets can only be smaller)."""
+        """Upper bound of a node's cost in budget units (actual candidate sets can only be smaller; in tokens
+        each continuation is bounded by max_new_tokens - t, see `_node_cost`)."""
         return self._node_cost(r, t, self.budget.nominal_candidates)
 
     def add_nodes(self, nodes: Sequence[Node], continuations: bool = True) -> list[NodeEstimate]:
@@ -210,14 +212,24 @@ class Estimator:
         return new
 
     def _first_continuations(self, start: int) -> None:
-        """One engine round: the initial continuations of every estimate from index `start` on."""
+        """One engine round: the initial continuations of every estimate from index `start` on.
+
+        Uniform: `continuations` per candidate, the estimate itself. Adaptive: `adaptive_initial` per
+        candidate into the node's pilot, which plans the estimation continuations (`adapt`) and is never
+        averaged into Q-hat (see adaptive.py); a free rollout verdict stays an estimation outcome, which the
+        plan does not see. Pilot continuations are spent like any other."""
+        pilot = self.cfg.allocation == "adaptive"
         alloc = {}
         for i in range(start, len(self.estimates)):
             est = self.estimates[i]
+            if pilot and not est.pilot:
+                est.pilot = [[] for _ in est.cand_ids]
             for k in range(len(est.cand_ids)):
-                alloc[(i, k)] = self.budget.per_candidate - (1 if (est.free and k == 0) else 0)
+                alloc[(i, k)] = self.budget.per_candidate - (1 if (est.free and k == 0 and not pilot) else 0)
         if alloc:
-            self.spend.add(run_continuations(self.gen, self.questions, self.rollouts, self.estimates, alloc))
+            self.spend.add(
+                run_continuations(self.gen, self.questions, self.rollouts, self.estimates, alloc, pilot=pilot)
+            )
 
     def _student(self, nodes: Sequence[Node]) -> torch.Tensor:
         by_r: dict[int, list[int]] = {}
@@ -233,8 +245,10 @@ class Estimator:
         return torch.stack(out) / self.cfg.temperature
 
     def _node_cost(self, r: int, t: int, candidates: int) -> float:
-        """The first round's cost of node (rollout r, position t) with `candidates` candidates."""
-        return self.budget.node_cost(len(self.rollouts[r].token_ids) - t, candidates)
+        """The first round's cost of node (rollout r, position t) with `candidates` candidates. In tokens a
+        continuation from position t may generate up to max_new_tokens - t tokens (the rollout's policy, its
+        length limit included), whatever the rollout's own remaining length: that is the bound."""
+        return self.budget.node_cost(self.cfg.max_new_tokens - t, candidates)
 
     def _add_chunk(self, nodes: Sequence[Node]) -> list[NodeEstimate]:
         """Score the student and teachers at nodes (one engine round), then build candidates, student
@@ -282,7 +296,16 @@ class Estimator:
         return torch.tensor([per_rollout[n.rollout] for n in nodes])
 
     def select(self) -> None:
-        """Choose nodes until the node budget is spent (several passes: actual candidate sets are smaller)."""
+        """Choose nodes until the node budget is spent (several passes: actual candidate sets are smaller).
+
+        Each pass is `select_nodes` on the budget left, excluding the nodes already chosen: a rollout's part
+        of a window gets a uniformly random subset in every pass (in tokens too: select_nodes plans a window's
+        nodes at its largest cost), so `nodes.inclusion_probs` (c / m over all passes) and the design weights
+        hold for the union. Budgets in continuations: one round of up to SELECTION_PASSES passes. In tokens:
+        two rounds of up to SELECTION_PASSES passes each (the pass cap is per round). Round 1 plans with the
+        bound max_new_tokens - t per continuation, so it never overspends, but the bound is loose; round 2
+        plans with a forecast calibrated on what round 1 really spent (see `node_cost` below), so the budget
+        is spent in expectation (docs/estimator.md, Budget)."""
         cfg = self.cfg
         node_budget = cfg.budget * (1 - cfg.adaptive_reserve if cfg.allocation == "adaptive" else 1.0)
         lengths = [len(r.token_ids) for r in self.rollouts]
@@ -290,19 +313,30 @@ class Estimator:
             self.add_nodes(select_nodes(lengths, None, self.cost, "every"))
             return
         first = node_budget * (cfg.refine_fraction if cfg.nodes == "refine" else 1.0)
-        # Up to 4 selection passes (actual candidate sets are smaller than the nominal cost assumes, so a pass
-        # leaves budget for the next), each only scoring the student and teachers at its nodes; then one
-        # continuation round for all of them. In tokens, a pass plans with each continuation's upper bound;
-        # what the first round leaves unspent goes to a second round of passes.
-        passes = 0
-        for _ in range(2 if cfg.budget_unit == "tokens" else 1):
-            start, planned = len(self.estimates), 0.0
-            while passes < SELECTION_PASSES:
+        # Up to 4 selection passes per round (actual candidate sets are smaller than the nominal cost assumes,
+        # so a pass leaves budget for the next), each only scoring the student and teachers at its nodes; then
+        # one continuation round for all of them. In tokens, round 1's passes plan with each continuation's
+        # upper bound; what round 1 leaves unspent goes to round 2, planned with the calibrated forecast.
+        tokens = cfg.budget_unit == "tokens"
+        remaining = self.budget.mean_remaining(lengths) if tokens else []
+        passes, k = 0, None  # k: tokens spent per forecast token in round 1 (None: plan with the bound)
+
+        def node_cost(r: int, t: int, candidates: int) -> float:
+            """Round 1: the bound. Round 2 (tokens): min(bound, k x mean remaining length after t) per
+            continuation, the same for every rollout (so still one planned cost per window)."""
+            if k is None:
+                return self._node_cost(r, t, candidates)
+            return self.budget.node_cost(min(cfg.max_new_tokens - t, k * remaining[t]), candidates)
+
+        nominal = self.budget.nominal_candidates
+        for _ in range(2 if tokens else 1):
+            start, planned, before = len(self.estimates), 0.0, self.spend.tokens
+            for _ in range(SELECTION_PASSES):
                 left = self.budget.left(first) - planned
                 nodes = select_nodes(
                     lengths,
                     left,
-                    self.cost,
+                    self.cost if k is None else (lambda r, t: node_cost(r, t, nominal)),
                     "windows" if cfg.nodes == "refine" else cfg.nodes,
                     seed=cfg.seed + passes,
                     exclude=[e.node for e in self.estimates],
@@ -311,10 +345,17 @@ class Estimator:
                 new = self.add_nodes(nodes, continuations=False)
                 if not new:
                     break
-                planned += sum(self._node_cost(e.node.rollout, e.node.position, len(e.cand_ids)) for e in new)
-            if start == len(self.estimates):
+                planned += sum(node_cost(e.node.rollout, e.node.position, len(e.cand_ids)) for e in new)
+            if start < len(self.estimates):
+                self._first_continuations(start)
+            if not tokens or k is not None:
                 break
-            self._first_continuations(start)
+            # Calibrate round 2's forecast on round 1 (k = 1 when round 1 could not afford a node at the bound).
+            k = 1.0
+            new = self.estimates[start:]
+            forecast = sum(node_cost(e.node.rollout, e.node.position, len(e.cand_ids)) for e in new)
+            if forecast > 0:
+                k = max(1.0, self.spend.tokens - before) / forecast
         if cfg.nodes == "refine":
             for _ in range(64):
                 left = self.budget.left(node_budget)
@@ -329,42 +370,59 @@ class Estimator:
         return direction_tensors(self.directions, self.estimates)
 
     def adapt(self, mode: str = "adaptive") -> None:
-        """Extra rounds until the budget is spent or every node meets the target half-width.
+        """Estimation continuations after the pilot, until the budget is spent or every node meets the target.
 
-        mode="adaptive": `allocate` (widest intervals, most informative candidates first); mode="uniform": the
-        baseline that gives every candidate of every unfinished node the same number of extra continuations.
+        mode="adaptive": one plan from the pilot (`allocate`: a floor on every candidate, then equal shares
+        across unfinished nodes, within a node where samples most reduce the noise of g-hat), drawn as fresh
+        continuations numbered after the pilot's; the plan never sees an estimation outcome, so Q-hat stays
+        unbiased. In tokens the plan converts the budget at the pilot's mean continuation length (spent
+        exactly in expectation, not in every run).
+        mode="uniform": the baseline of benchmarks/estimator.py, sequential: the pilot becomes estimation
+        outcomes and every candidate of every unfinished node gets `adaptive_step` more per round, with
+        stopping read off the very outcomes it estimates from (cheap, but its Q-hat is not unbiased).
         """
         cfg = self.cfg
         dirs = [d for _, d, _, _ in self.direction_tensors()]
+        per = self.budget.tokens_per_continuation()
+        if mode == "adaptive":
+            size = int(math.floor(self.budget.left() / per))
+            _, p, s, c, mask = pack(self.estimates, pilot=True)
+            _, _, _, drawn, _ = pack(self.estimates)
+            alloc = allocate(
+                p,
+                s,
+                c,
+                mask,
+                dirs,
+                size,
+                cfg.adaptive_step,
+                cfg.target_half_width,
+                max_per_candidate=cfg.max_per_candidate,
+                g_tolerance=cfg.g_tolerance,
+                drawn=drawn,
+            )
+            if alloc:
+                self.spend.add(run_continuations(self.gen, self.questions, self.rollouts, self.estimates, alloc))
+            return
+        for e in self.estimates:  # the sequential baseline estimates from its first round as well
+            if e.pilot:
+                e.outcomes = [a + b for a, b in zip(e.pilot, e.outcomes, strict=True)]
+                e.pilot = []
         while True:
             _, p, s, c, mask = pack(self.estimates)
             size = int(min(cfg.round_size, math.floor(self.budget.left() / self.budget.tokens_per_continuation())))
             if size < cfg.adaptive_step:
                 break
-            if mode == "adaptive":
-                alloc = allocate(
-                    p,
-                    s,
-                    c,
-                    mask,
-                    dirs,
-                    size,
-                    cfg.adaptive_step,
-                    cfg.target_half_width,
-                    max_per_candidate=cfg.max_per_candidate,
-                    g_tolerance=cfg.g_tolerance,
-                )
-            else:
-                alloc = uniform_allocate(
-                    c,
-                    mask,
-                    half_widths(p, s, c, mask, dirs),
-                    size,
-                    cfg.adaptive_step,
-                    cfg.target_half_width,
-                    cfg.max_per_candidate,
-                    done=finished(p, s, c, mask, cfg.g_tolerance),
-                )
+            alloc = uniform_allocate(
+                c,
+                mask,
+                half_widths(p, s, c, mask, dirs),
+                size,
+                cfg.adaptive_step,
+                cfg.target_half_width,
+                cfg.max_per_candidate,
+                done=finished(p, s, c, mask, cfg.g_tolerance),
+            )
             if not alloc:
                 break
             self.spend.add(run_continuations(self.gen, self.questions, self.rollouts, self.estimates, alloc))
@@ -397,6 +455,7 @@ class Estimator:
                 level=cfg.level,
                 prior=cfg.prior,
                 seed=cfg.seed,
+                halves=split_halves([e.outcomes for e in self.estimates], ids.shape[1]),
             )
             if self.estimates
             else []
@@ -453,21 +512,29 @@ class Estimator:
         return z, teachers
 
     def design_weights(self) -> list[float]:
-        """Tokens each estimated node stands for (inverse inclusion probability; see nodes.design_weights)."""
+        """Tokens each estimated node stands for, a list that also carries (`.inclusion`) each node's
+        inclusion probability (nodes.design_weights; the weight includes the cross-rollout rescaling, so it
+        is not 1 / inclusion)."""
         lengths = [len(r.token_ids) for r in self.rollouts]
         groups = [(r.question, bool(r.correct)) for r in self.rollouts]
         return design_weights([e.node for e in self.estimates], lengths, self.cfg.nodes, groups)
 
     def negligible(self) -> torch.Tensor:
         """Nodes adaptive allocation stopped because |g*| is confidently below g_tolerance (their few
-        continuations cannot resolve a cosine: left out of per-token means, kept in pooled figures)."""
+        continuations cannot resolve a cosine: left out of per-token means, kept in pooled figures).
+
+        Read off the pilot, as the plan was (so the flag, like the allocation, is independent of the
+        estimation outcomes); nodes without a pilot were never stopped."""
         if not self.estimates or self.cfg.allocation != "adaptive":
             return torch.zeros(len(self.estimates), dtype=torch.bool)
         _, p, s, c, mask = pack(self.estimates)
-        g_small = finished(p, s, c, mask, self.cfg.g_tolerance)
+        _, _, ps, pc, pmask = pack(self.estimates, pilot=True)
+        g_small = finished(p, ps, pc, pmask, self.cfg.g_tolerance) & pmask.any(-1)
         return g_small & ~ideal_degenerate(s, c, mask, p)
 
     def run(self, rollouts: Sequence[Rollout] | None = None) -> EstimateResult:
+        """Rollouts, nodes (with their first round: the estimate, or under adaptive allocation the pilot),
+        the adaptive plan's estimation continuations, results."""
         self.sample(rollouts)
         self.select()
         if self.cfg.allocation == "adaptive":

@@ -4,6 +4,11 @@ A `NodeEstimate` keeps the raw 0/1 outcomes of every candidate, so counts, Q-hat
 split halves all come from the same record. `run_continuations` adds numbered continuations (index i of
 candidate k at a node is always the same sample, through the cache).
 
+Under adaptive allocation a node also keeps a `pilot`: the first continuations per candidate, which decide
+how many estimation continuations each candidate gets (adaptive.allocate) and are therefore never part of
+counts, successes or Q-hat (Q-hat averaged over outcomes that chose their own number is biased). Pilot and
+estimation continuations are numbered in one sequence per candidate, so no sample is in both.
+
 Continuations follow the rollout's policy exactly: a continuation from response position t may generate at
 most max_new_tokens - t tokens (the forced one included), and a stop string that the forced token or the
 first continuation tokens complete across the prefix boundary ends it there, as it would have ended the
@@ -40,6 +45,9 @@ class NodeEstimate:
     p: list[float]  # student probabilities of the candidates (at the sampling temperature)
     outcomes: list[list[int]] = field(default_factory=list)
     free: bool = False  # outcomes[0][0] is the rollout's own verdict (biased under splits by that verdict)
+    # Adaptive allocation: the planning continuations per candidate (empty list: none, as under uniform). They
+    # chose how many `outcomes` there are, so they are not outcomes: not in counts, successes or Q-hat.
+    pilot: list[list[int]] = field(default_factory=list)
 
     @property
     def id(self) -> str:
@@ -54,17 +62,25 @@ class NodeEstimate:
         return [len(o) for o in self.outcomes]
 
     def generated(self, k: int) -> int:
-        """Continuations generated so far for candidate k (the free rollout sample excluded)."""
-        return len(self.outcomes[k]) - (1 if (self.free and k == 0) else 0)
+        """Continuations generated so far for candidate k, pilot included (the free rollout sample excluded):
+        the index the next one gets, so pilot and estimation samples never share an index."""
+        pilot = len(self.pilot[k]) if self.pilot else 0
+        return pilot + len(self.outcomes[k]) - (1 if (self.free and k == 0) else 0)
 
     @property
     def q_hat(self) -> list[float]:
         return [sum(o) / len(o) if o else float("nan") for o in self.outcomes]
 
     def ideal(self) -> tuple[list[float], float]:
-        """(g* on the candidates, V-hat) from Q-hat (candidates without outcomes are left out: Q := V)."""
-        mask = torch.tensor([len(o) > 0 for o in self.outcomes])
-        q = torch.tensor([sum(o) / len(o) if o else 0.0 for o in self.outcomes], dtype=torch.float64)
+        """(g* on the candidates, V-hat) from Q-hat (candidates without outcomes are left out: Q := V).
+
+        A node with a pilot and no estimation outcomes yet (adaptive allocation, before the plan is drawn)
+        answers from its pilot: only planning uses (refine's choice of nodes) can ask then."""
+        rows = self.outcomes
+        if self.pilot and sum(map(len, rows)) <= (1 if self.free else 0):
+            rows = self.pilot
+        mask = torch.tensor([len(o) > 0 for o in rows])
+        q = torch.tensor([sum(o) / len(o) if o else 0.0 for o in rows], dtype=torch.float64)
         g, v = sparse_ideal(torch.tensor(self.p, dtype=torch.float64), q, mask)
         return g.tolist(), float(v)
 
@@ -117,8 +133,10 @@ def run_continuations(
     rollouts: Sequence[Rollout],
     estimates: Sequence[NodeEstimate],
     alloc: Mapping[tuple[int, int], int],
+    pilot: bool = False,
 ) -> Spend:
-    """Add alloc[(estimate index, candidate index)] new continuations to each candidate and verify them."""
+    """Add alloc[(estimate index, candidate index)] new continuations to each candidate and verify them
+    (pilot=True: into the candidate's pilot, see NodeEstimate). Every one is counted in the Spend."""
     keys = [(e, k, c) for (e, k), c in sorted(alloc.items()) if c > 0]
     reqs = []
     limit = gen.params.max_new_tokens
@@ -153,7 +171,7 @@ def run_continuations(
                 if cut is not None:
                     smp = cut_sample(smp, cut, tok, "stop")
                     ids = smp.token_ids
-            est.outcomes[k].append(int(q.judge(tok, head + ids, smp)))
+            (est.pilot if pilot else est.outcomes)[k].append(int(q.judge(tok, head + ids, smp)))
     return spend
 
 
@@ -177,8 +195,10 @@ def boundary_stop(tokenizer, head: Sequence[int], cont: Sequence[int], stops: Se
     return None
 
 
-def pack(estimates: Sequence[NodeEstimate]):
-    """Padded tensors: cand_ids (long, -1 pad), p, successes, counts, mask (a candidate with outcomes)."""
+def pack(estimates: Sequence[NodeEstimate], pilot: bool = False):
+    """Padded tensors: cand_ids (long, -1 pad), p, successes, counts, mask (a candidate with outcomes).
+
+    pilot=True: successes, counts and mask of the pilot instead (what adaptive allocation plans from)."""
     width = max((len(e.cand_ids) for e in estimates), default=0)
     n = len(estimates)
     ids = torch.full((n, width), -1, dtype=torch.long)
@@ -189,6 +209,7 @@ def pack(estimates: Sequence[NodeEstimate]):
         kk = len(e.cand_ids)
         ids[i, :kk] = torch.tensor(e.cand_ids)
         p[i, :kk] = torch.tensor(e.p, dtype=torch.float64)
-        s[i, :kk] = torch.tensor(e.successes, dtype=torch.float64)
-        c[i, :kk] = torch.tensor(e.counts, dtype=torch.float64)
+        rows = (e.pilot or [[] for _ in e.cand_ids]) if pilot else e.outcomes
+        s[i, :kk] = torch.tensor([sum(o) for o in rows], dtype=torch.float64)
+        c[i, :kk] = torch.tensor([len(o) for o in rows], dtype=torch.float64)
     return ids, p, s, c, (ids >= 0) & (c > 0)

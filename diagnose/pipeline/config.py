@@ -81,10 +81,14 @@ class RunConfig:
         "windows", "Node selection: windows (exponential widths), windows_end, uniform, every, refine."
     )
     allocation: str = _key(
-        "uniform", "Continuations per candidate: uniform, or adaptive (more where intervals are widest)."
+        "uniform",
+        "Continuations per candidate: uniform, or adaptive (a 2-per-candidate pilot plans the rest, which goes "
+        "where it sharpens g* most; Q-hat uses only the planned continuations, so it stays unbiased).",
     )
     target_half_width: float = _key(
-        0.0, "Adaptive allocation: stop once every node's interval half-width is below this (0: spend the budget)."
+        0.0,
+        "Adaptive allocation: plan no more for a node once its predicted interval half-width is below this "
+        "(0: spend the budget).",
     )
     engine: str = _key("hf", "Engine: hf, vllm or exact.")
     teacher_dtype: str = _key(
