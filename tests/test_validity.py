@@ -148,7 +148,9 @@ def test_weights_reach_the_tables(default_runs):
     assert res.summary["token_coverage"] == pytest.approx(
         sum(w) / sum(len(r.token_ids) for r in res.rollouts)
     )
-    assert [rec["inclusion_prob"] for rec in res.node_records] == pytest.approx([1 / x for x in w])
+    assert [rec["inclusion_prob"] for rec in res.node_records] == pytest.approx(est.design_weights().inclusion)
+    assert all(0.0 < rec["inclusion_prob"] <= 1.0 for rec in res.node_records)
+    assert all(rec["weight"] * rec["inclusion_prob"] >= 1.0 - 1e-9 for rec in res.node_records)
 
 
 def test_correct_minus_incorrect_difference_converges_to_the_truth(default_runs):

@@ -1,7 +1,9 @@
 """Budget accounting: what a node costs and what has been spent, in the configured unit (continuations, or
-continuation tokens, where a node's cost is bounded by its rollout's remaining length)."""
+continuation tokens, where a continuation from response position t is bounded by max_new_tokens - t)."""
 
 from __future__ import annotations
+
+from typing import Sequence
 
 from .q import Spend
 
@@ -26,13 +28,27 @@ class Budget:
         """The most candidates a node can have: its observed token, the student's top-k, each teacher's top-k."""
         return 1 + self.cfg.k_student + self.cfg.k_teacher * self.teachers
 
-    def node_cost(self, remaining: int, candidates: int) -> float:
-        """What a node's first round costs with `candidates` candidates and `remaining` tokens left in its
-        rollout (in tokens: an upper bound, each continuation at most that long)."""
+    def node_cost(self, remaining: float, candidates: int) -> float:
+        """What a node's first round costs with `candidates` candidates, each continuation `remaining` tokens
+        long (in tokens: the bound max_new_tokens - position; Estimator.select's second round passes a
+        calibrated forecast instead)."""
         conts = candidates * self.per_candidate - (1 if self.cfg.free_sample else 0)
         if self.cfg.budget_unit == "tokens":
             return conts * max(1, remaining)
         return conts
+
+    @staticmethod
+    def mean_remaining(lengths: Sequence[int]) -> list[float]:
+        """Per response position t (up to the longest rollout): the mean of L - t over the rollouts longer than t.
+
+        The shape of a continuation's expected length along the response, used (calibrated on what continuations
+        really spent) to plan a token budget's second selection round: unlike one rollout's own remaining length,
+        it does not forecast ~0 tokens near the end of a short rollout, where a forced candidate can run long."""
+        out = []
+        for t in range(max(lengths, default=0)):
+            rest = [n - t for n in lengths if n > t]
+            out.append(sum(rest) / len(rest))
+        return out
 
     def spent(self) -> float:
         return self.spend.tokens if self.cfg.budget_unit == "tokens" else self.spend.continuations

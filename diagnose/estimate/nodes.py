@@ -4,7 +4,10 @@ A node's cost comes from `cost_fn(rollout, position)` in budget units (continuat
 
 - `windows` (default): windows of width 1, 2, 4, 8, ... over positions from the start of the response; each
   window gets an equal share of the budget and nodes are drawn at random inside it (round-robin over
-  rollouts).
+  rollouts). Every node of a window is planned at the window's largest cost (in tokens the cost falls with
+  the position), so the number a window takes depends on its share only, never on which positions were
+  drawn: within a rollout's part of a window the chosen positions are a uniformly random subset, which is
+  what `design_weights` assumes.
   A window that cannot spend its share (too few positions) passes the rest on to the windows still open,
   so the whole budget is spent unless every position is taken. The number of windows grows like log T but
   their total share stays B: cost is set by the budget, not by rollout length.
@@ -69,7 +72,18 @@ def select_nodes(
     seed: int = 0,
     exclude: Iterable[Node] = (),
 ) -> list[Node]:
-    """Nodes whose total cost fits `budget` (None: no limit, `every` only), sorted."""
+    """Nodes whose total cost fits `budget` (None: no limit, `every` only), sorted.
+
+    Rule (windowed strategies): each window's pool (positions not in `exclude`) is put in a random order that
+    visits rollouts round-robin; windows, cheapest in total first, get share = budget left / windows left
+    and take the first floor(share / c_w) nodes of their order (all of them if fewer), c_w being the largest
+    `cost_fn` over the whole window (excluded nodes included, so c_w does not depend on earlier passes); the
+    share minus what the taken nodes cost (`cost_fn`) goes to the windows after it. A rollout's part of a
+    window (m positions) thus gets a count c that does not depend on which of its positions were drawn (only
+    on earlier windows' draws), and a uniformly random c-subset of them: each position is picked with
+    probability c / m given c (`inclusion_probs`). With a constant `cost_fn` (budgets in continuations) this
+    is the plain greedy fill, as before.
+    """
     if strategy not in STRATEGIES:
         raise DiagnoseError(f"unknown node strategy {strategy!r}; available: {', '.join(STRATEGIES)}")
     excluded = set(exclude)
@@ -89,22 +103,28 @@ def select_nodes(
         return nodes
     if budget is None:
         raise DiagnoseError(f"node strategy {strategy!r} needs a budget")
-    anchor = {"windows": "start", "refine": "start", "windows_end": "end", "uniform": None}[strategy]
+    anchor = _anchor(strategy)
     rng = random.Random(seed)
-    pools = {w: [n for n in pool if n not in excluded] for w, pool in _windows(lengths, anchor).items()}
+    windows = _windows(lengths, anchor)
+    # One planned cost per window, its most expensive position: a greedy fill at each node's own cost would
+    # skip expensive (early) positions once the share runs low and keep taking cheap late ones, so in tokens
+    # late positions would be picked several times as often as design_weights assumes.
+    plan = {w: max(cost_fn(n.rollout, n.position) for n in pool) for w, pool in windows.items()}
+    pools = {w: [n for n in pool if n not in excluded] for w, pool in windows.items()}
     pools = {w: _interleave(pool, rng) for w, pool in sorted(pools.items()) if pool}
     # Water-filling: windows that cannot spend an equal share give the rest to the others.
-    full_cost = {w: sum(cost_fn(n.rollout, n.position) for n in pool) for w, pool in pools.items()}
+    full_cost = {w: sum(plan[w] for _ in pool) for w, pool in pools.items()}
     remaining, chosen = float(budget), []
     order = sorted(pools, key=lambda w: full_cost[w])
     for i, w in enumerate(order):
         share = remaining / (len(order) - i)
-        spent = 0.0
+        planned, spent, c = 0.0, 0.0, plan[w]
         for n in pools[w]:
-            c = cost_fn(n.rollout, n.position)
-            if spent + c <= share + 1e-9:
-                chosen.append(n)
-                spent += c
+            if planned + c > share + 1e-9:
+                break
+            chosen.append(n)
+            planned += c
+            spent += cost_fn(n.rollout, n.position)
         remaining -= spent
     return sorted(chosen)
 
@@ -143,30 +163,46 @@ def refine_nodes(
     return sorted(chosen)
 
 
+class DesignWeights(list):
+    """`design_weights`' answer: a list of weights (the tokens each node stands for) that also carries each
+    node's inclusion probability in `inclusion` (same order); callers that only want weights see a list."""
+
+    def __init__(self, weights: Sequence[float] = (), inclusion: Sequence[float] = ()):
+        super().__init__(weights)
+        self.inclusion = list(inclusion)
+
+
+def _anchor(strategy: str) -> str | None:
+    return {"windows": "start", "refine": "start", "windows_end": "end", "uniform": None}.get(strategy, "start")
+
+
 def design_weights(
     nodes: Sequence[Node], lengths: Sequence[int], strategy: str = "windows", groups: Sequence | None = None
-) -> list[float]:
-    """Tokens each selected node stands for (the inverse of its inclusion probability), per rollout set.
+) -> DesignWeights:
+    """Tokens each selected node stands for, per rollout set, with (`.inclusion`) `inclusion_probs`.
 
     Node selection is not uniform over positions: under `windows` the first positions are always taken and
     late ones rarely, so an unweighted mean over nodes is a mean over early tokens. Within a stratum (one
-    rollout's positions in one window) the chosen positions are a uniformly random subset (the shuffle inside
-    the rollout; every node of a pass costs the same), so conditionally on the count c chosen among its m
-    positions each stands for m / c tokens (post-stratification). Rollouts with no node in a window are
-    represented by the other rollouts of the same question in that window (their tokens are exchangeable):
-    the window's weights are scaled by its tokens over the tokens of its represented strata (only among
-    rollouts of the same `groups[r]`, e.g. the same verdict, so that per-group figures weight their own
-    tokens). Windows with no
-    node at all are not represented; `token_coverage` reports the share of tokens that are.
+    rollout's positions in one window) the chosen positions are a uniformly random subset (see
+    `select_nodes`), so conditionally on the count c chosen among its m positions each stands for m / c
+    tokens (post-stratification). Rollouts with no node in a window are represented by the other rollouts of
+    the same question in that window (their tokens are exchangeable): the window's weights are scaled by its
+    tokens over the tokens of its represented strata (only among rollouts of the same `groups[r]`, e.g. the
+    same verdict, so that per-group figures weight their own tokens). A weight is therefore that rescaling
+    over the inclusion probability, not 1 / inclusion. Windows with no node at all are not represented;
+    `token_coverage` reports the share of tokens that are.
 
     Sum over nodes of weight x value is then a (Horvitz-Thompson, post-stratified) estimate of the sum over
     every token of every rollout, and ratios of such sums estimate per-token averages. `every` gives weight
     1; `uniform` has one window; `refine` is stratified by the `windows` windows (its bisection nodes are
     chosen by V-hat, not at random: the weights are then an approximation).
     """
-    if strategy == "every":
-        return [1.0] * len(nodes)
-    anchor = {"windows": "start", "refine": "start", "windows_end": "end", "uniform": None}.get(strategy, "start")
+    return DesignWeights(_token_weights(nodes, lengths, strategy, groups), inclusion_probs(nodes, lengths, strategy))
+
+
+def _strata(nodes: Sequence[Node], lengths: Sequence[int], strategy: str):
+    """(each node's stratum (rollout, window), positions per stratum, nodes chosen per stratum)."""
+    anchor = _anchor(strategy)
 
     def window(r: int, t: int) -> int:
         return 0 if anchor is None else window_index(t, lengths[r], anchor)
@@ -176,10 +212,37 @@ def design_weights(
         for t in range(length):
             key = (r, window(r, t))
             tokens[key] = tokens.get(key, 0) + 1
+    keys = [(n.rollout, window(n.rollout, n.position)) for n in nodes]
     chosen: dict[tuple[int, int], int] = {}
-    for n in nodes:
-        key = (n.rollout, window(n.rollout, n.position))
+    for key in keys:
         chosen[key] = chosen.get(key, 0) + 1
+    return keys, tokens, chosen
+
+
+def inclusion_probs(nodes: Sequence[Node], lengths: Sequence[int], strategy: str = "windows") -> list[float]:
+    """Probability that selection picks each node's position: c / m, for c nodes chosen among the m positions
+    of its stratum (rollout x window), in (0, 1].
+
+    `select_nodes` takes a uniformly random c-subset of a stratum, with c independent of which positions
+    were drawn, so c / m is exactly P(picked | c) and its mean over seeds is the position's selection
+    frequency. Over several passes (`Estimator.select`, each excluding the nodes already chosen; c counts
+    them all) a later pass's count depends a little on what the earlier nodes cost: c / m is then a close
+    approximation. `refine`'s bisection nodes are not random (V-hat picks them): their c / m, in the
+    `windows` strata, is only an approximation. `every`: 1.
+    """
+    if strategy == "every":
+        return [1.0 for _ in nodes]
+    keys, tokens, chosen = _strata(nodes, lengths, strategy)
+    return [chosen[key] / tokens[key] for key in keys]
+
+
+def _token_weights(
+    nodes: Sequence[Node], lengths: Sequence[int], strategy: str, groups: Sequence | None
+) -> list[float]:
+    """`design_weights`' weights (post-stratified, rescaled to every token of the window and group)."""
+    if strategy == "every":
+        return [1.0] * len(nodes)
+    keys, tokens, chosen = _strata(nodes, lengths, strategy)
     group = (lambda r: None) if groups is None else (lambda r: groups[r])  # noqa: E731
     total_w: dict[tuple, int] = {}
     covered_w: dict[tuple, int] = {}
@@ -189,9 +252,8 @@ def design_weights(
         if chosen.get((r, w)):
             covered_w[gw] = covered_w.get(gw, 0) + m
     out = []
-    for n in nodes:
-        key = (n.rollout, window(n.rollout, n.position))
-        gw = (group(n.rollout), key[1])
+    for key in keys:
+        gw = (group(key[0]), key[1])
         out.append(tokens[key] / chosen[key] * total_w[gw] / covered_w[gw])
     return out
 

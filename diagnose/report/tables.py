@@ -88,11 +88,18 @@ SCHEMAS: dict[str, pa.Schema] = {
             _f(
                 "weight",
                 _D,
-                "Tokens this node stands for: the inverse of its inclusion probability under the node "
-                "selection (post-stratified by rollout and window). Every per-token figure weights nodes "
-                "by it.",
+                "Tokens this node stands for: m / c for c nodes chosen among the m positions of its stratum "
+                "(rollout x window), times the window's tokens over the tokens of its strata that have a node "
+                "(rollouts of the same question and verdict stand in for those without): 1 / inclusion_prob "
+                "times that rescaling. Every per-token figure weights nodes by it.",
             ),
-            _f("inclusion_prob", _D, "Probability that node selection picks this position (1 / weight)."),
+            _f(
+                "inclusion_prob",
+                _D,
+                "Probability that node selection picks this position given the count chosen in its stratum: "
+                "c / m, in (0, 1] (selection takes a uniformly random subset of each stratum, in tokens too); "
+                "approximate for `refine`'s bisection nodes.",
+            ),
             _f(
                 "negligible",
                 _B,
@@ -175,6 +182,16 @@ SCHEMAS: dict[str, pa.Schema] = {
             _f("entropy_teacher", _F, "Teacher entropy (nats); null without a teacher.", nullable=True),
             _f("param_cos", _F, "Parameter-space cosine cos(J^T g*, J^T d), when computed.", nullable=True),
             _f("dot", _D, "<g*, d> (the same on both supports, since g* is zero off C)."),
+            _f(
+                "dot_half0",
+                _D,
+                "<g*, d> from the even-numbered continuations of each candidate alone (one half of the evidence, "
+                "independent of dot_half1; the headroom chooses on one half and scores on the other); null where "
+                "a candidate has none.",
+                nullable=True,
+            ),
+            _f("dot_half1", _D, "<g*, d> from the odd-numbered continuations alone; null where a candidate has none.",
+               nullable=True),
             _f("d_sq", _D, "|d|^2 over the whole vocabulary."),
             _f("d_sq_support", _D, "|d restricted to C|^2."),
             _f("weight", _F, "Per-node weight w scaling d (1 unless a weighting scheme is configured)."),
@@ -237,7 +254,7 @@ SCHEMAS: dict[str, pa.Schema] = {
             _f(
                 "ci_low",
                 _F,
-                "Lower end of the 95% interval of `mean` (bootstrap over questions, then rollouts).",
+                "Lower end of the 95% interval of `mean` (bootstrap over questions, each with all its rollouts).",
                 nullable=True,
             ),
             _f("ci_high", _F, "Upper end of the 95% interval of `mean`.", nullable=True),
@@ -286,13 +303,14 @@ SCHEMAS: dict[str, pa.Schema] = {
             _f(
                 "rollout_cos",
                 _F,
-                "Mean over rollouts of the rollout-level cosine (concatenated g* vs w*d).",
+                "Unweighted mean over rollouts of the raw rollout-level cosine (concatenated g* vs w*d): a "
+                "per-rollout, not a per-token, figure; descriptive.",
                 nullable=True,
             ),
             _f(
                 "rollout_cos_ci_low",
                 _F,
-                "Lower end of the interval of rollout_cos (bootstrap over questions, then rollouts).",
+                "Lower end of the interval of rollout_cos (bootstrap over questions).",
                 nullable=True,
             ),
             _f("rollout_cos_ci_high", _F, "Upper end of the interval of rollout_cos.", nullable=True),
@@ -332,8 +350,8 @@ _ALIGN = [
 def _interval_fields(name: str, doc: str) -> list:
     return [
         _f(name, _F, doc),
-        _f(f"{name}_ci_low", _F, f"Lower end of the interval of {name} (bootstrap: seeds, then held-out "
-           "questions, then samples).", nullable=True),
+        _f(f"{name}_ci_low", _F, f"Lower end of the interval of {name} (bootstrap over training seeds and over "
+           "samples within each held-out question; the held-out set is fixed).", nullable=True),
         _f(f"{name}_ci_high", _F, f"Upper end of the interval of {name}.", nullable=True),
     ]
 
