@@ -1,6 +1,8 @@
 """`diagnose validate`: the training wiring on the real embedded model (weights move, the applied update is the
 objective's autograd gradient through the model, tables and report section are written, resume), the ideal
-arm's direction against exact g* on the exact engine, and the bootstrap intervals' coverage in simulation."""
+arm's direction against exact g* on the exact engine, grpo kept out of the rank correlation, and the run's
+alignment replicates read for it. The statistics themselves (rho, its p-value and interval, the fixed-set gain
+interval) are tested on synthetic numbers in test_validate_stats.py."""
 
 from __future__ import annotations
 
@@ -24,7 +26,6 @@ from diagnose.pipeline import RunConfig, Runner
 from diagnose.report.tables import read_metadata, read_table
 from diagnose.validate import ValidateConfig, Validation, validate
 from diagnose.validate.arms import IdealDirections, StepBatch
-from diagnose.validate.stats import Replicates, interval, rank_correlation
 
 SMALL = dict(steps=2, batch=2, eval_questions=4, eval_samples=2, seeds=1, progress=False)
 
@@ -73,11 +74,15 @@ def test_validation_writes_tables_and_report(validated):
     meta = read_metadata(run_dir, "validation_arms")["validation"]
     assert set(arms["verdict"]) <= {"gain", "loss", "within noise"}
     assert meta["n"] == 1 and np.isnan(meta["spearman"])  # one configuration: no rank correlation claimed
-    assert "estimands" in meta and "gain" in meta["estimands"]
+    assert np.isnan(meta["spearman_p"]) and meta["configs"] == ["self:answer|rkl"] and meta["grpo"] is None
+    assert "estimands" in meta and "fixed held-out" in meta["estimands"]["gain"]
+    assert "questions not resampled" in meta["resampling"]
     html = (run_dir / "report.html").read_text()
     assert 'id="validation"' in html and "fig-validation" in html
-    assert "no rank correlation" in html
-    assert "pass@1" in result.describe()
+    assert "no rank correlation" in html and "Ranking among distillation configurations: ρ undefined" in html
+    text = result.describe()
+    assert "pass@1" in text and "ranking among distillation configurations: rho undefined" in text
+    assert not re.search(r"rho = [+-]?\d", text)  # undefined: never a number
 
 
 def test_validation_resumes_without_training_again(validated, monkeypatch):
@@ -96,8 +101,10 @@ def test_validation_resumes_without_training_again(validated, monkeypatch):
 
 def test_grpo_arm_takes_the_alignment_the_run_measured(tmp_path, run_dir):
     """A run that scored grpo_ref measures the alignment of the very direction the grpo arm trains on: that
-    arm carries it, appears once, and joins the rank correlation (3 measured arms here: rho is computed, and
-    drawn as points; the control stays a band)."""
+    arm carries it and appears once, but it is RL on the rollouts' verdicts, not distillation: it stays out of
+    the rank correlation and is reported beside it (here 2 distillation configurations + grpo: rho undefined,
+    where the old rule counted 3 arms and gave a number), and is drawn as its own point; the control stays a
+    band."""
     run = tmp_path / "run"
     shutil.copytree(run_dir, run, ignore=shutil.ignore_patterns("validation*"))
     summary = read_table(run, "summary")
@@ -112,11 +119,32 @@ def test_grpo_arm_takes_the_alignment_the_run_measured(tmp_path, run_dir):
     assert sorted(arms["arm"]) == ["control", "grpo", "self:answer|fkl", "self:answer|rkl"]
     assert np.isfinite(arms[arms["arm"] == "grpo"]["alignment"].iloc[0])
     meta = read_metadata(run, "validation_arms")["validation"]
-    assert meta["n"] == 3 and np.isfinite(meta["spearman"])
+    assert meta["n"] == 2 and np.isnan(meta["spearman"]) and "no rank correlation" in meta["note"]
+    assert meta["configs"] == ["self:answer|fkl", "self:answer|rkl"]
+    assert meta["grpo"]["alignment"] == pytest.approx(measured)
+    assert meta["grpo"]["gain"] == pytest.approx(arms[arms["arm"] == "grpo"]["gain"].iloc[0])
+    assert "beside it, grpo" in result.describe()
     from diagnose.report.validation import fig_validation
 
-    points = fig_validation(arms).data[0]
-    assert sorted(points.text) == ["grpo", "self:answer|fkl", "self:answer|rkl"]
+    fig = fig_validation(arms)
+    assert sorted(fig.data[0].text) == ["self:answer|fkl", "self:answer|rkl"]  # the distillation configurations
+    assert list(fig.data[1].text) == ["grpo"] and len(fig.data) == 2
+
+
+def test_alignment_replicates_come_from_the_runs_tables(run_dir):
+    """The rank correlation's alignment replicates: the run's question-cluster replicates of each distillation
+    configuration's summary `mean` (NaN for grpo, ideal and control, which are not in it), centred on it."""
+    v = Validation(run_dir, ValidateConfig(n_boot=200, **SMALL))
+    reps = v.alignment_replicates()
+    kinds = [a.kind for a in v.arms]
+    assert reps.shape == (200, len(v.arms)) and not v.alignment_stale
+    for k, arm in enumerate(v.arms):
+        if kinds[k] == "config":
+            assert np.isfinite(reps[:, k]).all() and reps[:, k].std() > 0
+            lo, hi = np.quantile(reps[:, k], [0.01, 0.99])
+            assert lo <= arm.alignment <= hi
+        else:
+            assert np.isnan(reps[:, k]).all()
 
 
 def test_update_is_the_objectives_autograd_gradient(run_dir):
@@ -219,39 +247,6 @@ def test_ideal_arm_direction_converges_to_exact_g_star():
     assert not d[off].any()  # nothing off the candidates: Q := V there, so g* = 0
     cos = torch.nn.functional.cosine_similarity(d.double().flatten(), truth.flatten(), dim=0)
     assert cos > 0.97, float(cos)
-
-
-def test_gain_interval_covers_the_population_gain():
-    """Simulated held-out questions with known per-question pass probabilities before and after: the paired
-    bootstrap interval (questions, then samples) covers the population gain at about its level."""
-    rng = np.random.default_rng(0)
-    Q, J, level, delta = 48, 4, 0.9, 0.08
-    # The population gain E[p_after - p] (Beta(2, 3) has mean 0.4; clipping to [0, 1] makes it a little
-    # smaller than delta), by Monte Carlo.
-    truth = np.mean(np.clip(rng.beta(2, 3, 400_000) + delta + rng.normal(0, 0.1, 400_000), 0, 1)) - 0.4
-    hits, trials = 0, 150
-    for k in range(trials):
-        p = rng.beta(2, 3, size=Q)
-        p_after = np.clip(p + delta + rng.normal(0, 0.1, size=Q), 0, 1)
-        u = rng.random((Q, J))
-        before, after = u < p[:, None], u < p_after[:, None]  # common random numbers, as validate draws
-        rep = Replicates(1, Q, J, n_boot=300, seed=k)
-        r = rep.pass_rate(np.stack([before[None], after[None]]))
-        lo, hi = interval(r[:, 1] - r[:, 0], level)
-        hits += lo <= truth <= hi
-    assert 0.8 <= hits / trials <= 0.97, hits / trials
-
-
-def test_rank_correlation_and_its_interval():
-    x = np.array([0.1, 0.2, 0.3, 0.4, 0.5])
-    gains = np.array([0.01, 0.02, 0.03, 0.05, 0.08])
-    reps = gains[None] + np.random.default_rng(0).normal(0, 0.001, size=(200, 5))
-    out = rank_correlation(x, reps, gains, 0.95)
-    assert out["spearman"] == pytest.approx(1.0) and out["spearman_ci"][0] > 0.5 and "excludes 0" in out["note"]
-    noisy = gains[None] + np.random.default_rng(1).normal(0, 0.5, size=(200, 5))
-    out = rank_correlation(x, noisy, gains, 0.95)
-    assert out["spearman_ci"][0] < 0 < out["spearman_ci"][1] and "not confirmed" in out["note"]
-    assert np.isnan(rank_correlation(x[:2], reps[:, :2], gains[:2], 0.95)["spearman"])
 
 
 def test_cli_refuses_bad_input_in_one_line(tmp_path, run_dir):

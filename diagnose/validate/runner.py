@@ -35,7 +35,7 @@ from ..teachers import parse_teacher
 from .arms import Arm, GRPODirections, IdealDirections, ObjectiveDirections, StepBatch
 from .config import ValidateConfig
 from .policy import TrainablePolicy
-from .stats import ESTIMANDS, Replicates, interval, rank_correlation, verdict
+from .stats import ESTIMANDS, Replicates, interval, ranking, verdict
 
 SETTINGS_FILE = "validation.json"
 TABLES = ("validation_samples", "validation", "validation_arms")
@@ -327,8 +327,30 @@ class Validation:
         }
         return pd.DataFrame([row])
 
-    def summarize(self) -> pd.DataFrame:
-        """Per arm over seeds: gain with its interval and verdict; across configurations: Spearman's rho."""
+    def alignment_replicates(self) -> np.ndarray:
+        """[n_boot, arms] bootstrap replicates of each arm's alignment (NaN for arms without one), from the run's
+        own tables: the question-cluster replicates of its summary (diagnose.report.summary.alignment_replicates,
+        this validation's n_boot, the run's seed). The rank correlation resamples them jointly with the gains."""
+        from ..report.summary import alignment_replicates
+
+        self.alignment_stale = False  # the run's summary `mean` differs from the recomputed one
+        out = np.full((self.cfg.n_boot, len(self.arms)), np.nan)
+        wanted = {k: a for k, a in enumerate(self.arms) if a.kind == "config" and np.isfinite(a.alignment)}
+        if not wanted:
+            return out
+        nodes = read_table(self.run_dir, "nodes") if has_table(self.run_dir, "nodes") else None
+        points, reps = alignment_replicates(read_table(self.run_dir, "alignment"), read_table(self.run_dir, "rollouts"),
+                                            nodes, self.cfg.metric, self.cfg.n_boot, self.run_cfg.seed)
+        for k, arm in wanted.items():
+            if arm.label in reps:
+                out[:, k] = reps[arm.label].to_numpy(float)
+                self.alignment_stale |= not np.isclose(points[arm.label], arm.alignment, rtol=0, atol=1e-6)
+        return out
+
+    def summarize(self) -> ValidationResult:
+        """Per arm over seeds: gain with its interval (fixed held-out set: seeds and samples resampled, not
+        questions) and verdict; among the distillation configurations only: Spearman's rho with its joint
+        interval and permutation p-value, grpo beside it; ideal minus control."""
         cfg = self.cfg
         before = self._outcomes(START, -1)
         after = np.stack([np.stack([self._outcomes(a.label, s) for s in range(cfg.seeds)]) for a in self.arms])
@@ -350,17 +372,27 @@ class Validation:
                 "alignment_ci_high": arm.alignment_high,
             })
         table = pd.DataFrame(rows)
-        # every arm whose alignment the run measured: its configurations, and grpo when the run scored grpo_ref
-        measured = np.isfinite(table["alignment"].to_numpy(float))
-        rho = rank_correlation(table["alignment"][measured], gain_reps[:, measured], gains[measured], cfg.level)
+        # rho among the distillation configurations only (kind `config`), the alignment resampled with the gains;
+        # grpo (RL on the rollouts' verdicts) is reported beside it, the ideal and control arms as references
+        n_dist = sum(a.kind == "config" and np.isfinite(a.alignment) for a in self.arms)
+        self.alignment_stale = False
+        align_reps = self.alignment_replicates() if n_dist >= 3 else None  # below 3, rho is undefined anyway
+        rho = ranking(table, gain_reps, align_reps, cfg.level)
+        if self.alignment_stale:
+            rho["note"] += ("; the run's summary `mean` differs from the alignment recomputed from its tables "
+                            "(run `diagnose report` on it again)")
         refs = {a.kind: k for k, a in enumerate(self.arms)}
         ideal_vs_control = None
         if "ideal" in refs and "control" in refs:
+            # the same replicates as each arm's gain (same seeds and samples): the difference is paired
             diff = gain_reps[:, refs["ideal"]] - gain_reps[:, refs["control"]]
             lo, hi = interval(diff, cfg.level)
             ideal_vs_control = {"difference": float(gains[refs["ideal"]] - gains[refs["control"]]),
                                 "ci": [lo, hi], "verdict": verdict(lo, hi)}
         conclusions = {**rho, "ideal_vs_control": ideal_vs_control, "estimands": ESTIMANDS,
+                       "resampling": "fixed held-out set: training seeds and the samples within each held-out "
+                       "question (questions not resampled), each part rescaled by sqrt(n/(n-1)); paired across "
+                       "arms, seeds, before and after",
                        "settings": {**asdict(cfg), "level": cfg.level, "student": self.run_cfg.student,
                                     "task": self.run_cfg.task, "trainable_parameters": None}}
         if self.engine is not None:
@@ -385,18 +417,22 @@ class ValidationResult:
         return float(row["gain"].iloc[0]) if len(row) else float("nan")
 
     def describe(self) -> str:
+        from ..report.validation import grpo_sentence, ranking_sentence
+
         c = self.conclusions
         t = self.table
         seeds = int(t["seeds"].iloc[0])
-        lines = [f"validation of {self.run_dir}: change in held-out pass@1 after {int(t['steps'].iloc[0])} steps "
-                 f"(from {t['pass_before'].iloc[0]:.3f}), mean over {seeds} seed{'s' if seeds != 1 else ''}"]
+        lines = [f"validation of {self.run_dir}: change in pass@1 on the fixed held-out set after "
+                 f"{int(t['steps'].iloc[0])} steps (from {t['pass_before'].iloc[0]:.3f}), mean over {seeds} "
+                 f"seed{'s' if seeds != 1 else ''}; intervals resample seeds and samples, not questions"]
         for _, r in self.table.iterrows():
             align = "" if not np.isfinite(r["alignment"]) else f"  alignment {r['alignment']:+.3f}"
             lines.append(f"  {r['arm']:<40} gain {r['gain']:+.3f} [{r['gain_ci_low']:+.3f}, {r['gain_ci_high']:+.3f}]"
                          f"  {r['verdict']}{align}")
-        lo, hi = c["spearman_ci"]
-        lines.append(f"Spearman rho (alignment vs gain, {c['n']} arms the run measured): {c['spearman']:+.2f} "
-                     f"[{lo:+.2f}, {hi:+.2f}]: {c['note']}")
+        lines.append(ranking_sentence(c))
+        grpo = grpo_sentence(c)
+        if grpo:
+            lines.append(grpo)
         ivc = c.get("ideal_vs_control")
         if ivc:
             lines.append(f"ideal minus control: {ivc['difference']:+.3f} [{ivc['ci'][0]:+.3f}, {ivc['ci'][1]:+.3f}]"
