@@ -9,7 +9,17 @@ at the settings `diagnose run` uses by default (RunConfig: 4 rollouts, 2 continu
 - coverage: share of seeded runs whose 95% interval for a configuration's alignment (summary `mean`)
   covers the exact population value (exact Q at every token of 1,500 questions' rollouts), the worst over
   four configurations: another exact model (alignment ~0) and a teacher that knows Q (clearly positive),
-  each with rkl and fkl. Goal >= 0.90.
+  each with rkl and fkl. Goal: in [0.92, 0.97] (nominal 0.95: neither too short nor too long). The same runs
+  are also summarized with the old two-stage bootstrap (questions, then rollouts within each drawn question)
+  for comparison: `coverage_two_stage` and the median widths of both.
+- headroom_null_coverage: share of >= 100 null runs (15 configurations with true cosine 0.3 at every node of
+  the exact engine's nodes at the defaults: exact headroom 0) whose headroom interval covers 0. Goal >= 0.90.
+- headroom_coverage: the same with a real per-node winner (one configuration per node at cosine 0.9): share
+  whose interval covers the exact headroom. Goal >= 0.90.
+- adaptive_split_bias: bias of Q-hat(observed token) under allocation="adaptive", per split of the rollouts'
+  verdict, in standard errors (benchmarks/estimator.py `adaptive_split_bias`). Goal |z| <= 3.
+- inclusion_error: largest relative error between the stored inclusion probabilities of token-budget node
+  selection and the empirical inclusion frequencies over seeds (benchmarks/inclusion.py). Goal <= 0.10.
 - max_precision_error: largest |cos - cos_exact| over every objective on peaked rows (1 - p_top down to
   1e-12), the estimator's path (fused kernel d at the candidates, float64 sums) against a 60-digit mpmath
   oracle of the closed forms. Goal <= 1e-3.
@@ -21,6 +31,8 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import random
 import sys
 import time
 
@@ -32,15 +44,20 @@ from diagnose.estimate import engine_teacher
 from diagnose.estimate.stats import node_scores
 from diagnose.estimate.truth import (
     concat_inputs,
+    exact_node_pool,
     exact_q,
     exact_questions,
+    headroom_simulation,
     informed_teacher,
     noisy_teacher,
     population_truth,
     run_per_question,
 )
 from diagnose.pipeline.config import RunConfig
+from diagnose.report import summary as summary_mod
 from diagnose.report.summary import summarize
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 QUICK = "--quick" in sys.argv
 RUNS = 30 if QUICK else 100
@@ -89,28 +106,93 @@ def false_clear_rate(runs: int) -> dict:
     return {"rate": clear / runs, "runs": runs, "questions_per_run": QUESTIONS}
 
 
+class TwoStageResampler(summary_mod.Resampler):
+    """The old design, for comparison only: questions with replacement, then rollouts with replacement within
+    each drawn copy of a question (counts the within-question variance twice)."""
+
+    def __init__(self, rollouts, n_boot, seed):
+        super().__init__(rollouts, 0, seed)
+        self.n_boot = int(n_boot)
+        qs, codes = np.unique(self.questions, return_inverse=True)
+        rng = np.random.default_rng(seed)
+        w = np.zeros((self.n_boot, len(codes)))
+        k = rng.multinomial(len(qs), np.full(len(qs), 1 / len(qs)), size=self.n_boot)
+        for qi in range(len(qs)):
+            cols = np.flatnonzero(codes == qi)
+            w[:, cols] = rng.multinomial(k[:, qi] * len(cols), np.full(len(cols), 1 / len(cols)))
+        self.weights = w
+
+
+def _summarize_two_stage(**kw):
+    keep = summary_mod.Resampler
+    summary_mod.Resampler = TwoStageResampler
+    try:
+        return summarize(**kw)
+    finally:
+        summary_mod.Resampler = keep
+
+
 def coverage(runs: int) -> dict:
     eng, teacher = _engines()
     teachers = {"t": engine_teacher(teacher), "informed": informed_teacher(eng)}
     objs = ["rkl", "fkl"]
     pop = population_truth(eng, exact_questions(eng, 1500, seed=7), teachers, objs, _config())
     truth = summarize(**concat_inputs(pop), n_boot=0).table.set_index(["config", "metric"])["mean"]
-    hits, widths = {k: 0 for k in truth.index}, {k: [] for k in truth.index}
+    designs = {"question": summarize, "two_stage": _summarize_two_stage}
+    hits = {d: {k: 0 for k in truth.index} for d in designs}
+    widths = {d: {k: [] for k in truth.index} for d in designs}
     for seed in range(runs):
         res = run_per_question(eng, exact_questions(eng, QUESTIONS, seed=5000 + seed), teachers, objs, _config())
-        tab = summarize(**concat_inputs([r for _, r in res]), n_boot=500, seed=seed).table
-        for _, row in tab.iterrows():
-            key = (row["config"], row["metric"])
-            hits[key] += bool(row["ci_low"] <= truth[key] <= row["ci_high"])
-            widths[key].append(row["ci_high"] - row["ci_low"])
-    per = {f"{c}/{m}": hits[(c, m)] / runs for c, m in truth.index}
+        inputs = concat_inputs([r for _, r in res])
+        for d, fn in designs.items():
+            tab = fn(**inputs, n_boot=500, seed=seed).table
+            for _, row in tab.iterrows():
+                key = (row["config"], row["metric"])
+                hits[d][key] += bool(row["ci_low"] <= truth[key] <= row["ci_high"])
+                widths[d][key].append(row["ci_high"] - row["ci_low"])
+    per = {d: {f"{c}/{m}": hits[d][(c, m)] / runs for c, m in truth.index} for d in designs}
+    med = {d: {f"{c}/{m}": float(np.median(w)) for (c, m), w in widths[d].items()} for d in designs}
     return {
-        "coverage": min(per.values()),
-        "per_config": per,
+        "coverage": min(per["question"].values()),
+        "coverage_max": max(per["question"].values()),
+        "coverage_two_stage": min(per["two_stage"].values()),
+        "per_config": per["question"],
+        "per_config_two_stage": per["two_stage"],
         "truth": {f"{c}/{m}": float(v) for (c, m), v in truth.items()},
-        "median_width": {f"{c}/{m}": float(np.median(w)) for (c, m), w in widths.items()},
+        "median_width": med["question"],
+        "median_width_two_stage": med["two_stage"],
+        "width_ratio": float(np.median([med["question"][k] / med["two_stage"][k] for k in med["question"]])),
         "runs": runs,
         "questions_per_run": QUESTIONS,
+    }
+
+
+def headroom(runs: int, winner_cos: float | None) -> dict:
+    """Coverage of the headroom interval: of 0 with no per-node winner, of the exact headroom with one."""
+    eng, teacher = _engines()
+    pool = exact_node_pool(eng, exact_questions(eng, 200, seed=71), {"t": engine_teacher(teacher)}, _config())
+    hits, est, exact, width, missing = 0, [], [], [], 0
+    for r in range(runs):
+        rng = random.Random(90_000 + r)
+        hr, truth = headroom_simulation(rng.sample(pool, QUESTIONS), rng, configs=15, winner_cos=winner_cos)
+        lo, hi = hr.get("headroom_ci_low"), hr.get("headroom_ci_high")
+        if lo is None or hi is None:  # nothing resolved (no recommendation): no headroom is claimed
+            missing += 1
+            continue
+        hits += lo <= truth <= hi
+        est.append(hr["headroom"])
+        exact.append(truth)
+        width.append(hi - lo)
+    reported = runs - missing
+    return {
+        "coverage": hits / reported if reported else float("nan"),
+        "runs_without_interval": missing,
+        "mean_headroom": float(np.mean(est)),
+        "mean_exact": float(np.mean(exact)),
+        "median_width": float(np.median(width)),
+        "runs": runs,
+        "configs": 15,
+        "winner_cos": winner_cos,
     }
 
 
@@ -260,16 +342,34 @@ def main() -> None:
     out = {}
     sb = split_bias(100 if QUICK else 400)
     print("split bias", json.dumps(sb), flush=True)
+    from estimator import adaptive_split_bias  # benchmarks/estimator.py
+    from inclusion import inclusion_error  # benchmarks/inclusion.py
+
+    ab = adaptive_split_bias(100 if QUICK else 400)
+    print("adaptive split bias", json.dumps(ab), flush=True)
+    inc = inclusion_error(100 if QUICK else 400)
+    print("inclusion", json.dumps(inc), flush=True)
     prec = max_precision_error()
     print("precision", json.dumps(prec), flush=True)
+    hn = headroom(RUNS, None)
+    print("headroom null", json.dumps(hn), flush=True)
+    hw = headroom(RUNS, 0.9)
+    print("headroom winner", json.dumps(hw), flush=True)
     fc = false_clear_rate(RUNS)
     print("false clear", json.dumps(fc), flush=True)
     cov = coverage(RUNS)
     print("coverage", json.dumps(cov), flush=True)
     out = {
         "split_bias": {k: v["bias"] for k, v in sb.items()},
+        "adaptive_split_bias": {k: ab[k] for k in ("correct", "incorrect")},
+        "inclusion_error": inc["inclusion_error"],
         "false_clear_rate": fc["rate"],
         "coverage": cov["coverage"],
+        "coverage_max": cov["coverage_max"],
+        "coverage_two_stage": cov["coverage_two_stage"],
+        "width_ratio_vs_two_stage": cov["width_ratio"],
+        "headroom_null_coverage": hn["coverage"],
+        "headroom_coverage": hw["coverage"],
         "max_precision_error": prec["max_error"],
         "seconds": round(time.time() - t0, 1),
     }

@@ -60,6 +60,10 @@ FAST = (
     "tests/test_silent_rows.py",
     "tests/test_cost.py",
     "tests/test_signal.py",
+    "tests/test_headroom.py",
+    "tests/test_validate_stats.py",
+    "tests/test_adaptive_unbiased.py",
+    "tests/test_inclusion.py",
 )
 DESELECT = "not chromium and not slow"  # the browser test and test_signal.py's embedded-model runs
 
@@ -69,7 +73,13 @@ TESTS = {
     "diagnose/objectives/": ("tests/test_objectives.py", "tests/test_kernels.py", "tests/test_ideal_alignment.py"),
     "diagnose/ideal.py": ("tests/test_ideal_alignment.py", "tests/test_objectives.py", "tests/test_estimator_exact.py"),
     "diagnose/alignment.py": ("tests/test_ideal_alignment.py", "tests/test_kernels.py", "tests/test_report.py"),
-    "diagnose/estimate/": ("tests/test_statistics_units.py", "tests/test_estimator_exact.py", "tests/test_validity.py"),
+    "diagnose/estimate/": (
+        "tests/test_inclusion.py",
+        "tests/test_statistics_units.py",
+        "tests/test_adaptive_unbiased.py",
+        "tests/test_estimator_exact.py",
+        "tests/test_validity.py",
+    ),
     "diagnose/estimate/stats.py": (
         "tests/test_statistics_units.py",
         "tests/test_estimator_exact.py",
@@ -77,6 +87,7 @@ TESTS = {
         "tests/test_report.py",
     ),
     "diagnose/report/summary.py": (
+        "tests/test_headroom.py",
         "tests/test_silent_rows.py",
         "tests/test_statistics_units.py",
         "tests/test_report.py",
@@ -91,6 +102,7 @@ TESTS = {
     "diagnose/estimate/generate.py": ("tests/test_cost.py", "tests/test_estimator_exact.py"),
     "diagnose/pipeline/runner.py": ("tests/test_cost.py",),
     "diagnose/report/html.py": ("tests/test_cost.py",),
+    "diagnose/validate/": ("tests/test_validate_stats.py",),
     "kernels/": ("tests/test_kernels.py", "tests/test_validity.py", "tests/test_estimator_exact.py"),
 }
 
@@ -369,7 +381,64 @@ MUTANTS = [
         SUMMARY,
         "k = rng.multinomial(len(qs), np.full(len(qs), 1 / len(qs)), size=self.n_boot)  # [B, Q]",
         "k = np.ones((self.n_boot, len(qs)), dtype=np.int64)  # [B, Q]",
-        "intervals from the wrong cluster: rollouts resampled, questions never",
+        "intervals without resampling: every question kept once in every replicate",
+    ),
+    Mutant(
+        "summary.two_stage_bootstrap",
+        SUMMARY,
+        "w = k[:, codes].astype(float)  # every rollout of a drawn question, as often as it was drawn",
+        "w = rng.multinomial(len(keys), np.full(len(keys), 1 / len(keys)), size=self.n_boot).astype(float)",
+        "rollouts resampled on their own, not whole questions",
+    ),
+    Mutant(
+        "summary.headroom_in_sample_choice",
+        SUMMARY,
+        "oracle = 0.5 * (u1[idx, c0] + u0[idx, c1])  # ... scored on the other",
+        "oracle = in_oracle  # ... scored on the other",
+        "headroom: the per-token best chosen and scored on the same continuations (winner's curse)",
+    ),
+    Mutant(
+        "summary.headroom_single_in_sample",
+        SUMMARY,
+        "single = 0.5 * (u1[:, b0] + u0[:, b1])",
+        "single = in_single",
+        "headroom: the best single configuration chosen and scored on the same continuations",
+    ),
+    Mutant(
+        "q.generated_ignores_pilot",
+        Q,
+        "        pilot = len(self.pilot[k]) if self.pilot else 0\n",
+        "        pilot = 0\n",
+        "estimation continuations numbered from 0 again: they reuse the pilot samples that chose their number",
+    ),
+    Mutant(
+        "nodes.select_greedy_own_cost",
+        NODES,
+        "            if planned + c > share + 1e-9:\n                break\n",
+        "            c = cost_fn(n.rollout, n.position)\n            if planned + c > share + 1e-9:\n                continue\n",
+        "token budgets: greedy fill at each node's own cost favours cheap late positions",
+    ),
+    Mutant(
+        "pipeline.token_bound_rollout_length",
+        "diagnose/estimate/pipeline.py",
+        "return self.budget.node_cost(self.cfg.max_new_tokens - t, candidates)",
+        "return self.budget.node_cost(len(self.rollouts[r].token_ids) - t, candidates)",
+        "token cost bound from the rollout's remaining length, not max_new_tokens - t",
+    ),
+    # ---- validate: which arms the ranking test ranks, and the estimand of the gain's interval
+    Mutant(
+        "validate.grpo_in_rho",
+        "diagnose/validate/stats.py",
+        "    dist = kinds == \"config\"\n",
+        "    dist = np.isin(kinds, (\"config\", \"grpo\"))\n",
+        "the RL arm ranked with the distillation configurations",
+    ),
+    Mutant(
+        "validate.questions_resampled_for_fixed_set",
+        "diagnose/validate/stats.py",
+        "        if self.resample_questions:\n",
+        "        if True:\n",
+        "the fixed held-out set resampled as if drawn from a population",
     ),
     Mutant(
         "summary.bootstrap_mean_ignores_clusters",
