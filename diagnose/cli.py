@@ -264,6 +264,32 @@ def batch(
     typer.echo(f"comparison: {path}")
 
 
+@app.command("export")
+@user_errors
+def export_cmd(
+    run_dir: Path = typer.Argument(..., help="A run directory (its summary and config.toml)."),
+    to: str = typer.Option(
+        ..., "--to", help="Trainer: trl, trl-distill, swift, verl, nemo-rl, or json (a neutral description)."
+    ),
+    config: Optional[str] = typer.Option(
+        None, "--config", help="Configuration to export, as teacher|objective (default: the recommended one, or "
+        "the highest, with a warning, when there is no clear winner)."
+    ),
+    out: Optional[Path] = typer.Option(
+        None, help="File to write (default: a file in RUN_DIR named after the trainer)."
+    ),
+    metric: str = typer.Option("cos_full", help="Alignment the default choice rests on: cos_full or cos_support."),
+):
+    """Write a diagnosed configuration as a trainer's ready-to-use settings (docs/training.md); a configuration
+    the trainer cannot express is one error line naming the closest one of the run that it can."""
+    from .export import export
+
+    done = export(run_dir, to, config=config, out=out, metric=metric)
+    for line in done.warnings:
+        typer.echo(f"warning: {line}", err=True)
+    typer.echo(done.describe())
+
+
 # ---- diagnose ls -----------------------------------------------------------------------------------------
 
 

@@ -1,0 +1,169 @@
+"""What every exporter shares: the Exporter interface, the one-line refusal of a configuration a trainer cannot
+express (naming the closest configuration of the run that it can), and small text writers (YAML, shell)."""
+
+from __future__ import annotations
+
+import json
+import shlex
+from typing import Any, ClassVar
+
+from .spec import RunView, TrainingSpec, fmt
+
+# Objectives whose update direction comes closest to each one's (same expectation, same divergence on a
+# restricted support, or the endpoint of an interpolation), nearest first: where a trainer lacks an objective,
+# the closest supported configuration of the run is looked for among these before any other.
+NEAR = {
+    "rkl": ("rkl_sampled", "rkl_baselined", "rkl_topk", "rkl_topk_unnorm", "jsd"),
+    "fkl": ("fkl_topk", "k3_loss", "fkl_clipped", "jsd"),
+    "jsd": ("rkl", "fkl"),
+    "fkl_clipped": ("fkl", "fkl_topk", "k3_loss"),
+    "rkl_topk": ("rkl", "rkl_topk_unnorm", "rkl_sampled", "rkl_baselined"),
+    "rkl_topk_unnorm": ("rkl_topk", "rkl", "rkl_sampled"),
+    "fkl_topk": ("fkl", "k3_loss", "fkl_clipped"),
+    "rkl_sampled": ("rkl_baselined", "rkl", "rkl_topk"),
+    "rkl_baselined": ("rkl_sampled", "rkl", "rkl_topk"),
+    "k3_loss": ("fkl", "fkl_topk"),
+    "k1_loss": (),
+    "grpo_ref": (),
+}
+
+
+class Unsupported(Exception):
+    """A configuration the trainer cannot express; the message says why, in a clause."""
+
+
+class Exporter:
+    """One trainer's configuration writer. `settings(spec)` maps a configuration to the trainer's settings (or
+    raises Unsupported), `warnings(spec)` names where the trainer will not train exactly what was diagnosed,
+    and `render` writes the file's text."""
+
+    name: ClassVar[str] = ""
+    title: ClassVar[str] = ""  # the trainer, in words
+    filename: ClassVar[str] = ""  # default file name inside the run directory
+
+    def settings(self, spec: TrainingSpec) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def warnings(self, spec: TrainingSpec) -> list[str]:
+        return []
+
+    def render(self, spec: TrainingSpec, settings: dict[str, Any], warnings: list[str]) -> str:
+        raise NotImplementedError
+
+    def expressible(self, spec: TrainingSpec) -> bool:
+        try:
+            self.settings(spec)
+        except Unsupported:
+            return False
+        return True
+
+    def refusal(self, spec: TrainingSpec, why: Unsupported) -> str:
+        """One line: why `spec` cannot be exported here, and the closest configuration of the run that can."""
+        run = spec.run
+        line = f"{spec.label} cannot be expressed in {self.title}: {why}"
+        near = closest(run, spec, self)
+        if near is None:
+            return line + f"; no configuration of {run.run_dir} can be"
+        flag = f"--config {shlex.quote(near.label)}"
+        line += f"; closest supported configuration in this run: {near.label} ({near.standing.describe()}), {flag}"
+        best = best_supported(run, self)
+        if best is not None and best.label != near.label:
+            line += f"; best supported: {best.label} ({best.standing.describe()})"
+        return line
+
+
+def _candidates(run: RunView, exporter: Exporter):
+    for label, standing in run.standings.items():
+        if standing.resolved:
+            spec = run.spec(label, "requested")
+            if exporter.expressible(spec):
+                yield spec
+
+
+def closest(run: RunView, spec: TrainingSpec, exporter: Exporter) -> TrainingSpec | None:
+    """The ranked configuration of the run nearest to `spec` that `exporter` can express: the same teacher
+    before another, then the same objective, then the objectives of NEAR in order, then the best aligned."""
+    near = (spec.objective.name, *NEAR.get(spec.objective.name, ()))
+
+    def key(other: TrainingSpec):
+        name = other.objective.name
+        same_objective = other.objective.label == spec.objective.label
+        order = 0 if same_objective else (near.index(name) + 1 if name in near else len(near) + 1)
+        return (other.teacher.label != spec.teacher.label, order, -(other.standing.mean or 0.0))
+
+    found = sorted(_candidates(run, exporter), key=key)
+    return found[0] if found else None
+
+
+def best_supported(run: RunView, exporter: Exporter) -> TrainingSpec | None:
+    """The best-aligned ranked configuration of the run that `exporter` can express."""
+    return next(iter(_candidates(run, exporter)), None)  # standings are in rank order
+
+
+# ---- text ------------------------------------------------------------------------------------------------
+
+
+def header(spec: TrainingSpec, exporter: Exporter, warnings: list[str], comment: str = "#") -> list[str]:
+    """Comment lines: where the settings come from, the alignment they rest on, and the warnings."""
+    s, run = spec.standing, spec.run
+    ranked = sum(x.rank is not None for x in run.standings.values())
+    rank = f", rank {s.rank} of {ranked}" if s.rank is not None else ""
+    lines = [
+        f"Generated by `diagnose export --to {exporter.name}` for {exporter.title}.",
+        f"Run: {run.run_dir} (config digest {run.config.digest()}, task {run.config.task}).",
+        f"Configuration: {spec.label}, {spec.provenance()}.",
+        f"Alignment ({run.metric}): {fmt(s.mean)} [{fmt(s.ci_low)}, {fmt(s.ci_high)}] "
+        f"({run.level:.0%} interval over questions){rank}.",
+        f"Student {spec.student}; teacher {spec.teacher.label}; objective {spec.objective.label}; "
+        f"temperature {spec.temperature:g} (teacher {spec.teacher_temperature:g}), top_p {spec.top_p:g}, "
+        f"max_new_tokens {spec.max_new_tokens}.",
+    ]
+    lines += [f"warning: {w}" for w in warnings]
+    return [f"{comment} {line}" for line in lines]
+
+
+def yaml_scalar(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float):
+        return repr(value)
+    return json.dumps(str(value))  # a JSON string is a valid YAML double-quoted scalar
+
+
+def yaml_lines(data: dict[str, Any], indent: int = 0) -> list[str]:
+    """A nested dict of scalars as block YAML (keys in the given order)."""
+    out = []
+    for key, value in data.items():
+        if isinstance(value, dict):
+            out.append(" " * indent + f"{key}:")
+            out += yaml_lines(value, indent + 2)
+        else:
+            out.append(" " * indent + f"{key}: {yaml_scalar(value)}")
+    return out
+
+
+def flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """{"a": {"b": 1}} -> {"a.b": 1}: the dotted keys of command-line overrides."""
+    out = {}
+    for key, value in data.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            out.update(flatten(value, name + "."))
+        else:
+            out[name] = value
+    return out
+
+
+def override_scalar(value: Any) -> str:
+    """A value as a Hydra/OmegaConf command-line override writes it (True/False, numbers, quoted strings)."""
+    if isinstance(value, bool):
+        return "True" if value else "False"
+    if value is None:
+        return "null"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    return shlex.quote(str(value))
