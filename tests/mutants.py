@@ -478,9 +478,23 @@ MUTANTS = [
     Mutant(
         "summary.interval_alpha_not_halved",
         SUMMARY,
-        "    alpha = (1 - level) / 2\n    lo, hi = np.quantile(reps[ok]",
-        "    alpha = 1 - level\n    lo, hi = np.quantile(reps[ok]",
+        "    reps = reps[ok]\n    alpha = (1 - level) / 2\n",
+        "    reps = reps[ok]\n    alpha = 1 - level\n",
         "percentile interval at 90% instead of 95% (alpha not split between the tails)",
+    ),
+    Mutant(
+        "summary.small_sample_factor_dropped",
+        SUMMARY,
+        "        return small_sample_factor(self.n_questions, level)",
+        "        return 1.0",
+        "intervals not widened for few questions (the bootstrap's plug-in variance and normal tails)",
+    ),
+    Mutant(
+        "summary.interval_not_bias_corrected",
+        SUMMARY,
+        "sstats.norm.cdf([2 * z0 - z, 2 * z0 + z])",
+        "sstats.norm.cdf([-z, z])",
+        "plain percentile ends where the replicates sit off the estimate (no bias correction)",
     ),
     # ---- fused kernels (diagnose.kernels)
     Mutant(

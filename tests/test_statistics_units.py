@@ -12,7 +12,7 @@ from fixtures_run import FLATTER, SHARPER, exact_run
 from diagnose.estimate import node_scores, rollout_cosine, select_nodes
 from diagnose.estimate.nodes import design_weights, token_coverage
 from diagnose.report import tables as T
-from diagnose.report.summary import Resampler, _interval, summarize
+from diagnose.report.summary import Resampler, _interval, small_sample_factor, summarize
 
 
 # kills stats.degenerate_absolute_epsilon
@@ -115,3 +115,64 @@ def test_interval_is_the_central_percentile_interval():
     assert (lo, hi) == pytest.approx((0.025, 0.975), abs=1e-6)
     lo, hi = _interval(np.linspace(0.0, 1.0, 100_001), 0.80)
     assert (lo, hi) == pytest.approx((0.10, 0.90), abs=1e-6)
+
+
+def test_small_sample_factor_is_the_cluster_robust_rule():
+    stats = pytest.importorskip("scipy.stats")
+    for g in (2, 5, 16, 64):
+        want = np.sqrt(g / (g - 1)) * stats.t.ppf(0.975, g - 1) / stats.norm.ppf(0.975)
+        assert small_sample_factor(g, 0.95) == pytest.approx(want, rel=1e-12)
+    assert small_sample_factor(16, 0.95) == pytest.approx(1.123, abs=1e-3)
+    assert small_sample_factor(100_000, 0.95) == pytest.approx(1.0, abs=1e-4) and small_sample_factor(1, 0.95) == 1.0
+    assert small_sample_factor(16, 0.80) < small_sample_factor(16, 0.95)  # t's tails matter more further out
+
+
+def test_interval_with_an_estimate_is_bias_corrected_and_widened():
+    stats = pytest.importorskip("scipy.stats")
+    reps = np.linspace(-1.0, 1.0, 200_001) * 0.3  # symmetric about the estimate 0: z0 = 0, plain percentiles
+    lo, hi = _interval(reps, 0.95, 0.0, 1.0)
+    assert (lo, hi) == pytest.approx((-0.285, 0.285), abs=1e-5)
+    lo2, hi2 = _interval(reps, 0.95, 0.0, 1.25)  # widened about the estimate
+    assert (lo2, hi2) == pytest.approx((1.25 * lo, 1.25 * hi), abs=1e-9)
+    # replicates that sit above the estimate (a ratio estimator's upward bias) move the interval down
+    shifted = reps + 0.1
+    lo3, hi3 = _interval(shifted, 0.95, 0.0, 1.0)
+    z0 = stats.norm.ppf(np.mean(shifted < 0))
+    want = np.quantile(shifted, stats.norm.cdf([2 * z0 - 1.959964, 2 * z0 + 1.959964]))
+    assert (lo3, hi3) == pytest.approx(tuple(want), abs=1e-4) and hi3 < 0.285 + 0.1 and lo3 < -0.285 + 0.1
+    # it always holds its estimate, and stays inside the bounds given
+    lo4, hi4 = _interval(np.full(1000, 0.5), 0.95, 0.2, 1.1)
+    assert lo4 <= 0.2 <= hi4
+    lo5, hi5 = _interval(np.linspace(0.8, 1.0, 1001), 0.95, 0.95, 3.0, (-1.0, 1.0))
+    assert hi5 == 1.0 and lo5 < 0.8
+    # mirrored replicates and estimate give the mirrored interval
+    a = _interval(shifted, 0.95, 0.03, 1.12)
+    b = _interval(-shifted, 0.95, -0.03, 1.12)
+    assert a == pytest.approx((-b[1], -b[0]), abs=1e-12)
+
+
+# kills summary.small_sample_factor_dropped, summary.interval_not_bias_corrected
+def test_summary_intervals_are_the_corrected_rule_on_a_real_run(tmp_path):
+    """On an exact-engine run, every configuration's `ci_low`/`ci_high` is the bias-corrected percentile
+    interval of its question-cluster replicates (the very replicates alignment_replicates returns), widened
+    about `mean` by small_sample_factor(questions)."""
+    from diagnose.report.summary import alignment_replicates
+
+    run = exact_run(tmp_path / "r", teachers=[SHARPER, FLATTER], objectives=["rkl", "fkl"], questions=5,
+                    rollouts=4, budget=60)
+    tabs = {n: T.read_table(run, n) for n in ("rollouts", "nodes", "alignment")}
+    table = summarize(tabs["alignment"], tabs["rollouts"], tabs["nodes"], n_boot=400, seed=3).table
+    points, reps = alignment_replicates(tabs["alignment"], tabs["rollouts"], tabs["nodes"], "cos_full", 400, 3)
+    factor = small_sample_factor(5, 0.95)
+    assert factor > 1.3  # 5 questions: t_4 is far from normal
+    rows = table[table["metric"] == "cos_full"].set_index("config")
+    checked = 0
+    for config, row in rows.iterrows():
+        if not np.isfinite(row["ci_low"]):
+            continue
+        want = _interval(reps[config].to_numpy(), 0.95, float(points[config]), factor, (-1.0, 1.0))
+        plain = _interval(reps[config].to_numpy(), 0.95)
+        assert (row["ci_low"], row["ci_high"]) == pytest.approx(want, abs=1e-6)  # stored in float32
+        assert want[1] - want[0] > plain[1] - plain[0] or want[1] == 1.0 or want[0] == -1.0
+        checked += 1
+    assert checked >= 2

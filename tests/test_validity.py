@@ -319,9 +319,11 @@ def test_temperature_and_nucleus_follow_the_sampling_policy():
 
 def test_pooled_interval_covers_and_is_useful_at_the_defaults():
     """At the CLI defaults (2 continuations per candidate, budget 40) on 16 questions, the 95% interval of a
-    configuration's alignment covers the exact population value in >= 85% of 30 seeded runs and is narrow
+    configuration's alignment covers the exact population value in >= 93% of 30 seeded runs and is narrow
     enough to mean something (median width <= 0.6; an interval of [-1, 1] would fail). The teacher knows Q,
-    so the truth is clearly positive. benchmarks/validity.py runs 100 seeds and more configurations."""
+    so the truth is clearly positive. At these seeds the plain percentile interval of the question-cluster
+    bootstrap covered 27 of 30 (0.85-0.90 over 100 seeds: too short); the bias-corrected, small-sample-widened
+    one 29. benchmarks/validity.py runs 100 seeds and more configurations."""
     eng = exact(seed=1, horizon=12)
 
     cfg = RunConfig().estimate_config()
@@ -337,4 +339,4 @@ def test_pooled_interval_covers_and_is_useful_at_the_defaults():
         row = row.table.iloc[0]
         hits += bool(row["ci_low"] <= truth <= row["ci_high"])
         widths.append(row["ci_high"] - row["ci_low"])
-    assert hits / 30 >= 0.85 and float(np.median(widths)) <= 0.6
+    assert hits / 30 >= 0.93 and float(np.median(widths)) <= 0.6

@@ -13,17 +13,19 @@ What each figure estimates (ESTIMANDS below, also stored in the summary's metada
   direction (no_signal, or d = 0 as for grpo_ref on a question whose rollouts all agree) leaves the
   numerator and both denominators, so a teacher silent at a fraction f of a group's nodes is not scaled by
   sqrt(1 - f) there. Nodes are weighted by the tokens they stand for (their `weight`: the inverse of the
-  probability that node selection picks them, scaled for rollouts a window missed) and |g*|^2 is noise-corrected, so the estimate is consistent as questions
-  grow at ANY number of continuations: noise does not shrink it toward 0, and groups whose |g*| differ
-  (correct vs incorrect rollouts) compare fairly. NaN (unresolved) where no row is live or the noise leaves
-  no signal; such a configuration gets a null `rank` and is never recommended.
+  probability that node selection picks them, scaled for rollouts a window missed) and |g*|^2 is
+  noise-corrected, so the estimate is consistent as questions grow at ANY number of continuations: noise
+  does not shrink it toward 0, and groups whose |g*| differ (correct vs incorrect rollouts) compare fairly.
+  NaN (unresolved) where no row is live or the noise leaves no signal; such a configuration gets a null
+  `rank` and is never recommended.
 - `mean_per_token`: the token-weighted mean of the per-node cosine estimates over nodes where it is defined
   (and the direction has a signal); descriptive only (noise pulls each per-node cosine toward 0, more where
   |g*| is small).
-- Every interval and margin is a percentile bootstrap that resamples the independent units, questions, each
-  with all of its rollouts and nodes (the question-cluster bootstrap: nodes of one rollout share its fate,
-  rollouts of one question its difficulty). One set of replicate weights is
-  shared by all configurations, so margins between configurations are paired.
+- Every interval and margin is a bootstrap that resamples the independent units, questions, each with all
+  of its rollouts and nodes (the question-cluster bootstrap: nodes of one rollout share its fate, rollouts
+  of one question its difficulty): bias-corrected percentile ends, widened about the estimate for few
+  questions (`small_sample_factor`: sqrt(G/(G-1)) t_{G-1}/z). One set of replicate weights is shared by all
+  configurations, so margins between configurations are paired.
 """
 
 from __future__ import annotations
@@ -164,7 +166,8 @@ ESTIMANDS = {
     "unit d) over them, token-weighted, noise-corrected |g*|^2 (consistent at any number of continuations); "
     "null when unresolved",
     "rank": "order of `mean` (1 = best; mostly silent configurations last); null where `mean` is null",
-    "ci_low/ci_high": "95% percentile bootstrap over questions (each with all its rollouts and nodes)",
+    "ci_low/ci_high": "95% bootstrap over questions (each with all its rollouts and nodes): bias-corrected "
+    "percentile ends widened about the estimate by sqrt(G/(G-1)) t_{G-1}/z for G questions",
     "mean_per_token": "token-weighted mean of per-node cosine estimates (descriptive: noise shrinks it to 0)",
     "diff_correct_incorrect": "mean over correct-rollout tokens minus mean over incorrect-rollout tokens",
     "teacher_advantage": "token-weighted mean of TA = sum_C (q - p)(Q - V) (unbiased per node)",
@@ -204,6 +207,10 @@ class Resampler:
             w = k[:, codes].astype(float)  # every rollout of a drawn question, as often as it was drawn
         self.weights = w
 
+    def factor(self, level: float) -> float:
+        """The small-sample widening of every interval drawn from these replicates (small_sample_factor)."""
+        return small_sample_factor(self.n_questions, level)
+
     def columns(self, frame: pd.DataFrame) -> np.ndarray:
         """Rollout column of each row of `frame` (question_id, rollout_idx)."""
         keys = zip(frame["question_id"].astype(str), frame["rollout_idx"].astype(int), strict=True)
@@ -216,15 +223,54 @@ class Resampler:
         return per.sum(0), self.weights @ per
 
 
-def _interval(reps: np.ndarray, level: float) -> tuple[float, float]:
-    """Percentile interval of replicates; null when more than 5% of them are undefined (thin evidence)."""
+def small_sample_factor(n_clusters: int, level: float) -> float:
+    """How much a question-cluster bootstrap interval is widened about its estimate: sqrt(G/(G-1)) (the
+    bootstrap's variance is the plug-in one, (G-1)/G of the unbiased one) times t_{G-1} / z at the interval's
+    level (few clusters: the usual cluster-robust small-sample rule, G/(G-1) with t_{G-1} critical values).
+    At G = 16 and 95% it is 1.12; it tends to 1 as questions grow. Without it the interval covered the exact
+    population value 0.85-0.90 of the time on the exact engine at 16 questions (benchmarks/validity.py)."""
+    g = int(n_clusters)
+    if g < 2:
+        return 1.0
+    from scipy import stats as sstats
+
+    tail = 1 - (1 - level) / 2
+    return float(np.sqrt(g / (g - 1)) * sstats.t.ppf(tail, g - 1) / sstats.norm.ppf(tail))
+
+
+def _interval(reps: np.ndarray, level: float, point: float | None = None, factor: float = 1.0,
+              bounds: tuple[float, float] | None = None) -> tuple[float, float]:
+    """Interval from bootstrap replicates; null when more than 5% of them are undefined (thin evidence).
+
+    Without `point`: the central percentile interval. With it: the bias-corrected percentile interval (the
+    quantiles at Phi(2 z0 +- z), z0 = Phi^-1(share of replicates below the estimate), so a ratio estimator
+    whose replicates sit above it is not read as evidence above it), its ends then moved away from `point` by
+    `factor` (small_sample_factor) and kept inside `bounds`; it always holds the estimate. On the exact engine
+    at 16 questions this covered the population value 0.93-0.95 of the time for every configuration; the
+    plain percentile one 0.85-0.90."""
     reps = np.asarray(reps, dtype=float)
     ok = np.isfinite(reps)
     if reps.size == 0 or ok.mean() < 0.95:
         return float("nan"), float("nan")
+    reps = reps[ok]
     alpha = (1 - level) / 2
-    lo, hi = np.quantile(reps[ok], [alpha, 1 - alpha])
+    if point is None or not np.isfinite(point):
+        lo, hi = np.quantile(reps, [alpha, 1 - alpha])
+        return float(lo), float(hi)
+    from scipy import stats as sstats
+
+    n = len(reps)
+    below = (np.sum(reps < point) + 0.5 * np.sum(reps == point)) / n
+    z0 = sstats.norm.ppf(np.clip(below, 0.5 / n, 1 - 0.5 / n))
+    z = sstats.norm.ppf(1 - alpha)
+    lo, hi = np.quantile(reps, sstats.norm.cdf([2 * z0 - z, 2 * z0 + z]))
+    lo, hi = point + factor * (min(lo, point) - point), point + factor * (max(hi, point) - point)
+    if bounds is not None:
+        lo, hi = max(lo, bounds[0]), min(hi, bounds[1])
     return float(lo), float(hi)
+
+
+COSINE, DIFFERENCE = (-1.0, 1.0), (-2.0, 2.0)  # the ranges an interval is kept in
 
 
 def _pooled(sums, unresolved: str = "nan") -> np.ndarray:
@@ -364,7 +410,8 @@ def _row(group: pd.DataFrame, metric: str, res: Resampler, level: float) -> tupl
     use = group["_use"].to_numpy(bool)
     first = group.iloc[0]
     mean, reps = cfg.pooled()
-    lo, hi = _interval(reps, level)
+    k = res.factor(level)
+    lo, hi = _interval(reps, level, mean, k, COSINE)
     row: dict[str, Any] = dict(
         config=first["config"],
         teacher=first["teacher"],
@@ -380,7 +427,7 @@ def _row(group: pd.DataFrame, metric: str, res: Resampler, level: float) -> tupl
     )
     pt, pt_reps = cfg.per_token()
     row["mean_per_token"] = pt
-    row["mean_per_token_ci_low"], row["mean_per_token_ci_high"] = _interval(pt_reps, level)
+    row["mean_per_token_ci_low"], row["mean_per_token_ci_high"] = _interval(pt_reps, level, pt, k, COSINE)
     row["frac_positive"] = float(_ratio(cfg.point["all"][7], cfg.point["all"][4]))
     row["mean_bias_corrected"] = float(_ratio(cfg.point["all"][5], cfg.point["all"][6]))
     if group["_g_known"].all():
@@ -395,7 +442,7 @@ def _row(group: pd.DataFrame, metric: str, res: Resampler, level: float) -> tupl
         row["n_effective"] = float("nan")
     for split in SPLITS:
         m, r = cfg.pooled(split)
-        lo_s, hi_s = _interval(r, level)
+        lo_s, hi_s = _interval(r, level, m, k, COSINE)
         row.update(
             {
                 f"mean_{split}": m,
@@ -406,20 +453,21 @@ def _row(group: pd.DataFrame, metric: str, res: Resampler, level: float) -> tupl
         )
     (mc, rc), (mi, ri) = cfg.pooled("correct"), cfg.pooled("incorrect")
     row["diff_correct_incorrect"] = mc - mi
-    row["diff_ci_low"], row["diff_ci_high"] = _interval(rc - ri, level)
+    row["diff_ci_low"], row["diff_ci_high"] = _interval(rc - ri, level, mc - mi, k, DIFFERENCE)
     rcos, rkeys = _rollout_level(group, "d_sq" if metric == "cos_full" else "d_sq_support", keys=True)
     if rcos.size:
         first_rows = group.drop_duplicates("_rollout").set_index("_rollout").loc[rkeys]
         cols = res.columns(first_rows.reset_index())
         p_sum, r_sum = res.sums(cols, np.stack([rcos, np.ones_like(rcos)], -1))
         row["rollout_cos"] = float(_ratio(p_sum[0], p_sum[1]))
-        row["rollout_cos_ci_low"], row["rollout_cos_ci_high"] = _interval(_ratio(r_sum[:, 0], r_sum[:, 1]), level)
+        row["rollout_cos_ci_low"], row["rollout_cos_ci_high"] = _interval(
+            _ratio(r_sum[:, 0], r_sum[:, 1]), level, row["rollout_cos"], k, COSINE)
     else:
         row["rollout_cos"] = row["rollout_cos_ci_low"] = row["rollout_cos_ci_high"] = float("nan")
     row["n_rollouts"] = int(rcos.size)
     ta, ta_reps = cfg.per_token(num=8, den=9)
     row["teacher_advantage"] = ta
-    row["ta_ci_low"], row["ta_ci_high"] = _interval(ta_reps, level)
+    row["ta_ci_low"], row["ta_ci_high"] = _interval(ta_reps, level, ta, k)
     ok = group[use]
     v = ok[metric].to_numpy(float)
     names = [name for name in PROXIES + ("teacher_advantage",) if name in ok]
@@ -455,7 +503,7 @@ def _best(table: pd.DataFrame, configs: dict, split: str | None, res: Resampler,
         key = "all" if split is None else split
         m1, r1 = configs[top["config"]].pooled(key)
         m2, r2 = configs[second["config"]].pooled(key)
-        lo, hi = _interval(r1 - r2, level)
+        lo, hi = _interval(r1 - r2, level, m1 - m2, res.factor(level), DIFFERENCE)
         enough = res.n_questions >= MIN_CLEAR_QUESTIONS
         out.update(
             {
@@ -597,7 +645,7 @@ def _headroom(df: pd.DataFrame, metric: str, best: str, res: Resampler, level, c
         ok = np.isfinite(lower) & np.isfinite(upper)
         lo = float(np.quantile(lower[ok], alpha)) if ok.mean() >= 0.95 else np.nan
         hi = float(np.quantile(upper[ok], 1 - alpha)) if ok.mean() >= 0.95 else np.nan
-        olo, ohi = _interval(reps[:, 0], level)
+        olo, ohi = _interval(reps[:, 0], level, float(point[0]), res.factor(level), COSINE)
         out.update(
             {
                 "oracle_ci_low": _num(olo),
