@@ -25,6 +25,9 @@ ls_app = typer.Typer(help="List what is registered (tasks, objectives, contexts,
 models_app = typer.Typer(help="The embedded default model and model names.", no_args_is_help=True)
 app.add_typer(ls_app, name="ls")
 app.add_typer(models_app, name="models")
+teachers_app = typer.Typer(help="Teachers with real signal, built from the student (rejection-sampling fine-tuning).",
+                           no_args_is_help=True)
+app.add_typer(teachers_app, name="teachers")
 
 
 def user_errors(command):
@@ -373,3 +376,101 @@ def main():
 
 if __name__ == "__main__":
     main()
+
+
+# ---- diagnose teachers ---------------------------------------------------------------------------------
+
+
+def _int_list(text: str) -> list[int]:
+    try:
+        return [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise DiagnoseError(f"--steps takes comma-separated step counts such as 4,12,32, got {text!r}") from None
+
+
+def _build_default(name: str):
+    from .teachers.build import BuildConfig
+
+    value = getattr(BuildConfig(), name)
+    return ",".join(map(str, value)) if isinstance(value, list) else value
+
+
+@teachers_app.command("build")
+@user_errors
+def teachers_build(
+    for_run: Optional[Path] = typer.Option(
+        None, "--for-run", help="A run's TOML config: take its task, student, temperature and length limit, and "
+        "keep the teachers' training questions away from its questions and from the held-out questions "
+        "`diagnose validate` (default settings) measures on."),
+    task: Optional[str] = typer.Option(None, help=f"Task spec (default: the run's, else {_build_default('task')})."),
+    student: Optional[str] = typer.Option(
+        None, help=f"Model to fine-tune (default: the run's, else {_build_default('student')})."),
+    temperature: Optional[float] = typer.Option(
+        None, help=f"Sampling temperature (default: the run's, else {_build_default('temperature')})."),
+    max_new_tokens: Optional[int] = typer.Option(
+        None, help=f"Response length limit (default: the run's, else {_build_default('max_new_tokens')})."),
+    steps: Optional[str] = typer.Option(
+        None, help="The ladder: save a teacher after each of these SFT step counts "
+        f"(default {_build_default('steps')})."),
+    incorrect_steps: Optional[int] = typer.Option(
+        None, help="Steps of the teacher fine-tuned on verified-incorrect responses, 0: none "
+        f"(default {_build_default('incorrect_steps')})."),
+    questions: Optional[int] = typer.Option(
+        None, help=f"Training questions sampled from the student (default {_build_default('questions')})."),
+    rollouts: Optional[int] = typer.Option(
+        None, help=f"Samples per training question (default {_build_default('rollouts')})."),
+    batch: Optional[int] = typer.Option(
+        None, help=f"Responses per optimizer step (default {_build_default('batch')})."),
+    lr: Optional[float] = typer.Option(None, help=f"AdamW learning rate (default {_build_default('lr')})."),
+    train_layers: Optional[int] = typer.Option(
+        None, help="Fine-tune the last N decoder blocks and the final norm; 0: every parameter "
+        f"(default {_build_default('train_layers')})."),
+    eval_questions: Optional[int] = typer.Option(
+        None, help=f"Held-out questions for each teacher's pass@1 (default {_build_default('eval_questions')})."),
+    eval_samples: Optional[int] = typer.Option(
+        None, help=f"Samples per held-out question (default {_build_default('eval_samples')})."),
+    seed: Optional[int] = typer.Option(None, help="Seed of the questions, samples and batch order (default 0)."),
+    out: Optional[Path] = typer.Option(None, help="Folder for the teachers (default: "
+                                       "$DIAGNOSE_HOME/teachers/<task>-<settings digest>)."),
+    json_out: bool = typer.Option(False, "--json", help="Print the ladder as JSON."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
+    verbose: bool = typer.Option(False, "--verbose", help="Let transformers print its own log lines."),
+):
+    """Build a ladder of teachers from the student: sample it on training questions, fine-tune on its
+    verified-correct responses for an increasing number of steps (stronger teachers), and once on its
+    verified-incorrect responses (a weaker one). Each is a checkpoint usable as --teacher model=<path>, with its
+    pass@1 and build cost in teacher.json; a second build with the same settings reuses them."""
+    from . import logs
+
+    logs.configure(verbose)
+    from .pipeline.progress import Progress
+    from .teachers.build import BuildConfig, TeacherBuilder
+
+    base, exclude = {}, []
+    if for_run is not None:
+        from .pipeline.config import RunConfig
+        from .validate.runner import evaluation_prompts
+
+        run_cfg = RunConfig.from_sources(for_run, {})
+        base = dict(task=run_cfg.task, student=run_cfg.student, temperature=run_cfg.temperature,
+                    max_new_tokens=run_cfg.max_new_tokens)
+        exclude = evaluation_prompts(run_cfg)
+    given = dict(task=task, student=student, temperature=temperature, max_new_tokens=max_new_tokens,
+                 steps=None if steps is None else _int_list(steps), incorrect_steps=incorrect_steps,
+                 questions=questions, rollouts=rollouts, batch=batch, lr=lr, train_layers=train_layers,
+                 eval_questions=eval_questions, eval_samples=eval_samples, seed=seed)
+    cfg = BuildConfig(**{**base, **{k: v for k, v in given.items() if v is not None}})
+    progress = Progress(enabled=not quiet)
+    builder = TeacherBuilder(cfg, exclude=exclude, out=out, log=lambda msg: typer.echo(msg, err=True))
+    if builder.cached() is None:
+        with progress.bar("teachers (fine-tuning steps)", total=builder.total_steps()) as bar:
+            builder.bar = bar
+            built = builder.build()
+    else:
+        built = builder.build()
+    if json_out:
+        typer.echo(json.dumps([{**vars(t), "spec": t.spec} for t in built]))
+        return
+    for t in built:
+        typer.echo(f"{t.name:14s} pass@1 {t.pass_at_1:.3f} [{t.pass_ci[0]:.3f}, {t.pass_ci[1]:.3f}]  "
+                   f"(student {t.student_pass_at_1:.3f})  --teacher {t.spec}")

@@ -124,6 +124,17 @@ def test_grpo_arm_takes_the_alignment_the_run_measured(tmp_path, run_dir):
     assert meta["grpo"]["alignment"] == pytest.approx(measured)
     assert meta["grpo"]["gain"] == pytest.approx(arms[arms["arm"] == "grpo"]["gain"].iloc[0])
     assert "beside it, grpo" in result.describe()
+    # the ranking test's summary (benchmarks/validate.py prints it): consistent with the table and metadata
+    rs = result.ranking_summary()
+    assert rs["distill_configs"] == 2 and rs["arms"] == 4 and np.isnan(rs["ideal_gain"])
+    dist = arms[arms["kind"] == "config"].sort_values("arm")
+    (l1, h1), (l2, h2) = dist[["alignment_ci_low", "alignment_ci_high"]].to_numpy()
+    assert rs["separated_pairs"] == int(h1 < l2 or h2 < l1)
+    assert rs["control_gain"] == pytest.approx(arms[arms["arm"] == "control"]["gain"].iloc[0])
+    assert rs["grpo_gain"] == pytest.approx(meta["grpo"]["gain"])
+    assert np.isnan(rs["spearman_distill"]) and np.isnan(rs["perm_p"]) and len(rs["spearman_distill_ci"]) == 2
+    assert set(rs) >= {"distill_configs", "separated_pairs", "spearman_distill", "spearman_distill_ci", "perm_p",
+                       "ideal_gain", "control_gain", "arms"}
     from diagnose.report.validation import fig_validation
 
     fig = fig_validation(arms)

@@ -163,3 +163,13 @@ def test_population_interval_covers_the_population_gain():
         lo, hi = interval(r[:, 1] - r[:, 0], level)
         hits += lo <= truth <= hi
     assert 0.8 <= hits / trials <= 0.97, hits / trials
+
+
+def test_separated_pairs_counts_non_overlapping_intervals():
+    from diagnose.validate.stats import separated_pairs
+
+    # [0, 1] and [2, 3] separate; [0.5, 2.5] overlaps both; a touching pair does not separate
+    assert separated_pairs([0, 2, 0.5], [1, 3, 2.5]) == 1
+    assert separated_pairs([0, 1], [1, 2]) == 0
+    assert separated_pairs([0, 2, 4], [1, 3, 5]) == 3
+    assert separated_pairs([], []) == 0

@@ -35,7 +35,7 @@ from ..teachers import parse_teacher
 from .arms import Arm, GRPODirections, IdealDirections, ObjectiveDirections, StepBatch
 from .config import ValidateConfig
 from .policy import TrainablePolicy
-from .stats import ESTIMANDS, Replicates, interval, ranking, verdict
+from .stats import ESTIMANDS, Replicates, interval, ranking, separated_pairs, verdict
 
 SETTINGS_FILE = "validation.json"
 TABLES = ("validation_samples", "validation", "validation_arms")
@@ -57,18 +57,7 @@ class Validation:
         self.rollouts = self.cfg.rollouts or self.run_cfg.rollouts
         self.task = tasks.get(self.run_cfg.task)
         self.arms = self._arms()
-        need = self.cfg.eval_questions + self.cfg.batch
-        pool = self.task.questions(self.cfg.eval_questions + self.cfg.batch * self.cfg.steps,
-                                   seed=derive_seed(self.run_cfg.seed, "validate", self.cfg.seed))
-        unique = {q.prompt: q for q in pool}
-        if len(unique) < need:
-            raise DiagnoseError(
-                f"task {self.run_cfg.task!r} has {len(unique)} distinct questions; validate needs at least "
-                f"--eval-questions + --batch = {need}"
-            )
-        pool = list(unique.values())
-        self.eval_questions = pool[: self.cfg.eval_questions]
-        self.train_questions = pool[self.cfg.eval_questions :]
+        self.eval_questions, self.train_questions = question_split(self.task, self.run_cfg, self.cfg)
         self.progress = Progress(enabled=self.cfg.progress)
         self.engine = None
 
@@ -416,6 +405,24 @@ class ValidationResult:
         row = t[(t["arm"] == kind_or_label) | (t["kind"] == kind_or_label)]
         return float(row["gain"].iloc[0]) if len(row) else float("nan")
 
+    def ranking_summary(self) -> dict:
+        """The ranking test in one dict (benchmarks/validate.py prints it): how many distillation configurations
+        entered rho, how many pairs of them the run's alignment intervals separate, rho among them with its
+        interval and permutation p-value, and the ideal and control arms' gains (NaN when absent)."""
+        c, t = self.conclusions, self.table
+        dist = t[(t["kind"] == "config") & np.isfinite(t["alignment"].to_numpy(float))]
+        return {
+            "distill_configs": int(len(dist)),
+            "separated_pairs": separated_pairs(dist["alignment_ci_low"], dist["alignment_ci_high"]),
+            "spearman_distill": float(c["spearman"]),
+            "spearman_distill_ci": [float(x) for x in c["spearman_ci"]],
+            "perm_p": float(c["spearman_p"]),
+            "ideal_gain": self.gain("ideal"),
+            "control_gain": self.gain("control"),
+            "grpo_gain": self.gain("grpo"),
+            "arms": int(len(t)),
+        }
+
     def describe(self) -> str:
         from ..report.validation import grpo_sentence, ranking_sentence
 
@@ -444,6 +451,31 @@ class ValidationResult:
 
     def __repr__(self) -> str:
         return self.describe()
+
+
+def question_split(task, run_cfg: RunConfig, cfg: ValidateConfig) -> tuple[list, list]:
+    """(held-out questions, training questions) of a validation: distinct prompts of one seeded draw, the first
+    `eval_questions` held out. Also what `diagnose teachers build --for-run` keeps its teachers away from."""
+    need = cfg.eval_questions + cfg.batch
+    pool = task.questions(cfg.eval_questions + cfg.batch * cfg.steps,
+                          seed=derive_seed(run_cfg.seed, "validate", cfg.seed))
+    unique = {q.prompt: q for q in pool}
+    if len(unique) < need:
+        raise DiagnoseError(
+            f"task {run_cfg.task!r} has {len(unique)} distinct questions; validate needs at least "
+            f"--eval-questions + --batch = {need}"
+        )
+    pool = list(unique.values())
+    return pool[: cfg.eval_questions], pool[cfg.eval_questions :]
+
+
+def evaluation_prompts(run_cfg: RunConfig, cfg: ValidateConfig | None = None) -> list[str]:
+    """Every prompt a run evaluates on: its own questions and the held-out questions `diagnose validate` (with
+    these settings) measures pass@1 on. Teachers built for the run are trained away from all of them."""
+    task = tasks.get(run_cfg.task)
+    held_out, _ = question_split(task, run_cfg, cfg or ValidateConfig())
+    return sorted({q.prompt for q in task.questions(run_cfg.questions, seed=run_cfg.seed)} |
+                  {q.prompt for q in held_out})
 
 
 def _read_run(run_dir: Path) -> RunConfig:

@@ -241,3 +241,11 @@ def ranking(arms: pd.DataFrame, gains_reps: np.ndarray, alignment_reps: np.ndarr
             "verdict": str(r["verdict"]),
         }
     return out
+
+
+def separated_pairs(low, high) -> int:
+    """Pairs of configurations whose alignment intervals do not overlap (the evidence a ranking test needs:
+    configurations the diagnosis tells apart)."""
+    lo, hi = np.asarray(low, dtype=float), np.asarray(high, dtype=float)
+    n = len(lo)
+    return int(sum(hi[i] < lo[j] or hi[j] < lo[i] for i in range(n) for j in range(i + 1, n)))
