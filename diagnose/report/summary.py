@@ -260,9 +260,14 @@ def _interval(reps: np.ndarray, level: float, point: float | None = None, factor
     from scipy import stats as sstats
 
     n = len(reps)
-    # strictly below: where the estimate sits on a bound (a saturated cosine of 1) with many replicates tied
-    # there, counting ties as half would move the interval toward the bound; strictly, it reaches away from it
-    below = np.sum(reps < point) / n
+    # replicates tied with the estimate count half, except where the estimate sits on a bound (a saturated
+    # cosine of 1) with many replicates tied there: counted toward the bound's side, so the interval reaches
+    # away from it (as half they pulled it toward the bound, and it missed); mirror-symmetric either way
+    ties = np.sum(reps == point)
+    share = 0.5
+    if bounds is not None:
+        share = 0.0 if point >= bounds[1] else 1.0 if point <= bounds[0] else 0.5
+    below = (np.sum(reps < point) + share * ties) / n
     z0 = sstats.norm.ppf(np.clip(below, 0.5 / n, 1 - 0.5 / n))
     z = sstats.norm.ppf(1 - alpha)
     lo, hi = np.quantile(reps, sstats.norm.cdf([2 * z0 - z, 2 * z0 + z]))
