@@ -15,7 +15,7 @@ tokens: the calibrated demo setting, pass rate about 0.4), each resumable (rerun
 Baseline named in the output: the control arm (a teacher whose vocabulary is shuffled) and the starting weights.
 The finding is whatever rho comes out; the teachers, steps and seeds are fixed above, not tuned toward it.
 
-Run: python benchmarks/validate.py [--out DIR] [--seeds 2] [--steps 6] [--questions 16]
+Run: python benchmarks/validate.py [--out DIR] [--seeds 2] [--steps 6] [--questions 16] [--budget 100]
 The last line printed is JSON: {"distill_configs", "separated_pairs", "spearman_distill",
 "spearman_distill_ci", "perm_p", "ideal_gain", "control_gain", "arms", ...}; docs/validate.md holds a
 measured run.
@@ -36,6 +36,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--out", default=os.path.join(tempfile.gettempdir(), "diagnose-bench-validate"))
     ap.add_argument("--questions", type=int, default=16, help="questions of the diagnosis")
+    ap.add_argument("--budget", type=int, default=100, help="continuations per question of the diagnosis")
+    ap.add_argument("--continuations", type=int, default=2, help="continuations per candidate token")
     ap.add_argument("--steps", type=int, default=6)
     ap.add_argument("--lr", type=float, default=3e-5)
     ap.add_argument("--batch", type=int, default=8)
@@ -53,7 +55,7 @@ def main() -> None:
 
     t0 = time.perf_counter()
     run = dict(task="arithmetic", temperature=0.7, max_new_tokens=32, questions=args.questions, rollouts=4,
-               budget=100, continuations=2, top_k=2, out=args.out)
+               budget=args.budget, continuations=args.continuations, top_k=2, out=args.out)
     cfg = ValidateConfig(steps=args.steps, lr=args.lr, batch=args.batch, eval_questions=args.eval_questions,
                          eval_samples=args.eval_samples, seeds=args.seeds, restart=args.restart)
     cfg.validate()
