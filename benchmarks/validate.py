@@ -44,6 +44,8 @@ def main() -> None:
     ap.add_argument("--eval-questions", type=int, default=64)
     ap.add_argument("--eval-samples", type=int, default=4)
     ap.add_argument("--seeds", type=int, default=2)
+    ap.add_argument("--build-questions", type=int, default=80,
+                    help="training questions of the teacher build (one-digit arithmetic has about 200 in all)")
     ap.add_argument("--teachers", default="", help="folder of built teachers (default: built and cached)")
     ap.add_argument("--restart", action="store_true", help="discard an earlier validation in --out")
     args = ap.parse_args()
@@ -61,7 +63,8 @@ def main() -> None:
     cfg.validate()
     # 1. teachers, away from every question the diagnosis and the validation evaluate on
     draft = RunConfig.from_sources(None, run)
-    builder = TeacherBuilder(BuildConfig(task="arithmetic", temperature=0.7, max_new_tokens=32),
+    builder = TeacherBuilder(BuildConfig(task="arithmetic", temperature=0.7, max_new_tokens=32,
+                                                     questions=args.build_questions),
                              exclude=evaluation_prompts(draft, cfg), out=args.teachers or None, log=print)
     ladder = {t.name: t for t in builder.build()}
     built_s = time.perf_counter() - t0
