@@ -220,6 +220,14 @@ def test_summary_matches_independent_pandas(tables):
         for flag, split in ((True, "correct"), (False, "incorrect")):
             m = _pooled_by_config(a, nodes, metric, lambda y, f=flag: y["correct"] == f)
             np.testing.assert_allclose(sm.loc[m.index, f"mean_{split}"], m, rtol=1e-5)
+            # the paper-style split: token-weighted raw per-node cosines of that split's nodes
+            ws = w[w["correct"] == flag]
+            raw = (ws["w"] * ws[metric]).groupby(ws["config"]).sum() / ws["w"].groupby(ws["config"]).sum()
+            np.testing.assert_allclose(sm.loc[raw.index, f"mean_per_token_{split}"], raw, rtol=1e-5)
+            assert (sm[f"mean_per_token_ci_low_{split}"] <= sm[f"mean_per_token_{split}"] + 1e-7).all()
+            assert (sm[f"mean_per_token_{split}"] <= sm[f"mean_per_token_ci_high_{split}"] + 1e-7).all()
+        raw_diff = sm["mean_per_token_correct"] - sm["mean_per_token_incorrect"]
+        np.testing.assert_allclose(sm["diff_per_token"], raw_diff, rtol=1e-5, atol=1e-7)
         diff = sm["mean_correct"] - sm["mean_incorrect"]
         np.testing.assert_allclose(sm["diff_correct_incorrect"], diff, rtol=1e-5, atol=1e-7)
         for band in T.BANDS:
@@ -395,6 +403,8 @@ def test_report_is_self_contained(report_html):
         "heatmap-positions",
         "fig-ranking",
         "fig-correctness",
+        "fig-correctness-raw",
+        "Paper-style: mean raw per-node cosine",
         "fig-bands",
         "fig-passrate",
         "fig-proxy-scatter",
@@ -466,6 +476,7 @@ def test_report_renders_in_headless_chromium(report_html):
             for fig in (
                 "fig-ranking",
                 "fig-correctness",
+                "fig-correctness-raw",
                 "fig-bands",
                 "fig-passrate",
                 "fig-proxy-scatter",

@@ -181,18 +181,21 @@ def fig_ranking(s: pd.DataFrame, other: pd.DataFrame | None, metric: str) -> go.
     return fig
 
 
-def fig_splits(s: pd.DataFrame, splits, title: str, names=None) -> go.Figure:
+def fig_splits(s: pd.DataFrame, splits, title: str, names=None, figure: str = "mean") -> go.Figure:
+    """One marker per configuration and split: `figure` "mean" (noise-consistent alignment, columns mean_<split>,
+    ci_low_<split>) or "mean_per_token" (the raw per-node cosine, mean_per_token_<split>, ...)."""
     fig = go.Figure()
+    lo, hi = ("ci_low", "ci_high") if figure == "mean" else (f"{figure}_ci_low", f"{figure}_ci_high")
     for split in splits:
         label = (names or {}).get(split, split)
         fig.add_trace(
             go.Scatter(
-                x=s[f"mean_{split}"],
+                x=s[f"{figure}_{split}"],
                 y=s["config"],
                 mode="markers",
                 name=label,
                 orientation="h",
-                error_x=_err(s, f"mean_{split}", f"ci_low_{split}", f"ci_high_{split}"),
+                error_x=_err(s, f"{figure}_{split}", f"{lo}_{split}", f"{hi}_{split}"),
                 marker=dict(size=9, color=SPLIT_COLOURS[split]),
                 customdata=s[f"n_{split}"],
                 hovertemplate="%{y}<br>" + label + ": %{x:.3f} (%{customdata} nodes)<extra></extra>",
@@ -954,12 +957,27 @@ def _section_correctness(s: pd.DataFrame) -> str:
         "Alignment on correct and on incorrect rollouts",
         {"correct": "correct rollouts", "incorrect": "incorrect rollouts"},
     )
+    raw = ""
+    if "mean_per_token_correct" in s:  # summaries written before the raw split was stored lack it
+        fig_raw = fig_splits(
+            s,
+            ("correct", "incorrect"),
+            "Paper-style: mean raw per-node cosine on correct and on incorrect rollouts",
+            {"correct": "correct rollouts (raw)", "incorrect": "incorrect rollouts (raw)"},
+            figure="mean_per_token",
+        )
+        raw = f"""<p class="caption">Below, the paper-style figure: the token-weighted mean of the raw per-node
+cosines. Noise pulls each raw cosine toward 0, more where |g*| is small, as on correct rollouts, so a gap here
+that the noise-consistent figure above does not show is an artefact of noise, not a difference in
+alignment.</p>
+{_div(fig_raw, "fig-correctness-raw")}"""
     return f"""<section id="correctness"><h2>Correct versus incorrect rollouts</h2>
 <p class="caption">Does the signal help on the rollouts that failed (where help is needed) as much as on
 those that
-succeeded? On correct rollouts Q̂ ≈ 1 at most tokens, so g* is small and noisy there; the alignment shown is
-noise-consistent, so that alone does not make the two groups differ.</p>
+succeeded? On correct rollouts Q̂ ≈ 1 at most tokens, so g* is small and noisy there; the alignment shown first
+is noise-consistent, so that alone does not make the two groups differ.</p>
 {_div(fig, "fig-correctness")}
+{raw}
 </section>"""
 
 

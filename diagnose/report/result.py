@@ -119,9 +119,10 @@ class RunResult:
             "mean_correct",
             "mean_incorrect",
             "diff_correct_incorrect",
+            "diff_per_token",  # the raw (paper-style) split beside the noise-consistent one
             "rollout_cos",
         ]
-        return s[cols].head(n).reset_index(drop=True)
+        return s[[c for c in cols if c in s]].head(n).reset_index(drop=True)
 
     def describe(self) -> str:
         """The bottom line as text: recommendation overall and per band, headroom, top configurations."""

@@ -169,6 +169,10 @@ ESTIMANDS = {
     "ci_low/ci_high": "95% bootstrap over questions (each with all its rollouts and nodes): bias-corrected "
     "percentile ends widened about the estimate by sqrt(G/(G-1)) t_{G-1}/z for G questions",
     "mean_per_token": "token-weighted mean of per-node cosine estimates (descriptive: noise shrinks it to 0)",
+    "mean_per_token_correct": "the paper-style figure: mean_per_token over the nodes of correct (incorrect) "
+    "rollouts; it estimates E[cos(g-hat, d)] at this run's continuations, which noise pulls toward 0 more where "
+    "|g*| is small (correct rollouts), so its split is not noise-consistent",
+    "diff_per_token": "mean_per_token_correct - mean_per_token_incorrect (raw; compare diff_correct_incorrect)",
     "diff_correct_incorrect": "mean over correct-rollout tokens minus mean over incorrect-rollout tokens",
     "teacher_advantage": "token-weighted mean of TA = sum_C (q - p)(Q - V) (unbiased per node)",
     "rollout_cos": "per-rollout figure, not token-weighted: unweighted mean over rollouts of each rollout's raw "
@@ -458,6 +462,15 @@ def _row(group: pd.DataFrame, metric: str, res: Resampler, level: float) -> tupl
                 f"n_{split}": int((use & split_masks[split]).sum()),
             }
         )
+    # the paper-style split (raw per-node cosines), beside the noise-consistent one, so a reader can see when a
+    # correct-vs-incorrect difference is an artefact of |g*| being smaller (noisier) on correct rollouts
+    (pc, pcr), (pi, pir) = cfg.per_token("correct"), cfg.per_token("incorrect")
+    for split, m, r in (("correct", pc, pcr), ("incorrect", pi, pir)):
+        row[f"mean_per_token_{split}"] = m
+        row[f"mean_per_token_ci_low_{split}"], row[f"mean_per_token_ci_high_{split}"] = _interval(
+            r, level, m, k, COSINE)
+    row["diff_per_token"] = pc - pi
+    row["diff_per_token_ci_low"], row["diff_per_token_ci_high"] = _interval(pcr - pir, level, pc - pi, k, DIFFERENCE)
     (mc, rc), (mi, ri) = cfg.pooled("correct"), cfg.pooled("incorrect")
     row["diff_correct_incorrect"] = mc - mi
     row["diff_ci_low"], row["diff_ci_high"] = _interval(rc - ri, level, mc - mi, k, DIFFERENCE)

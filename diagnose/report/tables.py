@@ -266,6 +266,32 @@ SCHEMAS: dict[str, pa.Schema] = {
             ),
             _f("mean_per_token_ci_low", _F, "Lower end of its 95% interval.", nullable=True),
             _f("mean_per_token_ci_high", _F, "Upper end of its 95% interval.", nullable=True),
+        ]
+        + [
+            field
+            for split in ("correct", "incorrect")
+            for field in (
+                _f(
+                    f"mean_per_token_{split}",
+                    _F,
+                    f"The paper-style figure: mean_per_token over the nodes of {split} rollouts (raw per-node "
+                    "cosines; noise shrinks it more where |g*| is small, so compare mean_" + split + ").",
+                    nullable=True,
+                ),
+                _f(f"mean_per_token_ci_low_{split}", _F, "Lower end of its 95% interval.", nullable=True),
+                _f(f"mean_per_token_ci_high_{split}", _F, "Upper end of its 95% interval.", nullable=True),
+            )
+        ]
+        + [
+            _f(
+                "diff_per_token",
+                _F,
+                "mean_per_token_correct - mean_per_token_incorrect: the raw split, not noise-consistent (compare "
+                "diff_correct_incorrect).",
+                nullable=True,
+            ),
+            _f("diff_per_token_ci_low", _F, "Lower end of the 95% interval of diff_per_token.", nullable=True),
+            _f("diff_per_token_ci_high", _F, "Upper end of its 95% interval.", nullable=True),
             _f("frac_positive", _F, "Token-weighted share of nodes with positive alignment.", nullable=True),
             _f(
                 "mean_bias_corrected",
