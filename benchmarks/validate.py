@@ -63,9 +63,8 @@ def main() -> None:
     cfg.validate()
     # 1. teachers, away from every question the diagnosis and the validation evaluate on
     draft = RunConfig.from_sources(None, run)
-    builder = TeacherBuilder(BuildConfig(task="arithmetic", temperature=0.7, max_new_tokens=32,
-                                                     questions=args.build_questions),
-                             exclude=evaluation_prompts(draft, cfg), out=args.teachers or None, log=print)
+    build = BuildConfig(task="arithmetic", temperature=0.7, max_new_tokens=32, questions=args.build_questions)
+    builder = TeacherBuilder(build, exclude=evaluation_prompts(draft, cfg), out=args.teachers or None, log=print)
     ladder = {t.name: t for t in builder.build()}
     built_s = time.perf_counter() - t0
     for t in ladder.values():

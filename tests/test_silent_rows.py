@@ -33,6 +33,8 @@ FIGURES = (
     ["mean", "ci_low", "ci_high", "diff_correct_incorrect", "diff_ci_low", "diff_ci_high"]
     + [f"{p}_{s}" for s in SPLITS for p in ("mean", "ci_low", "ci_high", "n")]
     + ["mean_per_token", "mean_per_token_ci_low", "mean_per_token_ci_high", "frac_positive"]
+    + [f"mean_per_token{p}_{s}" for s in ("correct", "incorrect") for p in ("", "_ci_low", "_ci_high")]
+    + ["diff_per_token", "diff_per_token_ci_low", "diff_per_token_ci_high"]
     + ["mean_bias_corrected", "n_nodes", "n_degenerate", "n_effective"]
 )
 # what the estimator writes where a direction has no signal: d is zeroed (dot, |d|^2 and every cosine 0)
