@@ -53,6 +53,32 @@ def exact_result(est: Estimator, n_boot: int = 10) -> EstimateResult:
     return truth.results()
 
 
+def resampled_result(est: Estimator, gen: torch.Generator, continuations: int | None = None,
+                     n_boot: int = 5) -> EstimateResult:
+    """The estimator's result with fresh continuation outcomes drawn from the exact Q at the same nodes.
+
+    Each candidate gets as many Bernoulli(Q) outcomes as it had (or `continuations` each); a free rollout
+    verdict stays, since it is fixed once the rollout is. Averaging a figure over many such draws gives its
+    expectation over continuation noise given the rollouts and nodes: the estimand of a descriptive figure
+    such as the raw per-node cosine mean, which changes with the number of continuations."""
+    truth = copy.copy(est)
+    truth.cfg = copy.copy(est.cfg)
+    truth.cfg.n_boot = n_boot
+    truth.estimates = []
+    for e in est.estimates:
+        t = copy.copy(e)
+        q = exact_q(est, e)
+        rows = []
+        for k, o in enumerate(e.outcomes):
+            keep = o[:1] if (e.free and k == 0) else []
+            n = (continuations if continuations is not None else len(o)) - len(keep)
+            draws = torch.bernoulli(q[k].expand(max(n, 0)), generator=gen)
+            rows.append(keep + [int(x) for x in draws.tolist()])
+        t.outcomes = rows
+        truth.estimates.append(t)
+    return truth.results()
+
+
 def summary_inputs(result: EstimateResult) -> dict[str, pd.DataFrame]:
     """(alignment, rollouts, nodes) frames in the run tables' layout, as `summarize` reads them."""
     keys = {}
