@@ -61,7 +61,7 @@ def main() -> None:
 
     import ray
 
-    from diagnose.report.tables import read_table
+    from diagnose.tables import read_table
 
     with tempfile.TemporaryDirectory() as tmp:
         serial_dir, workers_dir = os.path.join(tmp, "serial"), os.path.join(tmp, "workers")

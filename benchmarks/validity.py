@@ -41,7 +41,9 @@ import torch
 
 from diagnose import engines, kernels, objectives
 from diagnose.estimate import engine_teacher
+from diagnose.estimate import summary as summary_mod
 from diagnose.estimate.stats import node_scores
+from diagnose.estimate.summary import summarize
 from diagnose.estimate.truth import (
     concat_inputs,
     exact_node_pool,
@@ -54,8 +56,6 @@ from diagnose.estimate.truth import (
     run_per_question,
 )
 from diagnose.pipeline.config import RunConfig
-from diagnose.report import summary as summary_mod
-from diagnose.report.summary import summarize
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 

@@ -16,8 +16,18 @@ def __getattr__(name):
         from .pipeline import run
 
         return run
-    if name == "load":
-        from .report import load
-
-        return load
     raise AttributeError(f"module 'diagnose' has no attribute {name!r}")
+
+
+def load(run_dir, metric: str = "cos_full"):
+    """Open a run directory as a RunResult; a run without a summary yet (unfinished) gets one computed from its
+    tables and not written: loading never modifies a run directory."""
+    from .report import load as open_result
+    from .tables import has_table
+
+    summary = None
+    if not has_table(run_dir, "summary") and has_table(run_dir, "alignment"):
+        from .estimate.summary import summarize_run
+
+        summary = summarize_run(run_dir)
+    return open_result(run_dir, metric=metric, summary=summary)

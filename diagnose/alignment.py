@@ -1,8 +1,8 @@
 """Alignment between the ideal gradient g* and a distillation direction d, teacher advantage, and proxies.
 
-Every score here is per node (rows of [N, V] tensors) except `rollout_cosine`, which concatenates the nodes
-of a rollout. A node whose g* is zero (all Q equal) has no defined cosine: it is flagged `degenerate` and
-its cosine is reported as 0.0, never NaN.
+Every score here is per node (rows of [N, V] tensors); the rollout-level cosine, which concatenates the nodes of a
+rollout, is diagnose.estimate.stats.rollout_cosine. A node whose g* is zero (all Q equal) has no defined cosine: it
+is flagged `degenerate` and its cosine is reported as 0.0, never NaN.
 """
 
 from __future__ import annotations
@@ -68,39 +68,3 @@ def proxies(student_logits, teacher_logits) -> dict[str, torch.Tensor]:
         "entropy_student": -(p * logp).sum(-1),
         "entropy_teacher": -(q * logq).sum(-1),
     }
-
-
-def rollout_cosine(dots, g_sq, d_sq, weights=None):
-    """Cosine between the concatenations of g* and w*d over one rollout's nodes, from per-node sums.
-
-    dots = <g*_n, d_n>, g_sq = |g*_n|^2, d_sq = |d_n|^2 (each [N]); weights w_n scale d_n. Returns
-    (cosine, degenerate flag) as 0-dim tensors. One rollout's view of diagnose.estimate.stats.rollout_cosine,
-    the one implementation.
-    """
-    # imported here, not at the top: diagnose.estimate.stats imports this module
-    from .estimate.stats import rollout_cosine as per_rollout
-
-    per = per_rollout(dots, g_sq, d_sq, weights=weights)
-    if per.empty:  # no nodes: nothing to align
-        return torch.tensor(0.0, dtype=torch.float64), torch.tensor(True)
-    return torch.tensor(per["cos"].iloc[0], dtype=torch.float64), torch.tensor(bool(per["degenerate"].iloc[0]))
-
-
-# Per-node weights. They scale d and leave the per-token cosine unchanged; they matter at rollout level.
-
-
-def pass_rate_weight(pass_rate, a: float = 1.0, b: float = 1.0):
-    """Beta kernel w = r^a (1 - r)^b of the question's pass rate r (favours questions of middling difficulty)."""
-    r = torch.as_tensor(pass_rate, dtype=torch.float64)
-    return r.pow(a) * (1 - r).pow(b)
-
-
-def position_ramp(positions, length, power: float = 1.0):
-    """w = ((t + 1) / T)^power: weight later tokens of a chain of thought more (power < 0: earlier)."""
-    t = torch.as_tensor(positions, dtype=torch.float64)
-    return ((t + 1) / float(length)).pow(power)
-
-
-def entropy_gate(teacher_entropy, threshold: float):
-    """w = 1 where the teacher is confident (entropy below the threshold), else 0."""
-    return (torch.as_tensor(teacher_entropy, dtype=torch.float64) < threshold).double()

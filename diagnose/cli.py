@@ -177,7 +177,9 @@ def report_cmd(
 ):
     """Write a run's summary table (if missing) and re-render its offline HTML report; print the bottom line."""
     from . import report
+    from .estimate.summary import write_summary
     from .pipeline.runner import completion
+    from .tables import has_table
 
     done = completion(run_dir)
     if done is not None and done[0] < done[1]:
@@ -185,8 +187,8 @@ def report_cmd(
             f"warning: {done[0]} of {done[1]} questions are complete (shards still running?); the report covers "
             "those", err=True
         )
-    if resummarize or not report.has_table(run_dir, "summary"):
-        report.write_summary(run_dir)
+    if resummarize or not has_table(run_dir, "summary"):
+        write_summary(run_dir)
     res = report.load(run_dir, metric=metric)
     path = res.report(out)
     typer.echo(res.describe())

@@ -86,7 +86,14 @@ TESTS = {
         "tests/test_validity.py",
         "tests/test_report.py",
     ),
-    "diagnose/report/summary.py": (
+    "diagnose/estimate/summary.py": (
+        "tests/test_headroom.py",
+        "tests/test_silent_rows.py",
+        "tests/test_statistics_units.py",
+        "tests/test_report.py",
+        "tests/test_validity.py",
+    ),
+    "diagnose/estimate/resample.py": (
         "tests/test_headroom.py",
         "tests/test_silent_rows.py",
         "tests/test_statistics_units.py",
@@ -101,7 +108,7 @@ TESTS = {
     "diagnose/estimate/signal.py": ("tests/test_signal.py", "tests/test_temperature.py"),
     "diagnose/estimate/generate.py": ("tests/test_cost.py", "tests/test_estimator_exact.py"),
     "diagnose/pipeline/runner.py": ("tests/test_cost.py",),
-    "diagnose/report/html.py": ("tests/test_cost.py",),
+    "diagnose/report/sections.py": ("tests/test_cost.py",),
     "diagnose/validate/": ("tests/test_validate_stats.py",),
     "kernels/": ("tests/test_kernels.py", "tests/test_validity.py", "tests/test_estimator_exact.py"),
 }
@@ -136,7 +143,8 @@ NODES = "diagnose/estimate/nodes.py"
 Q = "diagnose/estimate/q.py"
 GEN = "diagnose/estimate/generate.py"
 PIPE = "diagnose/estimate/pipeline.py"
-SUMMARY = "diagnose/report/summary.py"
+SUMMARY = "diagnose/estimate/summary.py"
+RESAMPLE = "diagnose/estimate/resample.py"
 
 MUTANTS = [
     # ---- objectives: d = -dL/dz
@@ -375,17 +383,17 @@ MUTANTS = [
         "seed=derive_seed(0, start)",
         "the sampling seed ignored for generated blocks",
     ),
-    # ---- report/summary: the per-configuration table and its intervals
+    # ---- estimate/summary: the per-configuration table and its intervals
     Mutant(
         "summary.resample_rollouts_ignoring_questions",
-        SUMMARY,
+        RESAMPLE,
         "k = rng.multinomial(len(qs), np.full(len(qs), 1 / len(qs)), size=self.n_boot)  # [B, Q]",
         "k = np.ones((self.n_boot, len(qs)), dtype=np.int64)  # [B, Q]",
         "intervals without resampling: every question kept once in every replicate",
     ),
     Mutant(
         "summary.two_stage_bootstrap",
-        SUMMARY,
+        RESAMPLE,
         "w = k[:, codes].astype(float)  # every rollout of a drawn question, as often as it was drawn",
         "w = rng.multinomial(len(keys), np.full(len(keys), 1 / len(keys)), size=self.n_boot).astype(float)",
         "rollouts resampled on their own, not whole questions",
@@ -441,13 +449,6 @@ MUTANTS = [
         "the fixed held-out set resampled as if drawn from a population",
     ),
     Mutant(
-        "summary.bootstrap_mean_ignores_clusters",
-        SUMMARY,
-        "    if clusters is not None:\n        codes, _ = pd.factorize",
-        "    if False:\n        codes, _ = pd.factorize",
-        "bootstrap_mean resamples values, not the clusters it was given",
-    ),
-    Mutant(
         "summary.pooled_B_without_noise",
         SUMMARY,
         'g_corr = group["g_sq"].to_numpy(float) - group["_noise"].to_numpy(float)  # noise-corrected |g*|^2',
@@ -477,21 +478,21 @@ MUTANTS = [
     ),
     Mutant(
         "summary.interval_alpha_not_halved",
-        SUMMARY,
+        RESAMPLE,
         "    reps = reps[ok]\n    alpha = (1 - level) / 2\n",
         "    reps = reps[ok]\n    alpha = 1 - level\n",
         "percentile interval at 90% instead of 95% (alpha not split between the tails)",
     ),
     Mutant(
         "summary.small_sample_factor_dropped",
-        SUMMARY,
+        RESAMPLE,
         "        return small_sample_factor(self.n_questions, level)",
         "        return 1.0",
         "intervals not widened for few questions (the bootstrap's plug-in variance and normal tails)",
     ),
     Mutant(
         "summary.interval_not_bias_corrected",
-        SUMMARY,
+        RESAMPLE,
         "sstats.norm.cdf([2 * z0 - z, 2 * z0 + z])",
         "sstats.norm.cdf([-z, z])",
         "plain percentile ends where the replicates sit off the estimate (no bias correction)",
@@ -550,7 +551,7 @@ MUTANTS = [
     ),
     Mutant(
         "report.question_sum_shown_as_wall_time",
-        "diagnose/report/html.py",
+        "diagnose/report/sections.py",
         '"question_seconds_sum": "question time, summed",',
         '"question_seconds_sum": "wall time",',
         "the report labels the per-question sum as wall time",

@@ -19,7 +19,7 @@ from typer.testing import CliRunner
 
 from diagnose import export, objectives
 from diagnose.cli import app
-from diagnose.report import read_summary
+from diagnose.tables import read_summary
 
 OBJECTIVES = ["rkl", "fkl", "jsd:beta=0.3", "rkl_topk:k=3,support=teacher", "fkl_topk:k=3", "rkl_sampled", "k3_loss"]
 TEMPLATE = "{answer}.{question}"  # the exact engine's tokenizer knows digits, '.' and '=' only

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 import torch.nn.functional as F
 
 from diagnose import alignment, objectives
+from diagnose.estimate.stats import rollout_cosine
 from diagnose.ideal import candidate_mask, ideal_gradient
 
 
@@ -114,18 +116,12 @@ def test_rollout_cosine_is_cosine_of_concatenation():
     star = ideal_gradient(z, cand, q)
     d = objectives.get("rkl").direction(z, zt)
     w = torch.rand(7, generator=torch.Generator().manual_seed(7))
-    cos, deg = alignment.rollout_cosine((star.g * d).sum(-1), (star.g**2).sum(-1), (d**2).sum(-1), w)
+    per = rollout_cosine((star.g * d).sum(-1), (star.g**2).sum(-1), (d**2).sum(-1), weights=w)
     concat = F.cosine_similarity(star.g.flatten(), (w[:, None] * d).flatten(), dim=0)
-    torch.testing.assert_close(cos.float(), concat, rtol=1e-5, atol=1e-6)
-    assert not deg
+    assert float(per["cos"].iloc[0]) == pytest.approx(float(concat), rel=1e-5, abs=1e-6)
+    assert not bool(per["degenerate"].iloc[0])
     # per-node weights leave each node's cosine unchanged
     per_node = alignment.cosines(star.g, w[:, None] * d, star.candidates).full
     torch.testing.assert_close(per_node, alignment.cosines(star.g, d, star.candidates).full)
 
 
-def test_weight_helpers():
-    w = alignment.pass_rate_weight(torch.tensor([0.0, 0.5, 1.0]), 1, 1)
-    assert w.tolist() == [0.0, 0.25, 0.0]
-    ramp = alignment.position_ramp(torch.arange(4), 4)
-    assert ramp.tolist() == [0.25, 0.5, 0.75, 1.0]
-    assert alignment.entropy_gate(torch.tensor([0.1, 3.0]), 1.0).tolist() == [1.0, 0.0]

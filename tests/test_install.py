@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 
 from diagnose.pipeline.rundir import tomllib
-from diagnose.report import read_table
+from diagnose.tables import read_table
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 TABLES = ("rollouts", "nodes", "candidates", "alignment", "summary")

@@ -19,7 +19,7 @@ import torch
 
 import diagnose
 from diagnose.pipeline import RunConfig, Runner
-from diagnose.report import read_metadata, read_table
+from diagnose.tables import read_metadata, read_table
 
 TINY = dict(
     questions=2,

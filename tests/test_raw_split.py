@@ -16,6 +16,7 @@ import torch
 
 from diagnose import engines
 from diagnose.estimate import engine_teacher
+from diagnose.estimate.summary import summarize
 from diagnose.estimate.truth import (
     concat_inputs,
     exact_questions,
@@ -24,7 +25,6 @@ from diagnose.estimate.truth import (
     run_per_question,
 )
 from diagnose.pipeline.config import RunConfig
-from diagnose.report.summary import summarize
 
 COLS = ["mean_per_token_correct", "mean_per_token_incorrect", "diff_per_token"]
 DRAWS = 12

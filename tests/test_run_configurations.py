@@ -11,7 +11,7 @@ import pytest
 import diagnose
 from diagnose.pipeline import RunConfig
 from diagnose.pipeline.teachers import context_inputs
-from diagnose.report import config_label, read_table
+from diagnose.tables import config_label, read_table
 from diagnose.teachers.summaries import summarize
 
 SMALL = dict(questions=1, rollouts=2, max_new_tokens=24, budget=18, seed=0)
@@ -85,7 +85,7 @@ def test_vllm_engine_through_diagnose_run(tmp_path, vllm_engine, monkeypatch):
         objectives=["rkl", "fkl"],
         **SMALL,
     )
-    meta = diagnose.report.read_metadata(tmp_path / "run", "alignment")
+    meta = diagnose.tables.read_metadata(tmp_path / "run", "alignment")
     assert meta["engine"] == "vllm"
     assert len(res.alignment) > 0 and len(read_table(tmp_path / "run", "rollouts")) == 2
 

@@ -22,7 +22,7 @@ from diagnose.cli import app
 from diagnose.errors import DiagnoseError
 from diagnose.pipeline import RunConfig, Runner
 from diagnose.pipeline.scale import TEST_HOOK_ENV
-from diagnose.report.tables import has_table, read_table
+from diagnose.tables import has_table, read_table
 
 ray = pytest.importorskip("ray")
 

@@ -11,7 +11,7 @@ import torch
 import diagnose
 from diagnose import kernels, objectives
 from diagnose.estimate.signal import SIGNAL_FLOOR, roundoff, signal_ratio, twins
-from diagnose.report import read_metadata, read_table
+from diagnose.tables import read_metadata, read_table
 
 OBJECTIVES = ["rkl", "fkl", "jsd:beta=0.5", "fkl_clipped"]
 TINY = dict(

@@ -9,10 +9,12 @@ import pytest
 import torch
 from fixtures_run import FLATTER, SHARPER, exact_run
 
+from diagnose import tables as T
 from diagnose.estimate import node_scores, rollout_cosine, select_nodes
 from diagnose.estimate.nodes import design_weights, token_coverage
-from diagnose.report import tables as T
-from diagnose.report.summary import Resampler, _interval, small_sample_factor, summarize
+from diagnose.estimate.resample import Resampler, small_sample_factor
+from diagnose.estimate.resample import bootstrap_interval as _interval
+from diagnose.estimate.summary import summarize
 
 
 # kills stats.degenerate_absolute_epsilon
@@ -156,7 +158,7 @@ def test_summary_intervals_are_the_corrected_rule_on_a_real_run(tmp_path):
     """On an exact-engine run, every configuration's `ci_low`/`ci_high` is the bias-corrected percentile
     interval of its question-cluster replicates (the very replicates alignment_replicates returns), widened
     about `mean` by small_sample_factor(questions)."""
-    from diagnose.report.summary import alignment_replicates
+    from diagnose.estimate.summary import alignment_replicates
 
     run = exact_run(tmp_path / "r", teachers=[SHARPER, FLATTER], objectives=["rkl", "fkl"], questions=5,
                     rollouts=4, budget=60)

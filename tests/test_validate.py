@@ -23,7 +23,7 @@ from diagnose.estimate import EstimateConfig, EstimateQuestion
 from diagnose.estimate.generate import Generator
 from diagnose.estimate.rollouts import sample_rollouts
 from diagnose.pipeline import RunConfig, Runner
-from diagnose.report.tables import read_metadata, read_table
+from diagnose.tables import read_metadata, read_table
 from diagnose.validate import ValidateConfig, Validation, validate
 from diagnose.validate.arms import IdealDirections, StepBatch
 

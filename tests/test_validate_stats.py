@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from diagnose.report.summary import spearman
+from diagnose.estimate.stats import spearman
 from diagnose.validate.stats import Replicates, interval, permutation_p, rank_correlation, ranking
 
 

@@ -14,6 +14,7 @@ from diagnose import engines, objectives
 from diagnose.estimate import engine_teacher, select_nodes
 from diagnose.estimate.nodes import design_weights, token_coverage
 from diagnose.estimate.stats import corrected_cosine, node_scores, pooled_alignment
+from diagnose.estimate.summary import summarize
 from diagnose.estimate.truth import (
     concat_inputs,
     exact_q,
@@ -25,7 +26,6 @@ from diagnose.estimate.truth import (
     run_per_question,
 )
 from diagnose.pipeline.config import RunConfig
-from diagnose.report.summary import summarize
 
 
 def exact(**kw):

@@ -370,11 +370,10 @@ def pooled_from_sums(a, b, u, unresolved: str = "nan"):
 def rollout_cosine(dot, g_sq, d_sq, rollouts=None, weights=None, noise=None) -> pd.DataFrame:
     """Rollout-level cosine: cos(concatenated g*, concatenated w d) over each rollout's nodes, raw and corrected.
 
-    The one implementation (the estimator's rollout scores, the summary's `rollout_cos` and
-    diagnose.alignment.rollout_cosine call it). Per-node inputs, each [N]: dot = <g*_n, d_n>, g_sq = |g*_n|^2,
-    d_sq = |d_n|^2, `noise` = the noise term of |g*_n|^2 (0 if None); weights w_n scale d_n (1 if None);
-    `rollouts` labels each node's rollout (all one rollout if None). Per rollout, with A = sum w dot,
-    B = sum g_sq, D = sum w^2 d_sq and N = sum noise (pandas sums):
+    The one implementation (the estimator's rollout scores and the summary's `rollout_cos` call it). Per-node
+    inputs, each [N]: dot = <g*_n, d_n>, g_sq = |g*_n|^2, d_sq = |d_n|^2, `noise` = the noise term of |g*_n|^2
+    (0 if None); weights w_n scale d_n (1 if None); `rollouts` labels each node's rollout (all one rollout if
+    None). Per rollout, with A = sum w dot, B = sum g_sq, D = sum w^2 d_sq and N = sum noise (pandas sums):
 
         cos           = A / sqrt(B D)          (diagnose.alignment.safe_cosine: 0 and degenerate where
                                                  sqrt(B D) <= 1e-20),
@@ -402,3 +401,30 @@ def rollout_cosine(dot, g_sq, d_sq, rollouts=None, weights=None, noise=None) -> 
         {"cos": cos.numpy(), "cos_corrected": corrected.numpy(), "degenerate": degenerate.numpy()},
         index=sums.index,
     )
+
+
+def spearman(x, y) -> float:
+    """Spearman rank correlation (average ranks for ties, then Pearson); NaN if n < 3 or constant."""
+    return float(rank_correlations(pd.DataFrame({"x": np.asarray(x, dtype=float)}), y)["x"])
+
+
+def rank_correlations(proxies: pd.DataFrame, y) -> pd.Series:
+    """Spearman rho of every column of `proxies` with `y` (pandas ranks, then Pearson; y is ranked once).
+
+    Rows with a missing value are dropped pairwise; NaN where fewer than 3 pairs remain or a side is constant.
+    """
+    y = pd.Series(np.asarray(y, dtype=float), index=proxies.index)
+    out = {}
+    ry_all = y.rank()
+    for name in proxies.columns:
+        x = pd.Series(np.asarray(proxies[name], dtype=float), index=proxies.index)
+        ok = x.notna() & y.notna()
+        if ok.sum() < 3:
+            out[name] = float("nan")
+            continue
+        rx = x[ok].rank().to_numpy()
+        ry = ry_all[ok].to_numpy() if ok.all() else y[ok].rank().to_numpy()
+        rx, ry = rx - rx.mean(), ry - ry.mean()
+        denom = np.sqrt((rx * rx).sum() * (ry * ry).sum())
+        out[name] = float((rx * ry).sum() / denom) if denom > 0 else float("nan")
+    return pd.Series(out, dtype=float)

@@ -3,7 +3,7 @@
 On an engine that knows Q exactly (the exact engine's `exact_values`), `exact_result(est)` recomputes every
 score of a finished Estimator at the same nodes, candidates, directions and weights with Q-hat := Q and no
 noise, so an estimate and its truth differ only by what the estimator is responsible for. `summary_inputs`
-lays an EstimateResult out as the run tables that `diagnose.report.summary.summarize` reads, so summary
+lays an EstimateResult out as the run tables that `diagnose.estimate.summary.summarize` reads, so summary
 figures (pooled alignment, splits, margins) can be compared with their exact values as well.
 """
 
@@ -16,7 +16,7 @@ import random
 import pandas as pd
 import torch
 
-from ..report.tables import difficulty_band
+from ..tables import difficulty_band
 from .nodes import Node
 from .pipeline import EstimateResult, Estimator
 from .q import NodeEstimate
@@ -273,8 +273,8 @@ def headroom_simulation(
     halves and noise come from the project's own functions, and the tables go through `summarize`. The exact
     headroom is the same pooled figure with the exact g*, the per-node best and the single best chosen on it.
     """
-    from ..report.summary import summarize
     from .stats import noise_term, sparse_ideal, split_halves
+    from .summary import summarize
 
     gen = torch.Generator().manual_seed(rng.randrange(2**31))
     names = [f"c{j:02d}|rkl" for j in range(configs)]

@@ -2,8 +2,8 @@
 
 `read_run(run_dir)` gathers what every exporter needs: the run's settings (config.toml), each configuration's
 alignment (the summary table) and the recommendation with its "clear" flag (the summary's metadata, as
-`diagnose.report.read_summary` returns it; a run without a summary yet gets one computed and not written, as
-`diagnose.report.load` does). `RunView.choose`
+`diagnose.tables.read_summary` returns it; a run without a summary yet gets one computed and not written, as
+`diagnose.load` does). `RunView.choose`
 picks the configuration to export: the one named, else the recommended one (or the highest, with a warning,
 when the evidence does not separate it from the runner-up). A `TrainingSpec` is that configuration with
 everything a trainer is told: student, teacher and its context, objective and its parameters, sampling
@@ -271,7 +271,8 @@ def read_config(run_dir: Path):
 def read_run(run_dir, metric: str = "cos_full") -> RunView:
     """The run directory `run_dir` as exporters see it (one `error:` line when it is not a run directory)."""
     from .. import report
-    from ..report.tables import METRICS
+    from ..estimate.summary import summarize_run
+    from ..tables import METRICS, has_table, read_summary
 
     if metric not in METRICS:
         raise DiagnoseError(f"--metric must be one of {', '.join(METRICS)}, got {metric!r}")
@@ -279,7 +280,7 @@ def read_run(run_dir, metric: str = "cos_full") -> RunView:
     report.RunResult(run_dir, metric=metric)  # refuses a folder that is not a run directory
     config = read_config(run_dir)
     # the stored summary, or (a run that has none yet) one computed without writing it, as RunResult does
-    summary = report.read_summary(run_dir) if report.has_table(run_dir, "summary") else report.summarize_run(run_dir)
+    summary = read_summary(run_dir) if has_table(run_dir, "summary") else summarize_run(run_dir)
     table = summary.table
     rows = table[table["metric"] == metric].copy()
     rows["_order"] = rows["rank"].fillna(float("inf"))

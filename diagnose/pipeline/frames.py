@@ -1,4 +1,4 @@
-"""Turn one question's estimate into rows of the run tables (schemas: diagnose.report.tables)."""
+"""Turn one question's estimate into rows of the run tables (schemas: diagnose.tables)."""
 
 from __future__ import annotations
 
@@ -6,8 +6,7 @@ import math
 
 import pandas as pd
 
-from ..report import config_label
-from ..report.tables import difficulty_band, schema
+from ..tables import config_label, difficulty_band, schema
 
 
 def _token_str(tokenizer, tok: int) -> str:

@@ -56,11 +56,6 @@ class Throughput:
     # question index -> stage -> its share of the seconds inside engine calls (see the module docstring)
     by_question: dict = field(default_factory=lambda: defaultdict(lambda: defaultdict(float)))
 
-    @property
-    def busy_s(self) -> float:
-        """Seconds inside engine calls."""
-        return sum(self.seconds.values())
-
     def generated_per_s(self) -> float:
         elapsed = time.perf_counter() - self.started
         return (self.tokens["sample"] + self.tokens["continue"]) / elapsed if elapsed > 0 else 0.0
@@ -236,10 +231,6 @@ class BatchedEngine:
 
     def __getattr__(self, name):
         return getattr(self._engine, name)
-
-    @property
-    def unwrapped(self):
-        return self._engine
 
     @property
     def batcher(self) -> Batcher:

@@ -61,10 +61,10 @@ class QuestionWorker:
     def __init__(
         self, cfg: dict, engine_options: dict | None = None, test_hook: str | None = None, verbose: bool = False
     ):
-        from .runner import Runner
+        from .job import QuestionJob
 
         logs.configure(verbose)  # as the driver was told (quiet unless --verbose); it shows progress
-        self.runner = Runner(RunConfig(**cfg), progress=False, worker=True)
+        self.runner = QuestionJob(RunConfig(**cfg), progress=False, worker=True)
         self.engine_options = engine_options or {}
         self.test_hook = test_hook
         self.batcher = Batcher()

@@ -1,40 +1,18 @@
-"""Outputs of a run: Parquet tables (schemas, atomic shards), the summary, the offline HTML report, RunResult.
+"""What a reader sees: the offline HTML report and RunResult (`.show()`, `.save()`), rendered from the run
+tables and the summary they are given (diagnose.tables); nothing here computes a statistic.
 
     >>> from diagnose import report
-    >>> report.write_table(run_dir, "alignment", df, shard="00003", metadata=report.standard_metadata(...))
-    >>> report.write_summary(run_dir); report.render_report(run_dir)
+    >>> report.render_report(run_dir)            # a run whose summary is written (diagnose run, diagnose report)
     >>> res = report.load(run_dir); res.summary; print(res.describe()); res.show()
 
-Only the table layer (pandas, pyarrow) is imported eagerly; the summary (torch) and the HTML report (plotly)
-load on first use, so writers and resume checks stay light.
+The HTML report (plotly) loads on first use, so importing this package stays light.
 """
 
 from importlib import import_module
 
-from .tables import (
-    SCHEMAS,
-    completed_shards,
-    config_label,
-    difficulty_band,
-    has_table,
-    read_metadata,
-    read_table,
-    schema,
-    standard_metadata,
-    validate,
-    write_table,
-)
+_LAZY = {"RunResult": "result", "load": "result", "render_report": "html"}
 
-_LAZY = {
-    "RunResult": "result", "load": "result", "Summary": "summary", "read_summary": "summary",
-    "summarize": "summary", "summarize_run": "summary", "write_summary": "summary", "render_report": "html",
-}
-
-__all__ = [
-    "SCHEMAS", "completed_shards", "config_label", "difficulty_band", "has_table", "read_metadata",
-    "read_table",
-    "schema", "standard_metadata", "validate", "write_table", *_LAZY,
-]
+__all__ = list(_LAZY)
 
 
 def __getattr__(name):

@@ -21,8 +21,8 @@ from typing import Any
 import pandas as pd
 
 from ..errors import DiagnoseError
-from .summary import Summary, read_summary, summarize_run
-from .tables import BANDS, has_table, read_metadata, read_table
+from ..tables import BANDS, Summary, has_table, read_metadata, read_summary, read_table
+from ..tables.summary import no_summary
 
 _TABLES = ("rollouts", "nodes", "candidates", "alignment")
 
@@ -34,9 +34,10 @@ def _f(x, d=3) -> str:
 class RunResult:
     """The outcome of one `diagnose` run, loaded lazily from its run directory."""
 
-    def __init__(self, run_dir, metric: str = "cos_full"):
+    def __init__(self, run_dir, metric: str = "cos_full", summary: Summary | None = None):
         self.run_dir = Path(run_dir)
         self.metric = metric
+        self._given = summary
         if not self.run_dir.is_dir():
             raise DiagnoseError(f"no run directory at {self.run_dir}")
         if not has_table(self.run_dir, "alignment"):
@@ -64,9 +65,11 @@ class RunResult:
 
     @cached_property
     def _summary(self) -> Summary:
+        if self._given is not None:
+            return self._given
         if has_table(self.run_dir, "summary"):
             return read_summary(self.run_dir)
-        return summarize_run(self.run_dir)  # not written: loading never modifies a run directory
+        raise DiagnoseError(no_summary(self.run_dir))
 
     @property
     def summary(self) -> pd.DataFrame:
@@ -229,7 +232,7 @@ class RunResult:
             if (self.run_dir / extra).is_file():
                 shutil.copy2(self.run_dir / extra, dest / extra)
         if not has_table(dest, "summary"):
-            from .tables import write_table
+            from ..tables import write_table
 
             meta = dict(read_metadata(self.run_dir, "alignment"))
             meta.pop("table", None)
@@ -242,6 +245,7 @@ class RunResult:
         return dest
 
 
-def load(run_dir, metric: str = "cos_full") -> RunResult:
-    """Open a run directory as a RunResult (tables are read on first access)."""
-    return RunResult(run_dir, metric=metric)
+def load(run_dir, metric: str = "cos_full", summary: Summary | None = None) -> RunResult:
+    """Open a run directory as a RunResult (tables are read on first access). The report renders a stored
+    summary or the one given; `diagnose.load` computes one (without writing it) for a run that has none."""
+    return RunResult(run_dir, metric=metric, summary=summary)

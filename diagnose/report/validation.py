@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 
-from .tables import has_table, read_metadata, read_table
+from ..tables import has_table, read_metadata, read_table
 
 REFERENCE_STYLE = {"ideal": "#1a9850", "grpo": "#4575b4", "control": "#d73027"}
 

@@ -52,7 +52,7 @@ class ValidateConfig:
 
     def validate(self) -> None:
         """Cheap checks that need no model."""
-        from ..report.tables import METRICS
+        from ..tables import METRICS
 
         for name in ("steps", "batch", "eval_questions", "eval_samples", "seeds", "micro_batch", "n_boot"):
             if int(getattr(self, name)) < 1:

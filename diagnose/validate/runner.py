@@ -30,7 +30,7 @@ from ..pipeline.config import RunConfig
 from ..pipeline.progress import Progress
 from ..pipeline.rundir import CONFIG_FILE, tomllib
 from ..pipeline.teachers import load_teacher_engines
-from ..report.tables import completed_shards, has_table, read_table, standard_metadata, write_table
+from ..tables import completed_shards, has_table, read_table, standard_metadata, write_table
 from ..teachers import parse_teacher
 from .arms import Arm, GRPODirections, IdealDirections, ObjectiveDirections, StepBatch
 from .config import ValidateConfig
@@ -63,7 +63,7 @@ class Validation:
 
     # ---- arms --------------------------------------------------------------------------------------
     def _arms(self) -> list[Arm]:
-        from ..report.summary import read_summary
+        from ..tables import read_summary
 
         table = read_summary(self.run_dir).table
         table = table[table["metric"] == self.cfg.metric].sort_values("config")
@@ -318,9 +318,9 @@ class Validation:
 
     def alignment_replicates(self) -> np.ndarray:
         """[n_boot, arms] bootstrap replicates of each arm's alignment (NaN for arms without one), from the run's
-        own tables: the question-cluster replicates of its summary (diagnose.report.summary.alignment_replicates,
+        own tables: the question-cluster replicates of its summary (diagnose.estimate.summary.alignment_replicates,
         this validation's n_boot, the run's seed). The rank correlation resamples them jointly with the gains."""
-        from ..report.summary import alignment_replicates
+        from ..estimate.summary import alignment_replicates
 
         self.alignment_stale = False  # the run's summary `mean` differs from the recomputed one
         out = np.full((self.cfg.n_boot, len(self.arms)), np.nan)

@@ -31,7 +31,8 @@ import math
 import numpy as np
 import pandas as pd
 
-from ..report.summary import spearman
+from ..estimate.resample import bootstrap_interval
+from ..estimate.stats import spearman
 
 ESTIMANDS = {
     "pass_before": "pass@1 over the fixed held-out question set (mean over those questions of P(one sample is "
@@ -113,12 +114,9 @@ class Replicates:
 
 
 def interval(reps: np.ndarray, level: float) -> tuple[float, float]:
-    reps = np.asarray(reps, dtype=float)
-    reps = reps[np.isfinite(reps)]
-    if reps.size == 0:
-        return float("nan"), float("nan")
-    a = (1 - level) / 2
-    return float(np.quantile(reps, a)), float(np.quantile(reps, 1 - a))
+    """The central percentile interval of the defined replicates (the summary's bootstrap_interval, which
+    drops undefined ones here instead of refusing)."""
+    return bootstrap_interval(reps, level, min_defined=0.0)
 
 
 def verdict(low: float, high: float) -> str:

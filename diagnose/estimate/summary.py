@@ -30,268 +30,21 @@ What each figure estimates (ESTIMANDS below, also stored in the summary's metada
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from statistics import NormalDist
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
 from ..errors import DiagnoseError
-from ..estimate.stats import effective_nodes, pooled_from_sums, rollout_cosine
-from .tables import BANDS, METRICS, PROXIES, has_table, read_metadata, read_table, write_table
+from ..tables import BANDS, METRICS, PROXIES, has_table, read_metadata, read_table, write_table
+from ..tables.summary import ESTIMANDS, Summary
+from .resample import COSINE, DIFFERENCE, Resampler, bootstrap_interval, pooled_columns, ratio
+from .stats import effective_nodes, rank_correlations, rollout_cosine
 
 NODE_KEY = ["question_id", "rollout_idx", "position"]
 ROLLOUT_KEY = ["question_id", "rollout_idx"]
 SPLITS = ("correct", "incorrect") + BANDS
-_MAX_CELLS = 20_000_000  # bootstrap index matrix cells per chunk (bounds memory)
-EXACT_LIMIT = 20_000  # above this many resampling units, a normal interval replaces resampling
-
-
-@dataclass
-class Summary:
-    """The summary table plus run-level conclusions (stored as the summary table's metadata)."""
-
-    table: pd.DataFrame
-    recommendation: dict[str, Any] = field(
-        default_factory=dict
-    )  # metric -> {"overall": {...}, "bands": {...}}
-    headroom: dict[str, Any] = field(default_factory=dict)  # metric -> {...}
-    proxy_pooled: dict[str, Any] = field(default_factory=dict)  # metric -> {proxy: rho}
-    settings: dict[str, Any] = field(default_factory=dict)
-
-    def to_metadata(self) -> dict[str, Any]:
-        return {
-            "recommendation": self.recommendation,
-            "headroom": self.headroom,
-            "proxy_pooled": self.proxy_pooled,
-            "settings": self.settings,
-        }
-
-    @classmethod
-    def from_metadata(cls, table: pd.DataFrame, meta: dict[str, Any]) -> Summary:
-        s = meta.get("summary", {})
-        return cls(
-            table=table,
-            recommendation=s.get("recommendation", {}),
-            headroom=s.get("headroom", {}),
-            proxy_pooled=s.get("proxy_pooled", {}),
-            settings=s.get("settings", {}),
-        )
-
-
-# ---------------------------------------------------------------- statistics
-
-
-def spearman(x, y) -> float:
-    """Spearman rank correlation (average ranks for ties, then Pearson); NaN if n < 3 or constant."""
-    return float(rank_correlations(pd.DataFrame({"x": np.asarray(x, dtype=float)}), y)["x"])
-
-
-def rank_correlations(proxies: pd.DataFrame, y) -> pd.Series:
-    """Spearman rho of every column of `proxies` with `y` (pandas ranks, then Pearson; y is ranked once).
-
-    Rows with a missing value are dropped pairwise; NaN where fewer than 3 pairs remain or a side is constant.
-    """
-    y = pd.Series(np.asarray(y, dtype=float), index=proxies.index)
-    out = {}
-    ry_all = y.rank()
-    for name in proxies.columns:
-        x = pd.Series(np.asarray(proxies[name], dtype=float), index=proxies.index)
-        ok = x.notna() & y.notna()
-        if ok.sum() < 3:
-            out[name] = float("nan")
-            continue
-        rx = x[ok].rank().to_numpy()
-        ry = ry_all[ok].to_numpy() if ok.all() else y[ok].rank().to_numpy()
-        rx, ry = rx - rx.mean(), ry - ry.mean()
-        denom = np.sqrt((rx * rx).sum() * (ry * ry).sum())
-        out[name] = float((rx * ry).sum() / denom) if denom > 0 else float("nan")
-    return pd.Series(out, dtype=float)
-
-
-def bootstrap_mean(
-    values,
-    rng: np.random.Generator,
-    n_boot: int = 1000,
-    level: float = 0.95,
-    clusters=None,
-    exact_limit: int = EXACT_LIMIT,
-):
-    """(mean, ci_low, ci_high) of `values` by percentile bootstrap; resamples whole clusters if given.
-
-    Above `exact_limit` resampling units the bootstrap distribution of a mean is normal to within
-    O(1/sqrt(n)), so the interval is mean +- z * sd / sqrt(n) (ratio estimator's delta method for clusters)
-    instead of resampling. Returns nan for no values, and a nan interval for fewer than 2 units.
-    """
-    v = np.asarray(values, dtype=float)
-    if v.size == 0:
-        return float("nan"), float("nan"), float("nan")
-    mean = float(v.mean())
-    if clusters is not None:
-        codes, _ = pd.factorize(np.asarray(clusters))
-        sums = np.bincount(codes, weights=v)
-        counts = np.bincount(codes).astype(float)
-    else:
-        sums, counts = v, None
-    m = sums.size
-    if m < 2 or n_boot <= 0:
-        return mean, float("nan"), float("nan")
-    alpha = (1 - level) / 2
-    if m > exact_limit:
-        if counts is None:
-            se = v.std(ddof=1) / np.sqrt(m)
-        else:  # ratio estimator sum/count over clusters
-            resid = sums - mean * counts
-            se = np.sqrt((resid**2).sum() * m / (m - 1)) / counts.sum()
-        z = NormalDist().inv_cdf(1 - alpha)
-        return mean, mean - z * float(se), mean + z * float(se)
-    stats = np.empty(n_boot)
-    chunk = max(1, _MAX_CELLS // m)
-    for start in range(0, n_boot, chunk):
-        b = min(chunk, n_boot - start)
-        idx = rng.integers(0, m, size=(b, m), dtype=np.int32 if m < 2**31 else np.int64)
-        if counts is None:
-            stats[start : start + b] = sums[idx].mean(1)
-        else:
-            stats[start : start + b] = sums[idx].sum(1) / counts[idx].sum(1)
-    lo, hi = np.quantile(stats, [alpha, 1 - alpha])
-    return mean, float(lo), float(hi)
-
-
-# ---------------------------------------------------------------- the summary
-
-ESTIMANDS = {
-    "mean": "alignment over the group's live tokens (d != 0, not no_signal): cos(concatenated g*, concatenated "
-    "unit d) over them, token-weighted, noise-corrected |g*|^2 (consistent at any number of continuations); "
-    "null when unresolved",
-    "rank": "order of `mean` (1 = best; mostly silent configurations last); null where `mean` is null",
-    "ci_low/ci_high": "95% bootstrap over questions (each with all its rollouts and nodes): bias-corrected "
-    "percentile ends widened about the estimate by sqrt(G/(G-1)) t_{G-1}/z for G questions",
-    "mean_per_token": "token-weighted mean of per-node cosine estimates (descriptive: noise shrinks it to 0)",
-    "mean_per_token_correct": "the paper-style figure: mean_per_token over the nodes of correct (incorrect) "
-    "rollouts; it estimates E[cos(g-hat, d)] at this run's continuations, which noise pulls toward 0 more where "
-    "|g*| is small (correct rollouts), so its split is not noise-consistent",
-    "diff_per_token": "mean_per_token_correct - mean_per_token_incorrect (raw; compare diff_correct_incorrect)",
-    "diff_correct_incorrect": "mean over correct-rollout tokens minus mean over incorrect-rollout tokens",
-    "teacher_advantage": "token-weighted mean of TA = sum_C (q - p)(Q - V) (unbiased per node)",
-    "rollout_cos": "per-rollout figure, not token-weighted: unweighted mean over rollouts of each rollout's raw "
-    "cosine of g* and w d concatenated over its nodes (attenuated by noise; descriptive, never ranked)",
-    "n_effective": "Kish effective count of nodes weighted by token weight x corrected |g*|^2",
-    "headroom": "what choosing the configuration per token adds over the best single one, over nodes where every "
-    "ranked configuration is live; cross-fitted over continuation halves (unbiased for 0 with no per-node winner), "
-    "interval from a lower to an upper bound of the exact headroom",
-    "margin": "paired difference of `mean` between the best configuration and the runner-up; clear when "
-    "its interval excludes 0",
-}
 MIN_CLEAR_QUESTIONS = 2  # fewer questions: no interval across questions, never 'clear'
-
-
-class Resampler:
-    """Replicate weights [B, R] of the question-cluster bootstrap: questions with replacement, each drawn copy of
-    a question bringing all of its rollouts (weight = how often the question was drawn).
-
-    Questions are the independent units; rollouts of one question are exchangeable draws given it, and the
-    between-question spread of a question's total already contains their spread. Resampling rollouts again
-    inside each drawn question (a two-stage bootstrap) counts that within-question variance twice: on the
-    exact engine it gave 1.4-1.9x this variance and 0.97-0.98 coverage where 0.95 is claimed
-    (benchmarks/validity.py `coverage`)."""
-
-    def __init__(self, rollouts: pd.DataFrame, n_boot: int, seed: int):
-        keys = list(zip(rollouts["question_id"].astype(str), rollouts["rollout_idx"].astype(int), strict=True))
-        self.index = {k: j for j, k in enumerate(keys)}
-        self.questions = rollouts["question_id"].astype(str).to_numpy()
-        qs, codes = np.unique(self.questions, return_inverse=True)
-        self.n_questions = len(qs)
-        self.n_boot = int(n_boot)
-        rng = np.random.default_rng(seed)
-        w = np.zeros((self.n_boot, len(keys)))
-        if self.n_boot > 0 and len(qs):
-            k = rng.multinomial(len(qs), np.full(len(qs), 1 / len(qs)), size=self.n_boot)  # [B, Q]
-            w = k[:, codes].astype(float)  # every rollout of a drawn question, as often as it was drawn
-        self.weights = w
-
-    def factor(self, level: float) -> float:
-        """The small-sample widening of every interval drawn from these replicates (small_sample_factor)."""
-        return small_sample_factor(self.n_questions, level)
-
-    def columns(self, frame: pd.DataFrame) -> np.ndarray:
-        """Rollout column of each row of `frame` (question_id, rollout_idx)."""
-        keys = zip(frame["question_id"].astype(str), frame["rollout_idx"].astype(int), strict=True)
-        return np.fromiter((self.index[k] for k in keys), dtype=np.int64, count=len(frame))
-
-    def sums(self, cols: np.ndarray, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(point sums [k], replicate sums [B, k]) of per-row values [n, k] grouped by rollout column."""
-        per = np.zeros((self.weights.shape[1], values.shape[1]))
-        np.add.at(per, cols, values)
-        return per.sum(0), self.weights @ per
-
-
-def small_sample_factor(n_clusters: int, level: float) -> float:
-    """How much a question-cluster bootstrap interval is widened about its estimate: sqrt(G/(G-1)) (the
-    bootstrap's variance is the plug-in one, (G-1)/G of the unbiased one) times t_{G-1} / z at the interval's
-    level (few clusters: the usual cluster-robust small-sample rule, G/(G-1) with t_{G-1} critical values).
-    At G = 16 and 95% it is 1.12; it tends to 1 as questions grow. Without it the interval covered the exact
-    population value 0.85-0.90 of the time on the exact engine at 16 questions (benchmarks/validity.py)."""
-    g = int(n_clusters)
-    if g < 2:
-        return 1.0
-    from scipy import stats as sstats
-
-    tail = 1 - (1 - level) / 2
-    return float(np.sqrt(g / (g - 1)) * sstats.t.ppf(tail, g - 1) / sstats.norm.ppf(tail))
-
-
-def _interval(reps: np.ndarray, level: float, point: float | None = None, factor: float = 1.0,
-              bounds: tuple[float, float] | None = None) -> tuple[float, float]:
-    """Interval from bootstrap replicates; null when more than 5% of them are undefined (thin evidence).
-
-    Without `point`: the central percentile interval. With it: the bias-corrected percentile interval (the
-    quantiles at Phi(2 z0 +- z), z0 = Phi^-1(share of replicates below the estimate), so a ratio estimator
-    whose replicates sit above it is not read as evidence above it), its ends then moved away from `point` by
-    `factor` (small_sample_factor) and kept inside `bounds`; it always holds the estimate. On the exact engine
-    at 16 questions this covered the population value 0.93-0.95 of the time for every configuration; the
-    plain percentile one 0.85-0.90."""
-    reps = np.asarray(reps, dtype=float)
-    ok = np.isfinite(reps)
-    if reps.size == 0 or ok.mean() < 0.95:
-        return float("nan"), float("nan")
-    reps = reps[ok]
-    alpha = (1 - level) / 2
-    if point is None or not np.isfinite(point):
-        lo, hi = np.quantile(reps, [alpha, 1 - alpha])
-        return float(lo), float(hi)
-    from scipy import stats as sstats
-
-    n = len(reps)
-    # replicates tied with the estimate count half, except where the estimate sits on a bound (a saturated
-    # cosine of 1) with many replicates tied there: counted toward the bound's side, so the interval reaches
-    # away from it (as half they pulled it toward the bound, and it missed); mirror-symmetric either way
-    ties = np.sum(reps == point)
-    share = 0.5
-    if bounds is not None:
-        share = 0.0 if point >= bounds[1] else 1.0 if point <= bounds[0] else 0.5
-    below = (np.sum(reps < point) + share * ties) / n
-    z0 = sstats.norm.ppf(np.clip(below, 0.5 / n, 1 - 0.5 / n))
-    z = sstats.norm.ppf(1 - alpha)
-    lo, hi = np.quantile(reps, sstats.norm.cdf([2 * z0 - z, 2 * z0 + z]))
-    lo, hi = point + factor * (min(lo, point) - point), point + factor * (max(hi, point) - point)
-    if bounds is not None:
-        lo, hi = max(lo, bounds[0]), min(hi, bounds[1])
-    return float(lo), float(hi)
-
-
-COSINE, DIFFERENCE = (-1.0, 1.0), (-2.0, 2.0)  # the ranges an interval is kept in
-
-
-def _pooled(sums, unresolved: str = "nan") -> np.ndarray:
-    """The pooled alignment (diagnose.estimate.stats.pooled_from_sums) from summed (A, B, U) columns."""
-    return pooled_from_sums(sums[..., 0], sums[..., 1], sums[..., 2], unresolved)
-
-
-def _ratio(num, den) -> np.ndarray:
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(den > 0, num / np.where(den > 0, den, 1.0), np.nan)
 
 
 def _prepare(alignment: pd.DataFrame, rollouts: pd.DataFrame, nodes: pd.DataFrame | None) -> pd.DataFrame:
@@ -407,10 +160,10 @@ class _Config:
 
     def pooled(self, split="all"):
         """(point estimate, replicates); an unresolved replicate (B <= 0) counts as the far end sign(A)."""
-        return float(_pooled(self.point[split][:3])), _pooled(self.reps[split][:, :3], "sign")
+        return float(pooled_columns(self.point[split][:3])), pooled_columns(self.reps[split][:, :3], "sign")
 
     def per_token(self, split="all", num=3, den=4):
-        return float(_ratio(self.point[split][num], self.point[split][den])), _ratio(
+        return float(ratio(self.point[split][num], self.point[split][den])), ratio(
             self.reps[split][:, num], self.reps[split][:, den]
         )
 
@@ -422,7 +175,7 @@ def _row(group: pd.DataFrame, metric: str, res: Resampler, level: float) -> tupl
     first = group.iloc[0]
     mean, reps = cfg.pooled()
     k = res.factor(level)
-    lo, hi = _interval(reps, level, mean, k, COSINE)
+    lo, hi = bootstrap_interval(reps, level, mean, k, COSINE)
     row: dict[str, Any] = dict(
         config=first["config"],
         teacher=first["teacher"],
@@ -438,9 +191,9 @@ def _row(group: pd.DataFrame, metric: str, res: Resampler, level: float) -> tupl
     )
     pt, pt_reps = cfg.per_token()
     row["mean_per_token"] = pt
-    row["mean_per_token_ci_low"], row["mean_per_token_ci_high"] = _interval(pt_reps, level, pt, k, COSINE)
-    row["frac_positive"] = float(_ratio(cfg.point["all"][7], cfg.point["all"][4]))
-    row["mean_bias_corrected"] = float(_ratio(cfg.point["all"][5], cfg.point["all"][6]))
+    row["mean_per_token_ci_low"], row["mean_per_token_ci_high"] = bootstrap_interval(pt_reps, level, pt, k, COSINE)
+    row["frac_positive"] = float(ratio(cfg.point["all"][7], cfg.point["all"][4]))
+    row["mean_bias_corrected"] = float(ratio(cfg.point["all"][5], cfg.point["all"][6]))
     if group["_g_known"].all():
         eff = effective_nodes(
             group["g_sq"].to_numpy(float),
@@ -453,7 +206,7 @@ def _row(group: pd.DataFrame, metric: str, res: Resampler, level: float) -> tupl
         row["n_effective"] = float("nan")
     for split in SPLITS:
         m, r = cfg.pooled(split)
-        lo_s, hi_s = _interval(r, level, m, k, COSINE)
+        lo_s, hi_s = bootstrap_interval(r, level, m, k, COSINE)
         row.update(
             {
                 f"mean_{split}": m,
@@ -467,27 +220,28 @@ def _row(group: pd.DataFrame, metric: str, res: Resampler, level: float) -> tupl
     (pc, pcr), (pi, pir) = cfg.per_token("correct"), cfg.per_token("incorrect")
     for split, m, r in (("correct", pc, pcr), ("incorrect", pi, pir)):
         row[f"mean_per_token_{split}"] = m
-        row[f"mean_per_token_ci_low_{split}"], row[f"mean_per_token_ci_high_{split}"] = _interval(
+        row[f"mean_per_token_ci_low_{split}"], row[f"mean_per_token_ci_high_{split}"] = bootstrap_interval(
             r, level, m, k, COSINE)
     row["diff_per_token"] = pc - pi
-    row["diff_per_token_ci_low"], row["diff_per_token_ci_high"] = _interval(pcr - pir, level, pc - pi, k, DIFFERENCE)
+    row["diff_per_token_ci_low"], row["diff_per_token_ci_high"] = bootstrap_interval(
+        pcr - pir, level, pc - pi, k, DIFFERENCE)
     (mc, rc), (mi, ri) = cfg.pooled("correct"), cfg.pooled("incorrect")
     row["diff_correct_incorrect"] = mc - mi
-    row["diff_ci_low"], row["diff_ci_high"] = _interval(rc - ri, level, mc - mi, k, DIFFERENCE)
+    row["diff_ci_low"], row["diff_ci_high"] = bootstrap_interval(rc - ri, level, mc - mi, k, DIFFERENCE)
     rcos, rkeys = _rollout_level(group, "d_sq" if metric == "cos_full" else "d_sq_support", keys=True)
     if rcos.size:
         first_rows = group.drop_duplicates("_rollout").set_index("_rollout").loc[rkeys]
         cols = res.columns(first_rows.reset_index())
         p_sum, r_sum = res.sums(cols, np.stack([rcos, np.ones_like(rcos)], -1))
-        row["rollout_cos"] = float(_ratio(p_sum[0], p_sum[1]))
-        row["rollout_cos_ci_low"], row["rollout_cos_ci_high"] = _interval(
-            _ratio(r_sum[:, 0], r_sum[:, 1]), level, row["rollout_cos"], k, COSINE)
+        row["rollout_cos"] = float(ratio(p_sum[0], p_sum[1]))
+        row["rollout_cos_ci_low"], row["rollout_cos_ci_high"] = bootstrap_interval(
+            ratio(r_sum[:, 0], r_sum[:, 1]), level, row["rollout_cos"], k, COSINE)
     else:
         row["rollout_cos"] = row["rollout_cos_ci_low"] = row["rollout_cos_ci_high"] = float("nan")
     row["n_rollouts"] = int(rcos.size)
     ta, ta_reps = cfg.per_token(num=8, den=9)
     row["teacher_advantage"] = ta
-    row["ta_ci_low"], row["ta_ci_high"] = _interval(ta_reps, level, ta, k)
+    row["ta_ci_low"], row["ta_ci_high"] = bootstrap_interval(ta_reps, level, ta, k)
     ok = group[use]
     v = ok[metric].to_numpy(float)
     names = [name for name in PROXIES + ("teacher_advantage",) if name in ok]
@@ -523,7 +277,7 @@ def _best(table: pd.DataFrame, configs: dict, split: str | None, res: Resampler,
         key = "all" if split is None else split
         m1, r1 = configs[top["config"]].pooled(key)
         m2, r2 = configs[second["config"]].pooled(key)
-        lo, hi = _interval(r1 - r2, level, m1 - m2, res.factor(level), DIFFERENCE)
+        lo, hi = bootstrap_interval(r1 - r2, level, m1 - m2, res.factor(level), DIFFERENCE)
         enough = res.n_questions >= MIN_CLEAR_QUESTIONS
         out.update(
             {
@@ -665,7 +419,7 @@ def _headroom(df: pd.DataFrame, metric: str, best: str, res: Resampler, level, c
         ok = np.isfinite(lower) & np.isfinite(upper)
         lo = float(np.quantile(lower[ok], alpha)) if ok.mean() >= 0.95 else np.nan
         hi = float(np.quantile(upper[ok], 1 - alpha)) if ok.mean() >= 0.95 else np.nan
-        olo, ohi = _interval(reps[:, 0], level, float(point[0]), res.factor(level), COSINE)
+        olo, ohi = bootstrap_interval(reps[:, 0], level, float(point[0]), res.factor(level), COSINE)
         out.update(
             {
                 "oracle_ci_low": _num(olo),
@@ -786,8 +540,3 @@ def write_summary(run_dir, metadata: dict | None = None, **kw) -> Summary:
     meta["summary"] = summary.to_metadata()
     write_table(run_dir, "summary", summary.table, shard="0", metadata=meta)
     return summary
-
-
-def read_summary(run_dir) -> Summary:
-    """The stored summary of a run directory (table and run-level conclusions)."""
-    return Summary.from_metadata(read_table(run_dir, "summary"), read_metadata(run_dir, "summary"))
