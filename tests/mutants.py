@@ -252,8 +252,8 @@ MUTANTS = [
     Mutant(
         "stats.sparse_ideal_v_not_renormalised",
         STATS,
-        "v = (p * _f64(q)).sum(-1) / mass.clamp_min(EPS)",
-        "v = (p * _f64(q)).sum(-1)",
+        "v = (p * f64(q)).sum(-1) / mass.clamp_min(EPS)",
+        "v = (p * f64(q)).sum(-1)",
         "V-hat on the candidates without renormalising by p(C)",
     ),
     Mutant(

@@ -168,7 +168,7 @@ class HFEngine:
             for i, z in zip(batch, got, strict=False):
                 logits[i] = z
         return [
-            _make_scores([int(p) for p in positions[i]], logits[i], topk, ids)
+            make_scores([int(p) for p in positions[i]], logits[i], topk, ids)
             for i, ids in enumerate(token_ids if token_ids is not None else [None] * len(seqs))
         ]
 
@@ -462,7 +462,7 @@ def _layers(cache):
     return list(zip(cache.key_cache, cache.value_cache, strict=False))
 
 
-def _make_scores(positions: list[int], logits: torch.Tensor, topk: int | None, ids) -> Scores:
+def make_scores(positions: list[int], logits: torch.Tensor, topk: int | None, ids) -> Scores:
     """Scores from full logits: kept as is, or reduced to top-k log-probs; plus requested ids' log-probs."""
     scores = Scores(positions=positions)
     logp = None

@@ -20,7 +20,7 @@ from .. import logs
 from ..errors import DiagnoseError
 from ..models import load_error, locate_model
 from .base import Continuation, Sample, SamplingParams, Scores
-from .hf import _make_scores
+from .hf import make_scores
 from .sampling import StopChecker, request_key
 
 _MAX_IDS_PER_REQUEST = 128  # vLLM's cap on SamplingParams.logprob_token_ids
@@ -296,7 +296,7 @@ class VLLMEngine:
                 for j, t in enumerate(ps):
                     row = point_rows[(i, t)]
                     logits[j, torch.tensor(list(row), dtype=torch.long)] = torch.tensor(list(row.values()))
-                result.append(_make_scores(ps, logits, None, ids_i))
+                result.append(make_scores(ps, logits, None, ids_i))
                 continue
             scores = Scores(positions=ps)
             rows = [topk_rows[(i, t)] for t in ps]

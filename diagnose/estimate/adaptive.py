@@ -39,13 +39,13 @@ import heapq
 import numpy as np
 import torch
 
-from .stats import EPS, _f64, noise_term, noise_weights, sparse_ideal
+from .stats import EPS, f64, noise_term, noise_weights, sparse_ideal
 
 
 def sensitivities(p, successes, counts, mask, d) -> tuple[torch.Tensor, torch.Tensor]:
     """(J [N, K], sigma^2 [N, K]): d theta / d Q_k and the smoothed per-outcome variance Q~ (1 - Q~)."""
-    p, d = torch.where(mask, _f64(p), 0.0), torch.where(mask, _f64(d), 0.0)
-    s, n = _f64(successes), _f64(counts)
+    p, d = torch.where(mask, f64(p), 0.0), torch.where(mask, f64(d), 0.0)
+    s, n = f64(successes), f64(counts)
     q_hat = s / n.clamp_min(1)
     q_s = (s + 1) / (n + 2)
     g, _ = sparse_ideal(p, q_hat, mask)
@@ -63,12 +63,12 @@ def sensitivities(p, successes, counts, mask, d) -> tuple[torch.Tensor, torch.Te
 
 def structural(p, mask) -> torch.Tensor:
     """Nodes whose g* is zero whatever Q is (< 2 candidates with student mass)."""
-    return (mask & (_f64(p) > 1e-12)).sum(-1) < 2
+    return (mask & (f64(p) > 1e-12)).sum(-1) < 2
 
 
 def g_upper(p, successes, counts, mask, z: float = 1.96) -> torch.Tensor:
     """An upper confidence bound on |g*| per node: |g-hat| + z sqrt(sum_k w_k sigma~_k^2 / n_k)"""
-    p, s, n = torch.where(mask, _f64(p), 0.0), _f64(successes), _f64(counts)
+    p, s, n = torch.where(mask, f64(p), 0.0), f64(successes), f64(counts)
     g, _ = sparse_ideal(p, s / n.clamp_min(1), mask)
     q_s = (s + 1) / (n + 2)
     spread = torch.where(mask, noise_weights(p, mask) * q_s * (1 - q_s) / n.clamp_min(1), 0.0).sum(-1)
@@ -83,7 +83,7 @@ def finished(p, successes, counts, mask, g_tolerance: float = 0.01, z: float = 1
 
 def predicted_variance(jac, sigma2, counts, mask) -> torch.Tensor:
     """Delta-method Var(theta-hat) per node."""
-    n = _f64(counts).clamp_min(1)
+    n = f64(counts).clamp_min(1)
     return torch.where(mask, jac**2 * sigma2 / n, 0.0).sum(-1)
 
 
@@ -130,16 +130,16 @@ def allocate(
     estimation continuations per candidate, until `budget` is planned or every unfinished node meets the
     target.
     """
-    counts = _f64(counts)
+    counts = f64(counts)
     mask = torch.as_tensor(mask, dtype=torch.bool)
     if budget <= 0:
         return {}
     live = mask.numpy()
     # numpy copies: the greedy takes thousands of tiny steps, where torch's per-op overhead dominates.
     noise = noise_weights(p, mask).numpy()
-    q_s = ((_f64(successes) + 1) / (counts + 2)).numpy()
+    q_s = ((f64(successes) + 1) / (counts + 2)).numpy()
     noise = noise * q_s * (1 - q_s)  # w_k sigma~_k^2
-    have = np.zeros(live.shape) if drawn is None else _f64(drawn).numpy()
+    have = np.zeros(live.shape) if drawn is None else f64(drawn).numpy()
     n = np.where(live, np.maximum(have, float(floor)), 0.0)
     if target_half_width is not None and directions:
         terms = []  # J_k^2 sigma~_k^2 per direction [D, N, K]: the predicted variance is sum_k terms / n_k
@@ -200,9 +200,9 @@ def uniform_allocate(
     done=None,
 ) -> dict[tuple[int, int], int]:
     """Baseline: `step` more continuations on every candidate of the nodes still above the target."""
-    counts = _f64(counts)
+    counts = f64(counts)
     done = torch.zeros(counts.shape[0], dtype=torch.bool) if done is None else done
-    order = torch.argsort(_f64(half_width), descending=True).tolist()
+    order = torch.argsort(f64(half_width), descending=True).tolist()
     alloc, given = {}, 0
     for i in order:
         if bool(done[i]) or (target_half_width is not None and float(half_width[i]) <= target_half_width):

@@ -62,7 +62,8 @@ from ..alignment import safe_cosine
 EPS = 1e-20
 
 
-def _f64(x) -> torch.Tensor:
+def f64(x) -> torch.Tensor:
+    """x as a float64 tensor (a read-only numpy array is copied first)."""
     if isinstance(x, np.ndarray) and not x.flags.writeable:  # e.g. pandas columns: torch warns on those
         x = np.array(x, dtype=np.float64)
     return torch.as_tensor(x, dtype=torch.float64)
@@ -77,16 +78,16 @@ def _np64(x) -> np.ndarray:
 
 def sparse_ideal(p: torch.Tensor, q: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """g* on the candidates [..., K] and V [...] from p, Q on C (mask False = padding), as diagnose.ideal."""
-    p = torch.where(mask, _f64(p), 0.0)
+    p = torch.where(mask, f64(p), 0.0)
     mass = p.sum(-1)
-    v = (p * _f64(q)).sum(-1) / mass.clamp_min(EPS)
-    g = torch.where(mask, p * (_f64(q) - v[..., None]), 0.0)
+    v = (p * f64(q)).sum(-1) / mass.clamp_min(EPS)
+    g = torch.where(mask, p * (f64(q) - v[..., None]), 0.0)
     return g, v
 
 
 def noise_weights(p: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """w_k = (A^T A)_kk = p_k^2 (1 - 2 pi_k) + pi_k^2 S2: how Var(Q-hat_k) inflates E|g*-hat|^2."""
-    p = torch.where(mask, _f64(p), 0.0)
+    p = torch.where(mask, f64(p), 0.0)
     pi = p / p.sum(-1, keepdim=True).clamp_min(EPS)
     s2 = (p * p).sum(-1, keepdim=True)
     return torch.where(mask, p * p * (1 - 2 * pi) + pi * pi * s2, 0.0)
@@ -94,7 +95,7 @@ def noise_weights(p: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 
 def q_variance(successes: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
     """Unbiased Var(Q-hat) per candidate: Q-hat (1 - Q-hat) / (n - 1); 0 where n < 2."""
-    s, n = _f64(successes), _f64(counts)
+    s, n = f64(successes), f64(counts)
     q = s / n.clamp_min(1)
     return torch.where(n >= 2, q * (1 - q) / (n - 1).clamp_min(1), 0.0)
 
@@ -112,7 +113,7 @@ def corrected_cosine(dot, g_sq, noise, d_sq, unresolved: str = "nan"):
     reports), or sign(<d, g-hat>) (`"sign"`, the far end, used only inside bootstrap replicates so that an
     unresolvable replicate widens the interval instead of vanishing from it).
     """
-    dot, g_sq, noise, d_sq = _f64(dot), _f64(g_sq), _f64(noise), _f64(d_sq)
+    dot, g_sq, noise, d_sq = f64(dot), f64(g_sq), f64(noise), f64(d_sq)
     # Zero means zero: g*-hat is set exactly to 0 where all Q-hat are equal (ideal_degenerate) and d where it
     # vanishes relative to its scale, so no absolute epsilon is needed (on peaked rows |g*|^2 ~ 1e-20 is real).
     degenerate = (g_sq <= 0) | (d_sq <= 0)
@@ -130,10 +131,10 @@ def corrected_cosine(dot, g_sq, noise, d_sq, unresolved: str = "nan"):
 def ideal_degenerate(successes, counts, mask, p=None) -> torch.Tensor:
     """Nodes whose g*-hat is exactly zero: fewer than two candidates with outcomes (and student mass), or
     every such candidate with the same Q-hat (compared as exact fractions, not after rounding)."""
-    s, n = _f64(successes), _f64(counts)
+    s, n = f64(successes), f64(counts)
     live = mask & (n > 0)
     if p is not None:
-        live = live & (_f64(p) > 0)
+        live = live & (f64(p) > 0)
     q = torch.where(live, s / n.clamp_min(1), float("nan"))
     hi = torch.where(live, q, -1.0).amax(-1)
     lo = torch.where(live, q, 2.0).amin(-1)
@@ -173,7 +174,7 @@ class NodeScores:
 
 def bootstrap_q(successes, counts, mask, n_boot: int = 1000, prior: float = 0.5, seed: int = 0):
     """Replicates of Q-hat [B, N, K]: every candidate's n_k outcomes redrawn from Q~ = (s + a) / (n + 2a)."""
-    s, n = _f64(successes).numpy(), _f64(counts).numpy()
+    s, n = f64(successes).numpy(), f64(counts).numpy()
     q_t = np.where(n > 0, (s + prior) / np.maximum(n + 2 * prior, EPS), 0.5)
     rng = np.random.default_rng(int(seed))
     draws = rng.binomial(n.astype(np.int64), np.broadcast_to(q_t, (int(n_boot),) + q_t.shape))
@@ -200,8 +201,8 @@ def node_scores_many(
     `halves` = (successes, counts) of each of two disjoint halves of the continuations ([N, K] each, see
     `split_halves`): each direction's `dot_half0` / `dot_half1` then hold <d, g*-hat> from each half alone.
     """
-    p = torch.where(mask, _f64(p), 0.0)
-    s, n = _f64(successes), _f64(counts)
+    p = torch.where(mask, f64(p), 0.0)
+    s, n = f64(successes), f64(counts)
     q_hat = s / n.clamp_min(1)
     g, v = sparse_ideal(p, q_hat, mask)
     g_zero = ideal_degenerate(s, n, mask, p)
@@ -213,8 +214,8 @@ def node_scores_many(
     for spec in directions:
         d, d_sq_full, tp = spec[:3]
         d_zero = spec[3] if len(spec) > 3 and spec[3] is not None else None
-        d = torch.where(mask, _f64(d), 0.0)
-        d_sq_full, d_sq_support = _f64(d_sq_full), (d * d).sum(-1)
+        d = torch.where(mask, f64(d), 0.0)
+        d_sq_full, d_sq_support = f64(d_sq_full), (d * d).sum(-1)
         if d_zero is not None:
             d_zero = torch.as_tensor(d_zero, dtype=torch.bool)
             d = torch.where(d_zero[:, None], 0.0, d)
@@ -225,7 +226,7 @@ def node_scores_many(
         cos_s, cos_sc, deg_s = corrected_cosine(dot, g_sq, noise, d_sq_support)
         ta = None
         if tp is not None:
-            tq = torch.where(mask, _f64(tp), 0.0)
+            tq = torch.where(mask, f64(tp), 0.0)
             ta = ((tq - p) * torch.where(mask, q_hat - v[:, None], 0.0)).sum(-1)
         outs.append(
             NodeScores(
@@ -260,14 +261,14 @@ def node_scores_many(
         noise_b = (noise_weights(p[sl], mask[sl]) * q_variance(draws, nc)).sum(-1)
         for spec, st in zip(directions, outs, strict=False):
             d, tp = spec[0], spec[2]
-            dc = torch.where(mask[sl], _f64(d[sl]), 0.0)
+            dc = torch.where(mask[sl], f64(d[sl]), 0.0)
             dot_b = (dc * g_b).sum(-1)
             for tag, dsq in (("full", st.d_sq_full[sl]), ("support", st.d_sq_support[sl])):
                 _, rep, _ = corrected_cosine(dot_b, gsq_b, noise_b, dsq, unresolved="sign")
                 getattr(st, f"cos_{tag}_lo")[sl] = torch.quantile(rep, alpha, dim=0)
                 getattr(st, f"cos_{tag}_hi")[sl] = torch.quantile(rep, 1 - alpha, dim=0)
             if tp is not None:
-                tq = torch.where(mask[sl], _f64(tp[sl]), 0.0)
+                tq = torch.where(mask[sl], f64(tp[sl]), 0.0)
                 ta_b = ((tq - p[sl]) * torch.where(mc, q_b - v_b[..., None], 0.0)).sum(-1)
                 st.ta_lo[sl] = torch.quantile(ta_b, alpha, dim=0)
                 st.ta_hi[sl] = torch.quantile(ta_b, 1 - alpha, dim=0)
@@ -295,7 +296,7 @@ def split_halves(outcomes: Sequence[Sequence[Sequence[int]]], width: int) -> tup
 def _half_ideal(p, s, n, mask) -> torch.Tensor:
     """g*-hat from one half's Q-hat; NaN rows where a candidate of the node has no continuation in the half
     (g*-hat is linear in Q-hat only on the full candidate set, which is what keeps <d, g*-hat> unbiased)."""
-    s, n = _f64(s), _f64(n)
+    s, n = f64(s), f64(n)
     g, _ = sparse_ideal(p, s / n.clamp_min(1), mask)
     complete = ~(mask & (n <= 0)).any(-1)
     return torch.where(complete[:, None], g, float("nan"))
@@ -317,8 +318,8 @@ def effective_nodes(g_sq, noise, degenerate, weights=None) -> dict[str, float]:
     is within noise count for nothing, and one dominant node counts as one. `informative` counts the nodes
     with a positive corrected |g*|^2 that are not degenerate.
     """
-    g_sq, noise = _f64(g_sq), _f64(noise)
-    w = torch.ones_like(g_sq) if weights is None else _f64(weights)
+    g_sq, noise = f64(g_sq), f64(noise)
+    w = torch.ones_like(g_sq) if weights is None else f64(weights)
     silent = torch.tensor(np.asarray(degenerate, dtype=bool))  # a copy: the input may be a read-only array
     a = torch.where(silent, 0.0, w * (g_sq - noise).clamp_min(0.0))
     total = float(a.sum())
@@ -343,8 +344,8 @@ def pooled_alignment(dot_unit, g_sq, noise, live, weights=None):
     numerator and both denominators, so silence at a fraction f of nodes does not scale it by sqrt(1 - f)).
     NaN when B <= 0 or U = 0. Works on the last axis (batches of replicates allowed).
     """
-    dot_unit, g_sq, noise, live = (_f64(x) for x in (dot_unit, g_sq, noise, live))
-    w = torch.ones_like(dot_unit) if weights is None else _f64(weights)
+    dot_unit, g_sq, noise, live = (f64(x) for x in (dot_unit, g_sq, noise, live))
+    w = torch.ones_like(dot_unit) if weights is None else f64(weights)
     on = live != 0
     a = torch.where(on, w * dot_unit, 0.0).sum(-1)
     b = torch.where(on, w * (g_sq - noise), 0.0).sum(-1)
