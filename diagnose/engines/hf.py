@@ -77,7 +77,8 @@ class HFEngine:
         # the longest sequence the model was trained for (prompts plus generations are checked against it)
         self.max_model_len = getattr(self.model.config, "max_position_embeddings", None)
         self.eos_ids = self._eos_ids()
-        self._split_head = self._check_split_head()
+        # public: validate's trainable student applies the vocabulary projection the same way
+        self.split_head = self._check_split_head()
         self.pad_id = next(iter(sorted(self.eos_ids)), 0) if self.tokenizer.pad_token_id is None else int(
             self.tokenizer.pad_token_id
         )
@@ -296,7 +297,7 @@ class HFEngine:
             return out.past_key_values, full, out.logits[:, -1].float()
         r = torch.tensor([a for a, _ in keep], device=self.device)
         c = torch.tensor([b for _, b in keep], device=self.device)
-        if self._split_head:  # the vocabulary projection only where asked
+        if self.split_head:  # the vocabulary projection only where asked
             h = self.model.get_decoder()(**inputs).last_hidden_state[r, c]
             return None, full, self.model.get_output_embeddings()(h).float().cpu()
         cols = sorted(set(c.tolist()))

@@ -83,7 +83,7 @@ class TrainablePolicy:
         ids, mask = ids.to(self.device), mask.to(self.device)
         rows = torch.tensor([i for i, pos in enumerate(positions) for _ in pos], device=self.device)
         cols = torch.tensor([int(t) - 1 for pos in positions for t in pos], device=self.device)
-        if getattr(self.engine, "_split_head", False):
+        if getattr(self.engine, "split_head", False):
             # The vocabulary projection only where a direction is applied: the prompt's positions cost no
             # [*, V] logits (right padding: positions need no shift).
             hidden = self.model.get_decoder()(input_ids=ids, attention_mask=mask).last_hidden_state
