@@ -35,22 +35,29 @@ def exact_q(est: Estimator, e: NodeEstimate) -> torch.Tensor:
     return q[torch.tensor(e.cand_ids, dtype=torch.long)].double()
 
 
-def exact_result(est: Estimator, n_boot: int = 10) -> EstimateResult:
-    """The estimator's result with every candidate's Q-hat set to the exact Q (one noiseless 'outcome').
-
-    A candidate's outcome list holds the single value Q, so Q-hat = Q and the noise term (which needs two
-    outcomes) is 0; node-level intervals are meaningless here and computed with few replicates.
-    """
+def _with_outcomes(est: Estimator, n_boot: int, outcomes, free=None) -> EstimateResult:
+    """The estimator's result with every node's outcomes replaced by `outcomes(e, q)` (q: the node's exact Q on
+    its candidates), recomputed at the same nodes, candidates, directions and weights."""
     truth = copy.copy(est)
     truth.cfg = copy.copy(est.cfg)
     truth.cfg.n_boot = n_boot
     truth.estimates = []
     for e in est.estimates:
         t = copy.copy(e)
-        t.outcomes = [[float(x)] for x in exact_q(est, e).tolist()]
-        t.free = False
+        t.outcomes = outcomes(e, exact_q(est, e))
+        if free is not None:
+            t.free = free
         truth.estimates.append(t)
     return truth.results()
+
+
+def exact_result(est: Estimator, n_boot: int = 10) -> EstimateResult:
+    """The estimator's result with every candidate's Q-hat set to the exact Q (one noiseless 'outcome').
+
+    A candidate's outcome list holds the single value Q, so Q-hat = Q and the noise term (which needs two
+    outcomes) is 0; node-level intervals are meaningless here and computed with few replicates.
+    """
+    return _with_outcomes(est, n_boot, lambda e, q: [[float(x)] for x in q.tolist()], free=False)
 
 
 def resampled_result(est: Estimator, gen: torch.Generator, continuations: int | None = None,
@@ -61,22 +68,17 @@ def resampled_result(est: Estimator, gen: torch.Generator, continuations: int | 
     verdict stays, since it is fixed once the rollout is. Averaging a figure over many such draws gives its
     expectation over continuation noise given the rollouts and nodes: the estimand of a descriptive figure
     such as the raw per-node cosine mean, which changes with the number of continuations."""
-    truth = copy.copy(est)
-    truth.cfg = copy.copy(est.cfg)
-    truth.cfg.n_boot = n_boot
-    truth.estimates = []
-    for e in est.estimates:
-        t = copy.copy(e)
-        q = exact_q(est, e)
+
+    def redraw(e, q):
         rows = []
         for k, o in enumerate(e.outcomes):
             keep = o[:1] if (e.free and k == 0) else []
             n = (continuations if continuations is not None else len(o)) - len(keep)
             draws = torch.bernoulli(q[k].expand(max(n, 0)), generator=gen)
             rows.append(keep + [int(x) for x in draws.tolist()])
-        t.outcomes = rows
-        truth.estimates.append(t)
-    return truth.results()
+        return rows
+
+    return _with_outcomes(est, n_boot, redraw)
 
 
 def summary_inputs(result: EstimateResult) -> dict[str, pd.DataFrame]:
