@@ -10,7 +10,8 @@ efficiency = (rollout + continuation tokens / run seconds) / (plain tokens / pla
 The baseline is named and measured in the same run, so machine load cancels to first order.
 
 Run: python benchmarks/pipeline.py [--engines hf,vllm] [--config reports/demo.toml] [--questions N] ...
-The last line printed is JSON: {"hf": {"efficiency": e, "tokens_per_s": t, ...}, "vllm": {...}}.
+The last line printed is JSON: {"hf": {"efficiency": e, "tokens_per_s": t, "live_nodes_per_1k_tokens": l, ...},
+"vllm": {...}}; live nodes are nodes where g-hat != 0 (benchmarks/frontier.py compares plans by it).
 """
 
 from __future__ import annotations
@@ -71,6 +72,9 @@ def bench_engine(name: str, overrides: dict, config: str | None = None) -> dict:
         "continuation_tokens": cost["continuation_tokens"],
         "continuations": cost["continuations"],
         "nodes": cost["nodes"],
+        "live_nodes": cost.get("live_nodes"),
+        # nodes where g-hat != 0 (what an alignment can be read from) per 1,000 continuation tokens spent
+        "live_nodes_per_1k_tokens": round(1000 * cost.get("live_nodes", 0) / max(cost["continuation_tokens"], 1), 2),
         "questions": cost["questions"],
         "plain": plain,
     }
@@ -88,6 +92,7 @@ def main() -> None:
     ap.add_argument("--budget", type=int, default=None)
     ap.add_argument("--max-new-tokens", type=int, default=None)
     ap.add_argument("--task", default=None)
+    ap.add_argument("--frontier", type=float, default=None, help="the run's --frontier (default: RunConfig's)")
     args = ap.parse_args()
     overrides = {
         k: v
@@ -96,6 +101,7 @@ def main() -> None:
             "budget": args.budget,
             "max_new_tokens": args.max_new_tokens,
             "task": args.task,
+            "frontier": args.frontier,
         }.items()
         if v is not None
     }

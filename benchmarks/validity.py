@@ -72,6 +72,9 @@ def _engines():
     )
 
 
+FRONTIER = RunConfig().frontier  # the frontier plan as `diagnose run` makes it by default
+
+
 def _config():
     cfg = RunConfig().estimate_config()
     cfg.n_boot = 20  # node-level intervals are not used here
@@ -100,7 +103,8 @@ def false_clear_rate(runs: int) -> dict:
     teachers = {"a": noisy_teacher(eng, "a"), "b": noisy_teacher(eng, "b")}
     clear = 0
     for seed in range(runs):
-        res = run_per_question(eng, exact_questions(eng, QUESTIONS, seed=1000 + seed), teachers, ["fkl"], _config())
+        qs = exact_questions(eng, QUESTIONS, seed=1000 + seed)
+        res = run_per_question(eng, qs, teachers, ["fkl"], _config(), frontier=FRONTIER)
         summ = summarize(**concat_inputs([r for _, r in res]), n_boot=500, seed=seed, metrics=("cos_full",))
         clear += bool(summ.recommendation["cos_full"]["overall"].get("clear"))
     return {"rate": clear / runs, "runs": runs, "questions_per_run": QUESTIONS}
@@ -142,7 +146,8 @@ def coverage(runs: int) -> dict:
     hits = {d: {k: 0 for k in truth.index} for d in designs}
     widths = {d: {k: [] for k in truth.index} for d in designs}
     for seed in range(runs):
-        res = run_per_question(eng, exact_questions(eng, QUESTIONS, seed=5000 + seed), teachers, objs, _config())
+        qs = exact_questions(eng, QUESTIONS, seed=5000 + seed)
+        res = run_per_question(eng, qs, teachers, objs, _config(), frontier=FRONTIER)
         inputs = concat_inputs([r for _, r in res])
         for d, fn in designs.items():
             tab = fn(**inputs, n_boot=500, seed=seed).table

@@ -51,6 +51,24 @@ def write_text(path: str | os.PathLike, text: str, encoding: str | None = None) 
         tmp.write_text(text, encoding=encoding)
 
 
+def create_text(path: str | os.PathLike, text: str) -> bool:
+    """Write `path` whole, only if it does not exist yet (a hard link of a synced temporary: atomic, and the
+    first of several processes racing to create it wins). Returns whether this call created it."""
+    path = Path(path)
+    tmp = temp_path(path)
+    try:
+        tmp.write_text(text)
+        _sync_file(tmp, os.fsync)
+        try:
+            os.link(tmp, path)
+        except FileExistsError:
+            return False
+        _fsync_dir(path.parent)
+        return True
+    finally:
+        _remove(tmp)
+
+
 def _sync(tmp: Path, fsync: Callable[[int], None]) -> None:
     if tmp.is_dir():
         for folder, _, files in os.walk(tmp, topdown=False):

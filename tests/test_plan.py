@@ -103,7 +103,9 @@ def test_bounds_bracket_a_real_run(tmp_path, embedded_model_path):
     cost = json.loads((out / "cost.json").read_text())
     cfg = RunConfig(**TINY)
     length = cost["generated_tokens"] / cost["rollouts"]
-    work = expected_work(cfg, length)
+    # each question's budget as the frontier plan set it (cost/qNNNNN.json records it)
+    budgets = [json.loads((out / "cost" / f"q{i:05d}.json").read_text())["budget"] for i in range(TINY["questions"])]
+    work = expected_work(cfg, length, budgets=budgets)
     assert work["rollouts"] == cost["rollouts"] == len(result.rollouts) == 4
     assert work["rollout_tokens"] == pytest.approx(cost["generated_tokens"])
     nodes = result.nodes
@@ -115,7 +117,8 @@ def test_bounds_bracket_a_real_run(tmp_path, embedded_model_path):
     # per question, with that question's own rollout length
     for i, qid in enumerate(sorted(result.rollouts.question_id.unique())):
         shard = json.loads((out / "cost" / f"q{i:05d}.json").read_text())
-        own = expected_work(RunConfig(**{**TINY, "questions": 1}), shard["generated_tokens"] / TINY["rollouts"])
+        one = RunConfig(**{**TINY, "questions": 1, "budget": shard["budget"]})
+        own = expected_work(one, shard["generated_tokens"] / TINY["rollouts"])
         assert _within(int((nodes.question_id == qid).sum()), own["nodes_per_question"])
         assert _within(shard["continuations"], own["continuations_per_question"])
     # continuation tokens are an estimate, not a bound: the right order of magnitude is all that is claimed

@@ -243,8 +243,9 @@ def test_summary_matches_independent_pandas(tables):
     # the sharpened and the flattened student have opposite rkl directions at every node: every figure of
     # one is minus the other's, and so are the intervals (the replicates are paired)
     up, down = full.loc[f"{SHARPER}|rkl"], full.loc[f"{FLATTER}|rkl"]
+    # (stored in float32: float64 values equal up to rounding can land 1 float32 ulp apart, ~6e-8 relative)
     for col in ("mean", "mean_per_token", "mean_correct", "mean_incorrect", "rollout_cos", "diff_correct_incorrect"):
-        assert np.isfinite(up[col]) and up[col] == pytest.approx(-down[col], rel=1e-9, abs=1e-12), col
+        assert np.isfinite(up[col]) and up[col] == pytest.approx(-down[col], rel=2e-7, abs=1e-12), col
     # interval ends are stored in float32: mirrored quantiles agree to its precision (1 ulp ~ 6e-8 relative)
     assert (up["ci_low"], up["ci_high"]) == pytest.approx((-down["ci_high"], -down["ci_low"]), rel=1e-6)
     assert up["mean"] != 0
@@ -271,7 +272,8 @@ def test_recommendation_and_headroom(run, tables):
     assert rec["overall"]["config"] == means.index[0] and rec["overall"]["runner_up"] == means.index[1]
     assert rec["overall"]["margin"] == pytest.approx(means.iloc[0] - means.iloc[1], rel=1e-6)
     assert rec["overall"]["margin_ci_low"] <= rec["overall"]["margin"] <= rec["overall"]["margin_ci_high"]
-    assert rec["overall"]["margin_n"] == a["question_id"].nunique()
+    # every question is resampled, those the frontier plan left without nodes too
+    assert rec["overall"]["margin_n"] == tables["rollouts"]["question_id"].nunique() >= a["question_id"].nunique()
     ok_b = a.merge(tables["rollouts"][["question_id", "rollout_idx", "difficulty"]])
     for band, best in rec["bands"].items():
         m = _pooled_by_config(ok_b, nodes, "cos_full", lambda y, b=band: y["difficulty"] == b)
@@ -290,7 +292,9 @@ def test_recommendation_and_headroom(run, tables):
     ww, bb = n["weight"].to_numpy(), (n["weight"] * n["g_sq_unbiased"]).sum()
     rows = np.arange(len(u0))
     oracle_terms = 0.5 * (u1.to_numpy()[rows, u0.to_numpy().argmax(1)] + u0.to_numpy()[rows, u1.to_numpy().argmax(1)])
-    best_terms = 0.5 * (u0[means.index[0]] + u1[means.index[0]]).to_numpy()
+    # the single best configuration, cross-fitted too: chosen on one half's weighted sum, scored on the other
+    b0, b1 = (u0 * ww[:, None]).sum(0).idxmax(), (u1 * ww[:, None]).sum(0).idxmax()
+    best_terms = 0.5 * (u1[b0] + u0[b1]).to_numpy()
     scale = np.sqrt(bb * ww.sum())
     assert hr["oracle_mean"] == pytest.approx((ww * oracle_terms).sum() / scale, rel=1e-6)
     assert hr["headroom"] == pytest.approx((ww * (oracle_terms - best_terms)).sum() / scale, rel=1e-6)

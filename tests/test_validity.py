@@ -323,7 +323,8 @@ def test_pooled_interval_covers_and_is_useful_at_the_defaults():
     enough to mean something (median width <= 0.6; an interval of [-1, 1] would fail). The teacher knows Q,
     so the truth is clearly positive. At these seeds the plain percentile interval of the question-cluster
     bootstrap covered 27 of 30 (0.85-0.90 over 100 seeds: too short); the bias-corrected, small-sample-widened
-    one 29. benchmarks/validity.py runs 100 seeds and more configurations."""
+    one 29. benchmarks/validity.py runs 100 seeds and more configurations; tests/test_frontier.py the same
+    check with the frontier plan on."""
     eng = exact(seed=1, horizon=12)
 
     cfg = RunConfig().estimate_config()

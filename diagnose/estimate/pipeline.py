@@ -22,7 +22,7 @@ from .cache import open_cache
 from .candidates import candidate_sets
 from .directions import Direction, add_directions, direction_tensors, teacher_rows
 from .generate import Generator
-from .nodes import Node, design_weights, refine_nodes, select_nodes, token_coverage
+from .nodes import DesignWeights, Node, design_weights, refine_nodes, select_nodes, token_coverage
 from .q import NodeEstimate, new_estimates, pack, run_continuations
 from .records import node_records, score_rows
 from .rollouts import EstimateQuestion, Rollout, group_advantages, sample_rollouts
@@ -54,6 +54,11 @@ class EstimateConfig:
     budget: float = 2000.0  # in `budget_unit`s, for everything after the rollouts
     budget_unit: str = "continuations"  # or "tokens" (a node's cost is bounded by max_new_tokens - position)
     nodes: str = "windows"  # windows | windows_end | uniform | every | refine
+    # The run's frontier plan (estimate/frontier.py) for this estimate's questions: the probability they were
+    # chosen to be estimated (multiplies inclusion probabilities) and the factor their node weights are
+    # multiplied by (about 1 / that probability), so weighted sums stand for every question of the run.
+    question_inclusion: float = 1.0
+    question_weight: float = 1.0
     refine_fraction: float = 0.5  # `refine`: share of the node budget spent on the first, coarse pass
     allocation: str = "uniform"  # or "adaptive"
     adaptive_initial: int = 2  # adaptive: pilot continuations per candidate (plan only; never in Q-hat)
@@ -478,7 +483,9 @@ class Estimator:
             "budget": cfg.budget,
             "budget_unit": cfg.budget_unit,
             "max_half_width": float(max(hw)) if len(hw) else float("nan"),
-            "token_coverage": token_coverage(weights, [len(r.token_ids) for r in self.rollouts]),
+            "token_coverage": token_coverage(
+                [w / self.cfg.question_weight for w in weights], [len(r.token_ids) for r in self.rollouts]
+            ),
             "effective_nodes": eff,
         }
         return EstimateResult(
@@ -517,7 +524,11 @@ class Estimator:
         is not 1 / inclusion)."""
         lengths = [len(r.token_ids) for r in self.rollouts]
         groups = [(r.question, bool(r.correct)) for r in self.rollouts]
-        return design_weights([e.node for e in self.estimates], lengths, self.cfg.nodes, groups)
+        w = design_weights([e.node for e in self.estimates], lengths, self.cfg.nodes, groups)
+        pi, factor = float(self.cfg.question_inclusion), float(self.cfg.question_weight)
+        if pi == 1.0 and factor == 1.0:
+            return w
+        return DesignWeights([x * factor for x in w], [x * pi for x in w.inclusion])
 
     def negligible(self) -> torch.Tensor:
         """Nodes adaptive allocation stopped because |g*| is confidently below g_tolerance (their few

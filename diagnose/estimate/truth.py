@@ -10,6 +10,7 @@ figures (pooled alignment, splits, margins) can be compared with their exact val
 from __future__ import annotations
 
 import copy
+import dataclasses
 import hashlib
 import random
 
@@ -17,6 +18,7 @@ import pandas as pd
 import torch
 
 from ..tables import difficulty_band
+from .frontier import plan_budgets
 from .nodes import Node
 from .pipeline import EstimateResult, Estimator
 from .q import NodeEstimate
@@ -170,12 +172,34 @@ def exact_questions(engine, n: int, seed: int = 0, length: int = 8, prefix: str 
     return out
 
 
-def run_per_question(engine, questions, teachers, objectives, config) -> list[tuple[Estimator, EstimateResult]]:
-    """What `diagnose run` does, without files: one Estimator (and budget) per question."""
+def run_per_question(
+    engine, questions, teachers, objectives, config, frontier: float = 1.0, plan_seed: int | None = None,
+    selection_seed: int | None = None,
+) -> list[tuple[Estimator, EstimateResult]]:
+    """What `diagnose run` does, without files: one Estimator (and budget) per question; with `frontier` < 1,
+    first every question's rollouts, then the frontier plan (frontier.plan_budgets, its coins keyed by
+    `plan_seed`, default the config's seed) sets each question's budget and inclusion, as the run's does.
+    `selection_seed`: the rollouts drawn with the config's seed, node selection (and continuations) with this
+    one, so that replications vary the design and keep the population."""
+    if frontier >= 1 and selection_seed is None:
+        out = []
+        for q in questions:
+            est = Estimator(engine, [q], teachers, objectives, config)
+            out.append((est, est.run()))
+        return out
+    rollouts = [Estimator(engine, [q], {}, objectives, config).sample() for q in questions]
+    verdicts = [[bool(r.correct) for r in ro] for ro in rollouts]
+    seed = config.seed if plan_seed is None else plan_seed
+    tokens = [sum(len(r.token_ids) for r in ro) for ro in rollouts]
+    plans = plan_budgets(verdicts, [q.id for q in questions], config.budget, frontier, seed, tokens)
+    run_cfg = config if selection_seed is None else dataclasses.replace(config, seed=selection_seed)
     out = []
-    for q in questions:
-        est = Estimator(engine, [q], teachers, objectives, config)
-        out.append((est, est.run()))
+    for q, ro, plan in zip(questions, rollouts, plans, strict=True):
+        cfg = dataclasses.replace(
+            run_cfg, budget=plan.budget, question_inclusion=plan.inclusion, question_weight=plan.weight
+        )
+        est = Estimator(engine, [q], teachers, objectives, cfg)
+        out.append((est, est.run(ro)))
     return out
 
 

@@ -13,7 +13,7 @@ temperature, the teacher's temperature, top_p, max_new_tokens, and where it came
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -256,16 +256,9 @@ class TrainingSpec:
 
 def read_config(run_dir: Path):
     """The RunConfig saved in a run directory's config.toml (not re-validated: the run already was)."""
-    from ..pipeline.config import RunConfig, load_toml
+    from ..pipeline.config import RunConfig
 
-    path = Path(run_dir) / CONFIG_FILE
-    if not path.is_file():
-        raise DiagnoseError(f"{run_dir} has no {CONFIG_FILE}: is it a diagnose run directory?")
-    known = {f.name for f in fields(RunConfig)}
-    try:
-        return RunConfig(**{k: v for k, v in load_toml(path).items() if k in known})
-    except TypeError as err:
-        raise DiagnoseError(f"{path} is unreadable: {err}") from None
+    return RunConfig.load(run_dir)
 
 
 def read_run(run_dir, metric: str = "cos_full") -> RunView:

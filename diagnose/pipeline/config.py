@@ -27,6 +27,7 @@ TEACHER_DTYPES = ("auto", "float32", "bfloat16", "float16")
 EXECUTION = ("workers", "ray_address", "gpus_per_worker", "teacher_placement", "shard", "cache_dir")
 # Keys that do not change any number (where the output goes, how it is shown): excluded from the identity.
 NON_IDENTITY = {"out", "progress", "in_flight", *EXECUTION}
+CONFIG_FILE = "config.toml"  # a run directory's saved configuration
 TEACHER_PLACEMENTS = ("colocate", "pool")
 # EstimateConfig fields whose RunConfig key has another name (every other shared name is copied as is).
 RENAMED = {"rollouts_per_question": "rollouts", "k_student": "top_k", "k_teacher": "top_k"}
@@ -40,7 +41,9 @@ CHOICES = {
 }
 # Keys added after runs were already being made: at their defaults they stay out of the identity, so the digest
 # (and with it resuming, and cache folders under --cache-dir) of a run made before they existed is unchanged.
-LATER_KEYS = ("top_p", "budget_unit", "allocation", "target_half_width", "level", "n_boot", "teacher_temperature")
+LATER_KEYS = (
+    "top_p", "budget_unit", "allocation", "target_half_width", "level", "n_boot", "teacher_temperature", "frontier"
+)
 # Questions processed at once when `in_flight` is 0 (auto): enough rows per engine call to keep it busy.
 AUTO_IN_FLIGHT = {"hf": 8, "vllm": 32}
 
@@ -89,6 +92,12 @@ class RunConfig:
         0.0,
         "Adaptive allocation: plan no more for a node once its predicted interval half-width is below this "
         "(0: spend the budget).",
+    )
+    frontier: float = _key(
+        1.0,
+        "Share of the questions whose rollouts all agree (all correct or all wrong: g* is 0 at most of their "
+        "tokens) that are estimated, weighted up to stand for the rest, so every figure keeps its meaning; the "
+        "budget they free goes to the questions with both verdicts. 1 (default): every question at --budget.",
     )
     engine: str = _key("hf", "Engine: hf, vllm or exact.")
     teacher_dtype: str = _key(
@@ -146,6 +155,19 @@ class RunConfig:
 
     # ---- construction ----
     @classmethod
+    def load(cls, run_dir: str | Path) -> RunConfig:
+        """The config a run directory was made with (its config.toml; keys it lacks take their defaults, which
+        are what runs made before those keys did). One DiagnoseError line when there is none or it cannot be
+        read."""
+        path = Path(run_dir) / CONFIG_FILE
+        if not path.is_file():
+            raise DiagnoseError(f"{run_dir} has no {CONFIG_FILE}: is it a diagnose run directory?")
+        try:
+            return cls(**load_toml(path))
+        except (TypeError, DiagnoseError) as err:
+            raise DiagnoseError(f"{path} is unreadable by this version of diagnose: {err}") from None
+
+    @classmethod
     def from_sources(cls, toml_path: str | Path | None = None, overrides: dict[str, Any] | None = None):
         return build_config(cls, toml_path, overrides, "config")
 
@@ -187,6 +209,10 @@ class RunConfig:
             raise DiagnoseError(f"--top-p must lie in (0, 1], got {self.top_p}")
         if not 0 < self.level < 1:
             raise DiagnoseError(f"--level must lie in (0, 1), got {self.level}")
+        if not 0 < self.frontier <= 1:
+            raise DiagnoseError(
+                f"--frontier must lie in (0, 1] (the least chance a question is estimated), got {self.frontier}"
+            )
         if self.n_boot < 1 or self.target_half_width < 0:
             raise DiagnoseError("--n-boot must be >= 1 and --target-half-width >= 0")
         for name, choices in CHOICES.items():

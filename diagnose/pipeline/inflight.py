@@ -71,7 +71,7 @@ class Batcher:
         self._dispatching = False
         self._local = threading.local()
         self.stats = Throughput()
-        self._on_call = on_call
+        self.on_call = on_call
 
     # ---- workers ---------------------------------------------------------------------------------------
     def join(self, workers: int = 1) -> None:
@@ -159,8 +159,8 @@ class Batcher:
             for group in c.result:
                 s.rows[kind] += len(group)
                 s.tokens[kind] += sum(len(x.token_ids) for x in group)
-        if self._on_call is not None:
-            self._on_call(s)
+        if self.on_call is not None:
+            self.on_call(s)
 
 
 def _size(call: _Call) -> int:

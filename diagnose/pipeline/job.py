@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -16,6 +16,7 @@ from ..alignment import proxies
 from ..engines.base import render_prompt
 from ..errors import DiagnoseError
 from ..estimate import EstimateConfig, EstimateQuestion, EstimateResult, Estimator
+from ..estimate.frontier import QuestionPlan
 from ..objectives import parse as parse_objective
 from ..tables import standard_metadata
 from ..teachers import parse_teacher
@@ -67,6 +68,8 @@ class QuestionJob:
         self.progress = Progress(enabled=cfg.progress if progress is None else progress)
         self.engine = None
         self.teacher_engines = {}
+        self.plans: list[QuestionPlan] | None = None  # the frontier plan, once made (Runner.plan_frontier)
+        self.planned_rollouts: dict[int, list] = {}  # question -> the rollouts the plan was made from
 
     @property
     def cache_root(self) -> Path:
@@ -122,16 +125,54 @@ class QuestionJob:
         )
 
     # ---- one question --------------------------------------------------------------------------------
-    def compute_question(self, index: int, engine=None, teacher_engines=None, exclusive=None) -> QuestionOutput:
+    def _estimate_question(self, index: int, engine) -> EstimateQuestion:
+        q = self.questions[index]
+        prompt_ids = render_prompt(engine.tokenizer, q.prompt)
+        return EstimateQuestion(id=q.id, prompt_ids=prompt_ids, verify=lambda text, q=q: self.task.verify(q, text))
+
+    def question_rollouts(self, index: int, engine=None, cached: bool = True) -> list:
+        """One question's rollouts, sampled as its estimate samples them: their verdicts are what its frontier
+        plan is made from, and the estimate is given them back (`compute_question(rollouts=...)`). With
+        `cached`, they also go into the question's continuation cache (a resume finds them there)."""
+        engine = engine or self.engine
+        cache = None
+        if cached:
+            self.cache_root.mkdir(parents=True, exist_ok=True)
+            cache = self.cache_root / f"{shard_id(index)}.sqlite"
+        est = Estimator(engine, [self._estimate_question(index, engine)], {}, self.objectives,
+                        self.estimate_config(), cache=cache)
+        try:
+            return est.sample()
+        finally:
+            est.cache.close()
+
+    def question_config(self, plan: QuestionPlan | None) -> EstimateConfig:
+        """The estimate settings of one question: the run's, with its frontier plan's budget and inclusion."""
+        cfg = self.estimate_config()
+        if plan is None:
+            return cfg
+        return replace(
+            cfg, budget=float(plan.budget), question_inclusion=float(plan.inclusion), question_weight=plan.weight
+        )
+
+    def compute_question(
+        self, index: int, engine=None, teacher_engines=None, exclusive=None, plan: QuestionPlan | None = None,
+        rollouts: list | None = None,
+    ) -> QuestionOutput:
         """Estimate one question; writes nothing in the run directory (only the cache). `engine` /
         `teacher_engines`: what to call (the batched wrappers when questions run in flight); `exclusive(fn)`:
-        how to run direct model work (parameter-space gradients) so that it never overlaps an engine call."""
+        how to run direct model work (parameter-space gradients) so that it never overlaps an engine call;
+        `plan`: its frontier plan (default: the run's, `self.plans`, when made); `rollouts`: the ones the plan
+        was made from (default: those this process sampled for it, else sampled here, from the cache)."""
         engine = engine or self.engine
         teacher_engines = teacher_engines or self.teacher_engines
+        if plan is None and self.plans is not None:
+            plan = self.plans[index]
+        if rollouts is None:
+            rollouts = self.planned_rollouts.pop(index, None)
         q = self.questions[index]
         t0 = time.perf_counter()
-        prompt_ids = render_prompt(engine.tokenizer, q.prompt)
-        eq = EstimateQuestion(id=q.id, prompt_ids=prompt_ids, verify=lambda text, q=q: self.task.verify(q, text))
+        eq = self._estimate_question(index, engine)
         summary = None
         if any(tc.context == "summary" for tc in self.teacher_cfgs) and not q.meta.get("summary"):
             if q.solution:
@@ -143,11 +184,11 @@ class QuestionJob:
             [eq],
             fns,
             self.objectives,
-            self.estimate_config(),
+            self.question_config(plan),
             cache=self.cache_root / f"{shard_id(index)}.sqlite",
         )
         try:
-            result = est.run()
+            result = est.run(rollouts)
         finally:
             est.cache.close()
         param_cos = {}
@@ -169,6 +210,8 @@ class QuestionJob:
             "continuation_tokens_generated": tally["continuations"].generated_tokens,
             "teacher_tokens": int(sum(f.tokens for f in fns.values())),
             "nodes": int(result.summary["nodes"]),
+            "live_nodes": int(sum(not rec.get("degenerate", False) for rec in result.node_records)),
+            "budget": float(plan.budget if plan is not None else self.cfg.budget),
             "question_s": round(time.perf_counter() - t0, 3),
             "engine_s": {k: round(v, 6) for k, v in (batcher.take_seconds(index) if batcher else {}).items()},
         }

@@ -14,7 +14,9 @@ from dataclasses import asdict, dataclass, field, replace
 from typing import Mapping, Sequence
 
 from ..engines.base import render_prompt
+from ..estimate.frontier import plan_budgets
 from ..estimate.nodes import select_nodes, window_index
+from ..tables import verdict_note
 from .config import RunConfig
 from .runner import Runner
 
@@ -110,22 +112,39 @@ def max_passes(cfg: RunConfig, nodes_hi: int) -> int:
     return max(1, min(limit, nodes_hi))
 
 
-def expected_work(cfg: RunConfig, mean_rollout_tokens: float, mean_prompt_tokens: float = 0.0) -> dict:
+def _planned_bounds(cfg: RunConfig, positions: int, budgets: Sequence[float]) -> tuple[list, list]:
+    """[lo, hi] nodes and continuations summed over questions estimated at `budgets` (0: skipped)."""
+    nodes, conts = [0, 0], [0, 0]
+    for b in budgets:
+        if b <= 0:
+            continue
+        one = replace(cfg, budget=b)
+        nodes = [x + y for x, y in zip(nodes, node_bounds(one, positions), strict=True)]
+        conts = [x + y for x, y in zip(conts, continuation_bounds(one, positions), strict=True)]
+    return nodes, conts
+
+
+def expected_work(
+    cfg: RunConfig, mean_rollout_tokens: float, mean_prompt_tokens: float = 0.0, budgets: Sequence[float] | None = None
+) -> dict:
     """What the config asks for, given the mean rollout length L (and prompt length): ranges are [lo, hi];
-    the ones named as bounds hold while each question's rollouts have at least rollouts x L positions."""
+    the ones named as bounds hold while each question's rollouts have at least rollouts x L positions.
+    `budgets`: each question's budget under the frontier plan (0: skipped; default: every question at
+    --budget); the per-question figures are those of a question estimated at --budget."""
     q, r, length = cfg.questions, cfg.rollouts, float(mean_rollout_tokens)
     rollouts = q * r
     positions = math.floor(r * length + 1e-9)
     least, most = node_costs(cfg)
     nodes = node_bounds(cfg, positions)
     conts = continuation_bounds(cfg, positions)
+    total_nodes, total_conts = _planned_bounds(cfg, positions, [cfg.budget] * q if budgets is None else budgets)
     remaining = selection_remaining(cfg, length)
     passes = (1, max_passes(cfg, nodes[1]))
     scored_per_pass = rollouts * (mean_prompt_tokens + length)  # one model's pass over every rollout
     teachers = len(cfg.teachers)
     # prefill: each prompt once for its rollouts; each node's prefix once for all its continuations
-    prefill = [q * mean_prompt_tokens + q * n * (mean_prompt_tokens + length - remaining) for n in nodes]
-    generated = [rollouts * length + q * c * remaining for c in conts]
+    prefill = [q * mean_prompt_tokens + n * (mean_prompt_tokens + length - remaining) for n in total_nodes]
+    generated = [rollouts * length + c * remaining for c in total_conts]
     scored = [(1 + teachers) * scored_per_pass * p for p in passes]
     return {
         "questions": q,
@@ -137,13 +156,14 @@ def expected_work(cfg: RunConfig, mean_rollout_tokens: float, mean_prompt_tokens
         "positions_per_question": positions,
         "node_cost_continuations": [least, most],
         "nodes_per_question": list(nodes),
-        "nodes": [q * n for n in nodes],
+        "nodes": total_nodes,
         "continuations_per_question": list(conts),
-        "continuations": [q * c for c in conts],
+        "continuations": total_conts,
         "node_selection": cfg.nodes,
         "mean_remaining_tokens": remaining,
         "mean_remaining_tokens_equal_shares": expected_remaining(length, cfg.nodes),
-        "continuation_tokens": [q * c * remaining for c in conts],
+        "continuation_tokens": [c * remaining for c in total_conts],
+        "planned_budgets": None if budgets is None else [float(b) for b in budgets],
         "selection_passes": list(passes),
         "teacher_scored_tokens_per_pass": teachers * scored_per_pass,
         "teacher_scored_tokens": [teachers * scored_per_pass * p for p in passes],
@@ -170,15 +190,18 @@ def time_score(engine, prompt_ids: Sequence[int], response_ids: Sequence[int], r
 
 
 def calibrate(
-    engine, prompts: Sequence[Sequence[int]], cfg: RunConfig, stop: Sequence[str] = (), teacher_engines=None
+    engine, prompts: Sequence[Sequence[int]], cfg: RunConfig, stop: Sequence[str] = (), teacher_engines=None,
+    verify: Sequence | None = None,
 ) -> dict:
     """Sample the run's rollouts for the first k prompts (k x rollouts = min(32, questions x rollouts) rows)
     with its sampling settings, then time scoring one of them on the student and on each external teacher.
-    Nothing is cached: the run samples its own rollouts."""
+    `verify[i](text)`: prompt i's verifier, to report the sample's pass rate and the questions with both
+    verdicts (where g* can be nonzero). Nothing is cached: the run samples its own rollouts."""
     k = min(len(prompts), max(1, CALIBRATION_ROWS // cfg.rollouts))
     params = cfg.estimate_config(stop=stop).sampling()
     start = t0 = time.perf_counter()
-    samples = [s for row in engine.sample([list(p) for p in prompts[:k]], cfg.rollouts, params) for s in row]
+    rows = engine.sample([list(p) for p in prompts[:k]], cfg.rollouts, params)
+    samples = [s for row in rows for s in row]
     sample_s = time.perf_counter() - t0
     tokens = sum(len(s.token_ids) for s in samples)
     mean = tokens / max(1, len(samples))
@@ -186,7 +209,18 @@ def calibrate(
     others: Mapping = {m: e for m, e in (teacher_engines or {}).items() if e is not engine}
     score_s = {"self": time_score(engine, prompts[0], typical.token_ids)}
     score_s.update({m: time_score(e, prompts[0], typical.token_ids) for m, e in others.items()})
+    verdicts = {}
+    if verify is not None:
+        correct = [[bool(verify[i](s.text)) for s in row] for i, row in enumerate(rows)]
+        flat = [c for row in correct for c in row]
+        verdicts = {
+            "pass_rate": sum(flat) / max(1, len(flat)),
+            "mixed_questions": sum(0 < sum(row) < len(row) for row in correct),
+            "verdicts": correct,
+            "verdict_note": verdict_note(flat, [i for i, row in enumerate(correct) for _ in row]),
+        }
     return {
+        **verdicts,
         "prompts": k,
         "rows": k * cfg.rollouts,
         "max_new_tokens": cfg.max_new_tokens,
@@ -239,10 +273,31 @@ class Plan:
             + (f", shard {self.shard} (its questions only)" if self.shard else ""),
             f"  budget {self.budget} continuations per question; one node costs {least} to {most} continuations "
             "(its candidate set is smaller when top-k lists overlap)",
+            *self._verdict_lines(),
             "",
             "work (ranges marked 'bounds' hold whatever the model does, given the rollout length; '~' marks "
             "estimates)",
         ]
+
+    def _verdict_lines(self) -> list[str]:
+        """The calibration sample's pass rate, and a warning when its verdicts leave nothing to learn from."""
+        c = self.calibration
+        if "pass_rate" not in c:
+            return []
+        lines = [
+            f"  student on the calibration sample: pass rate {c['pass_rate']:.2f} over {c['rows']} rollouts; "
+            f"{c['mixed_questions']} of {c['prompts']} questions with both verdicts (g* can be nonzero only there)"
+        ]
+        if c.get("verdict_note"):
+            lines.append(f"  warning: {c['verdict_note']}")
+        budgets = self.work.get("planned_budgets")
+        if budgets is not None:
+            skipped = sum(b <= 0 for b in budgets)
+            lines.append(
+                f"  frontier plan (estimated from the calibration sample): ~{skipped} of {len(budgets)} questions "
+                "skipped (their rollouts all agree); the budget they free goes to the questions with both verdicts"
+            )
+        return lines
 
     def _work_lines(self) -> list[str]:
         w = self.work
@@ -375,10 +430,18 @@ def plan(cfg: RunConfig, progress: bool = True) -> Plan:
     load_s = time.perf_counter() - t0
     prompts = [render_prompt(runner.engine.tokenizer, q.prompt) for q in runner.questions]
     with runner.progress.status("calibrating (a short sample and one scoring pass)"):
-        calib = calibrate(runner.engine, prompts, cfg, runner.task.stop, runner.teacher_engines)
+        verify = [lambda text, q=q: runner.task.verify(q, text) for q in runner.questions]
+        calib = calibrate(runner.engine, prompts, cfg, runner.task.stop, runner.teacher_engines, verify)
     mine, parallel = split(cfg, len(runner.questions))  # a file task may hold fewer than asked for
     mean_prompt = sum(map(len, prompts)) / len(prompts)
-    work = expected_work(replace(cfg, questions=mine), calib["mean_rollout_tokens"], mean_prompt)
+    budgets = None
+    if cfg.frontier < 1 and calib.get("verdicts"):
+        # the frontier plan, estimated: the calibration's questions stand in for the rest, in turn
+        sample = calib["verdicts"]
+        pattern = [sample[i % len(sample)] for i in range(mine)]
+        ids = [q.id for q in runner.questions][:mine]
+        budgets = [p.budget for p in plan_budgets(pattern, ids, cfg.budget, cfg.frontier, cfg.seed)]
+    work = expected_work(replace(cfg, questions=mine), calib["mean_rollout_tokens"], mean_prompt, budgets)
     parts = eta(work, calib, load_s, [tc.model for tc in runner.teacher_cfgs], parallel)
     return Plan(
         student=cfg.student,

@@ -24,6 +24,11 @@ class Progress:
             yield
         self.console.print(f"[green]✓[/green] {message}")
 
+    def note(self, message: str) -> None:
+        """One line on stderr (nothing when progress is off)."""
+        if self.enabled:
+            self.console.print(message)
+
     @contextlib.contextmanager
     def bar(self, description: str, total: int, completed: int = 0):
         """Yields a `Bar`: call it to advance; `.update(advance=, tokens_per_s=, rows=)` from any thread.

@@ -8,9 +8,7 @@ from pathlib import Path
 
 from .. import atomic
 from ..errors import DiagnoseError
-from .config import RunConfig, tomllib
-
-CONFIG_FILE = "config.toml"
+from .config import CONFIG_FILE, RunConfig, tomllib  # noqa: F401  (others import these from here)
 
 
 def write_atomic(path: Path, text: str) -> None:
@@ -43,8 +41,8 @@ def open_run_dir(cfg: RunConfig) -> Path:
     existing = out / CONFIG_FILE
     if existing.exists():
         try:
-            old = RunConfig(**{k: v for k, v in tomllib.loads(existing.read_text()).items()})
-        except Exception:
+            old = RunConfig.load(out)
+        except DiagnoseError:
             raise DiagnoseError(f"{existing} is unreadable; use another --out or delete the directory") from None
         if old.digest() != cfg.digest():
             diff = sorted(k for k, v in cfg.identity().items() if old.identity().get(k) != v)

@@ -19,9 +19,12 @@ from collections import deque
 from pathlib import Path
 
 from .. import tasks
+from ..estimate.frontier import describe as describe_plan
+from ..estimate.frontier import plan_budgets
 from ..estimate.summary import write_summary
 from ..tables import completed_shards, write_table
 from .config import RunConfig
+from .frontier import load_verdicts, save_verdicts
 from .inflight import Batcher, batched_engines
 from .job import TABLES, QuestionJob, QuestionOutput, shard_id
 from .rundir import check_writable, open_run_dir, write_atomic
@@ -36,6 +39,7 @@ class Runner(QuestionJob):
             check_writable(Path(cfg.out).expanduser())
         super().__init__(cfg, progress=progress, worker=worker)
         self.device = None  # the student's device, once a question has been committed
+        self._batcher = None  # the engine-call merger of this invocation (run_questions)
 
     def run_question(self, index: int, engine=None, teacher_engines=None, exclusive=None) -> dict:
         """Estimate one question and commit its shards (alignment last); returns its cost."""
@@ -93,11 +97,13 @@ class Runner(QuestionJob):
                 self._start_invocation(started)
                 part = self.cfg.shard_slice() or (0, 1)
                 total = len(range(part[0], len(self.questions), part[1]))  # this process's questions
+                if pool is None:
+                    self.load()
+                self.plan_frontier(pool)
                 with self.progress.bar("questions", total=total, completed=total - len(todo)) as bar:
                     if pool is not None:
                         pool.run(todo, bar)
                     else:
-                        self.load()
                         self.run_questions(todo, bar)
         finally:
             if pool is not None:
@@ -110,14 +116,49 @@ class Runner(QuestionJob):
             render_report(self.out)
         return load_result(self.out)
 
-    def run_questions(self, todo: list[int], bar=None) -> None:
-        """Work through `todo` with up to `in_flight` questions at once, their engine calls merged.
+    def plan_frontier(self, pool=None) -> None:
+        """Make the frontier plan (frontier.py) before any question is estimated: every question's rollout
+        verdicts, sampled in flight (or on the Ray workers) into the questions' caches, saved in frontier.json
+        (kept by the first process to write it, so `--shard` siblings and resumes share one plan)."""
+        if self.cfg.frontier >= 1:
+            return
+        ids = [q.id for q in self.questions]
+        saved = load_verdicts(self.out, ids)
+        if saved is None:
+            indices = list(range(len(self.questions)))
+            found: dict[int, list] = {}
+            with self.progress.bar("rollouts (frontier plan)", total=len(indices)) as bar:
+                if pool is not None:
+                    found = pool.rollouts(indices, bar)
+                else:
+                    # --shard siblings would write the same caches at once: they plan from uncached rollouts
+                    cached = not self.cfg.shard
+
+                    def work(index, engine, teachers, exclusive):
+                        found[index] = self.question_rollouts(index, engine, cached=cached)
+
+                    self.run_questions(indices, bar, work=work)
+            self.planned_rollouts = found  # each estimate is given the rollouts its plan was made from
+            verdicts = [[bool(r.correct) for r in found[i]] for i in indices]
+            save_verdicts(self.out, verdicts, ids, [sum(len(r.token_ids) for r in found[i]) for i in indices])
+            saved = load_verdicts(self.out, ids)  # a --shard sibling's, if it wrote first
+        verdicts, tokens = saved
+        self.plans = plan_budgets(verdicts, ids, self.cfg.budget, self.cfg.frontier, self.cfg.seed, tokens)
+        self.progress.note(describe_plan(self.plans, self.cfg.budget))
+
+    def run_questions(self, todo: list[int], bar=None, work=None) -> None:
+        """Work through `todo` with up to `in_flight` questions at once, their engine calls merged; `work(index,
+        engine, teachers, exclusive)` is what is done to each (default: estimate and commit it).
 
         Questions commit as they finish. If one fails, no new question starts, the others in flight finish
         and commit, and the first error is raised (a rerun resumes with what is left)."""
+        work = work or self.run_question
         workers = min(self.cfg.questions_in_flight(), len(todo))
         show = bar.update if bar is not None else (lambda **_: None)
-        batcher = Batcher(on_call=lambda st: show(tokens_per_s=st.generated_per_s(), rows=dict(st.rows)))
+        # One Batcher per invocation: the frontier plan's rollouts and the estimates share its per-question
+        # engine seconds (cost.json) and its counters (engine_stats).
+        batcher = self._batcher = self._batcher or Batcher()
+        batcher.on_call = lambda st: show(tokens_per_s=st.generated_per_s(), rows=dict(st.rows))
         engine, teachers = batched_engines(self.engine, self.teacher_engines, batcher)
         queue, lock, errors = deque(todo), threading.Lock(), []
 
@@ -130,7 +171,7 @@ class Runner(QuestionJob):
                         index = queue.popleft()
                     batcher.working_on(index)
                     try:
-                        self.run_question(index, engine, teachers, batcher.exclusive)
+                        work(index, engine, teachers, batcher.exclusive)
                     except BaseException as err:  # noqa: BLE001 - re-raised by the main thread
                         with lock:
                             errors.append(err)
@@ -232,11 +273,9 @@ def _union_seconds(intervals: list[tuple[float, float]]) -> float:
 def completion(run_dir) -> tuple[int, int] | None:
     """(questions with a committed alignment shard, questions in the run) of a run directory, or None when
     its config.toml cannot be read (e.g. `--shard` siblings still running leave the first number short)."""
-    from .rundir import CONFIG_FILE, tomllib
-
     run_dir = Path(run_dir)
     try:
-        cfg = RunConfig(**tomllib.loads((run_dir / CONFIG_FILE).read_text()))
+        cfg = RunConfig.load(run_dir)
         total = len(tasks.get(cfg.task).questions(cfg.questions, seed=cfg.seed))
     except Exception:  # noqa: BLE001 - no config, or one this version cannot read: nothing to say
         return None

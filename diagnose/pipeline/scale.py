@@ -87,13 +87,25 @@ class QuestionWorker:
         self.runner.load_teachers({model: RemoteTeacher(h) for model, h in servers.items()})
         self.engine, self.teachers = batched_engines(self.runner.engine, self.runner.teacher_engines, self.batcher)
 
-    def compute(self, index: int):
-        """One question's QuestionOutput (nothing is written in the run directory)."""
+    def compute(self, index: int, plan=None, rollouts=None):
+        """One question's QuestionOutput (nothing is written in the run directory); `plan`: its frontier plan,
+        `rollouts`: the ones it was made from (whichever worker sampled them)."""
         self.batcher.join(1)
         try:
             self.batcher.working_on(index)
             self._test_hook(index)
-            return self.runner.compute_question(index, self.engine, self.teachers, self.batcher.exclusive)
+            return self.runner.compute_question(
+                index, self.engine, self.teachers, self.batcher.exclusive, plan, rollouts
+            )
+        finally:
+            self.batcher.quit()
+
+    def rollouts(self, index: int) -> list:
+        """One question's rollouts for the frontier plan (also kept in this worker's cache)."""
+        self.batcher.join(1)
+        try:
+            self.batcher.working_on(index)
+            return self.runner.question_rollouts(index, self.engine)
         finally:
             self.batcher.quit()
 
@@ -225,7 +237,9 @@ class WorkerPool:
                 for w, actor in enumerate(self.actors):
                     while queue and busy[w] < self.slots and w not in loading.values():
                         index = queue.popleft()
-                        running[actor.compute.remote(index)] = (w, index)
+                        plan = self.runner.plans[index] if self.runner.plans is not None else None
+                        rollouts = self.runner.planned_rollouts.get(index)
+                        running[actor.compute.remote(index, plan, rollouts)] = (w, index)
                         busy[w] += 1
             if not running and not loading:
                 break
@@ -260,6 +274,20 @@ class WorkerPool:
             show(advance=1, rows=dict(work), tokens_per_s=tokens / max(time.perf_counter() - t0, 1e-9))
         if errors:
             raise errors[0]
+
+    def rollouts(self, indices: list[int], bar=None) -> dict[int, list]:
+        """Every question's rollouts (the frontier plan's input), spread over the workers."""
+        ray = _ray()
+        refs = {}
+        for j, index in enumerate(indices):
+            refs[self.actors[j % len(self.actors)].rollouts.remote(index)] = index
+        found = {}
+        while refs:
+            ref = ray.wait(list(refs), num_returns=1)[0][0]
+            found[refs.pop(ref)] = _get(ref)
+            if bar is not None:
+                bar.update(advance=1)
+        return found
 
     def _reload(self, actor):
         """A replacement worker's loading (student, then teachers), as one object ref."""

@@ -18,7 +18,7 @@ from plotly.offline import get_plotlyjs
 
 from .. import atomic
 from ..errors import DiagnoseError
-from ..tables import Summary, has_table, read_metadata, read_summary, read_table
+from ..tables import Summary, has_table, read_metadata, read_summary, read_table, verdict_note
 from ..tables.summary import no_summary
 from .assets import CSS, JS
 from .explorer import explorer_data
@@ -111,7 +111,7 @@ def render_report(
         "resampling", "questions with replacement, each with all of its rollouts (question-cluster bootstrap)"
     )
     sections = [
-        _section_bottom_line(summary, metric, other, unit),
+        _section_bottom_line(summary, metric, other, unit, verdict_note(rollouts["correct"], rollouts["question_id"])),
         _section_cost(run_dir, tables, meta),
         _section_ranking(s, s_other, metric, unit),
         _section_correctness(s),

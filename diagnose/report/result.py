@@ -21,7 +21,7 @@ from typing import Any
 import pandas as pd
 
 from ..errors import DiagnoseError
-from ..tables import BANDS, Summary, has_table, read_metadata, read_summary, read_table
+from ..tables import BANDS, Summary, has_table, read_metadata, read_summary, read_table, verdict_note
 from ..tables.summary import no_summary
 
 _TABLES = ("rollouts", "nodes", "candidates", "alignment")
@@ -131,10 +131,14 @@ class RunResult:
         """The bottom line as text: recommendation overall and per band, headroom, top configurations."""
         rec, hr = self.recommendation, self.headroom
         lines = [f"diagnose run {self.run_dir} ({self.metric})"]
+        ro = self.rollouts
+        note = verdict_note(ro["correct"], ro["question_id"]) if ro is not None and len(ro) else None
+        if note:
+            lines.append(f"  warning: {note}")
         o = rec.get("overall")
         if not o:
             silent = "".join(f"\n  no signal (never ranked): {x}" for x in rec.get("no_signal", []))
-            return lines[0] + "\n  no configuration has a defined alignment" + silent
+            return "\n".join(lines) + "\n  no configuration has a defined alignment" + silent
         evidence = f"{o['n_nodes']} live nodes of {o.get('n_questions', '?')} questions"
         if not o.get("clear"):
             lines.append(f"  no clear winner: the evidence ({evidence}) does not separate the configurations")

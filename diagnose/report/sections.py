@@ -338,10 +338,12 @@ generated {now:%Y-%m-%d %H:%M} UTC</div>
 </div></header>"""
 
 
-def _section_bottom_line(summary: Summary, metric: str, other: str | None, unit: str) -> str:
-    """Bottom line: the recommendation overall and per difficulty band, headroom, and what alignment means."""
+def _section_bottom_line(summary: Summary, metric: str, other: str | None, unit: str, note: str | None = None) -> str:
+    """Bottom line: the recommendation overall and per difficulty band, headroom, and what alignment means;
+    `note`: a warning about the student's verdicts (tables.verdict_note) shown first."""
+    warning = f"<p class='warn'>Warning: {html.escape(note)}.</p>" if note else ""
     return f"""<section class="bottomline" id="bottom-line"><h2>Bottom line</h2>
-{_bottom_line(summary, metric, other)}
+{warning}{_bottom_line(summary, metric, other)}
 {_LEGEND.replace("{unit}", unit)}
 </section>"""
 

@@ -29,10 +29,11 @@ from .schema import (
     difficulty_band,
     schema,
 )
-from .summary import ESTIMANDS, Summary, read_summary
+from .summary import ESTIMANDS, Summary, read_summary, verdict_note
 
 __all__ = [
     "BANDS", "ESTIMANDS", "KEYS", "METRICS", "PROXIES", "RANGES", "SCHEMAS", "SCHEMA_VERSION", "Summary",
     "completed_shards", "config_label", "describe_markdown", "difficulty_band", "has_table", "read_arrow",
-    "read_metadata", "read_summary", "read_table", "schema", "standard_metadata", "validate", "write_table",
+    "read_metadata", "read_summary", "read_table", "schema", "standard_metadata", "validate", "verdict_note",
+    "write_table",
 ]

@@ -82,14 +82,17 @@ SCHEMAS: dict[str, pa.Schema] = {
                 "Tokens this node stands for: m / c for c nodes chosen among the m positions of its stratum "
                 "(rollout x window), times the window's tokens over the tokens of its strata that have a node "
                 "(rollouts of the same question and verdict stand in for those without): 1 / inclusion_prob "
-                "times that rescaling. Every per-token figure weights nodes by it.",
+                "times that rescaling; with --frontier < 1, times the question's frontier-plan weight (1 for "
+                "a question with both verdicts, about 1 / its inclusion probability for one whose rollouts "
+                "agree). Every per-token figure weights nodes by it.",
             ),
             _f(
                 "inclusion_prob",
                 _D,
                 "Probability that node selection picks this position given the count chosen in its stratum: "
-                "c / m, in (0, 1] (selection takes a uniformly random subset of each stratum, in tokens too); "
-                "approximate for `refine`'s bisection nodes.",
+                "c / m, in (0, 1] (selection takes a uniformly random subset of each stratum, in tokens too), "
+                "times the probability the frontier plan (if any) estimated its question; approximate for `refine`'s "
+                "bisection nodes.",
             ),
             _f(
                 "negligible",

@@ -77,3 +77,29 @@ def no_summary(run_dir) -> str:
     """The one-line error for a run directory that has no summary table to render."""
     return (f"{run_dir} has no summary table yet (an unfinished run?): `diagnose report {run_dir}` computes "
             "and writes it, `diagnose.load` computes it without writing")
+
+
+EASIER = "make the task easier or the student stronger (or raise --max-new-tokens or --temperature)"
+HARDER = "make the task harder (or the student weaker)"
+
+
+def verdict_note(correct, question_ids=None) -> str | None:
+    """What to say when the student's verdicts leave nothing to learn from: it solved none (or all) of its
+    rollouts, so Q is 0 (or 1) almost everywhere, g* vanishes and no teacher can be scored; with
+    `question_ids`, also when fewer than a fifth of the questions have both verdicts. None when neither."""
+    correct = pd.Series(list(correct), dtype=bool)
+    n = len(correct)
+    if n == 0:
+        return None
+    if not correct.any():
+        return f"the student solved none of its {n} rollouts: g* is 0 at every node, no teacher can be scored; {EASIER}"
+    if correct.all():
+        return f"the student solved all {n} of its rollouts: g* is 0 at almost every node; {HARDER}"
+    if question_ids is not None:
+        by_q = pd.DataFrame({"q": list(question_ids), "c": correct}).groupby("q")["c"].nunique()
+        mixed = int((by_q == 2).sum())
+        if mixed < 0.2 * len(by_q):
+            what = EASIER if correct.mean() < 0.5 else HARDER
+            return (f"only {mixed} of {len(by_q)} questions have both verdicts among their rollouts (pass rate "
+                    f"{correct.mean():.2f}): most nodes meet g* = 0; {what}")
+    return None

@@ -28,7 +28,7 @@ from ..estimate.generate import Generator, derive_seed
 from ..estimate.rollouts import sample_rollouts
 from ..pipeline.config import RunConfig
 from ..pipeline.progress import Progress
-from ..pipeline.rundir import CONFIG_FILE, tomllib
+from ..pipeline.rundir import CONFIG_FILE
 from ..pipeline.teachers import load_teacher_engines
 from ..tables import completed_shards, has_table, read_table, standard_metadata, write_table
 from ..teachers import parse_teacher
@@ -479,13 +479,9 @@ def evaluation_prompts(run_cfg: RunConfig, cfg: ValidateConfig | None = None) ->
 
 
 def _read_run(run_dir: Path) -> RunConfig:
-    path = run_dir / CONFIG_FILE
-    if not path.is_file():
+    if not (run_dir / CONFIG_FILE).is_file():
         raise DiagnoseError(f"{run_dir} is not a run directory (no {CONFIG_FILE}); run `diagnose run` first")
-    try:
-        cfg = RunConfig(**tomllib.loads(path.read_text()))
-    except Exception:  # noqa: BLE001 - any unreadable config: one line
-        raise DiagnoseError(f"{path} is unreadable by this version of diagnose") from None
+    cfg = RunConfig.load(run_dir)
     if not has_table(run_dir, "summary"):
         raise DiagnoseError(f"{run_dir} is not a finished run (no summary table): finish it with `diagnose run` "
                             "or `diagnose report` first")
