@@ -248,3 +248,22 @@ def test_plan_reports_the_calibration_verdicts_and_the_frontier(tmp_path):
     budgets = bill.work["planned_budgets"]
     assert len(budgets) == 12 and sum(budgets) <= 12 * cfg.budget + 1e-9
     assert not (tmp_path / "never").exists()
+
+
+@pytest.mark.parametrize("temperature", [1.0, 0.7])
+def test_an_identical_teacher_stays_silent_with_the_plan_on(tmp_path, temperature):
+    """--frontier 0.25 through the real pipeline: the student as its own teacher has no signal at any node of
+    any estimated question (weighted up or not), is never ranked, and the bottom line names no configuration."""
+    out = exact_run(tmp_path / "self", teachers=["model=exact"], objectives=["rkl", "fkl", "jsd:beta=0.5"],
+                    questions=16, budget=40, seed=2, frontier=0.25, temperature=temperature)
+    assert (out / PLAN_FILE).exists()
+    al = read_table(out, "alignment")
+    nodes = read_table(out, "nodes")
+    # the plan did something: some question was skipped, so the estimated agreeing ones are weighted up
+    assert len(al) > 0 and nodes["question_id"].nunique() < read_table(out, "rollouts")["question_id"].nunique()
+    assert al["no_signal"].all() and (al["d_sq"] == 0).all()
+    summary = read_table(out, "summary")
+    assert summary["rank"].isna().all() and summary["mean"].isna().all()
+    from diagnose.report import load
+
+    assert "no configuration has a defined alignment" in load(out).describe()
