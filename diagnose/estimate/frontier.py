@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import hashlib
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Sequence
 
 
@@ -80,6 +80,20 @@ def plan_budgets(
     n_mixed = kind.count("mixed")
     share = min(float(budget) * (1 + skipped / n_mixed), float(budget) / frontier) if n_mixed else 0.0
     return [plans.get(i, QuestionPlan(share, 1.0, True)) for i in range(len(kind))]
+
+
+def from_rollouts(rollouts: Sequence[Sequence]) -> tuple[list[list[bool]], list[int]]:
+    """(verdicts, rollout tokens) per question: what `plan_budgets` is made from."""
+    return [[bool(r.correct) for r in ro] for ro in rollouts], [sum(len(r.token_ids) for r in ro) for ro in rollouts]
+
+
+def with_plan(cfg, plan: QuestionPlan | None):
+    """An EstimateConfig with a question's plan applied: its budget, inclusion probability and weight factor."""
+    if plan is None:
+        return cfg
+    return replace(
+        cfg, budget=float(plan.budget), question_inclusion=float(plan.inclusion), question_weight=float(plan.weight)
+    )
 
 
 def describe(plans: Sequence[QuestionPlan], budget: float) -> str:

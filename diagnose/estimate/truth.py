@@ -18,7 +18,7 @@ import pandas as pd
 import torch
 
 from ..tables import difficulty_band
-from .frontier import plan_budgets
+from .frontier import from_rollouts, plan_budgets, with_plan
 from .nodes import Node
 from .pipeline import EstimateResult, Estimator
 from .q import NodeEstimate
@@ -188,17 +188,13 @@ def run_per_question(
             out.append((est, est.run()))
         return out
     rollouts = [Estimator(engine, [q], {}, objectives, config).sample() for q in questions]
-    verdicts = [[bool(r.correct) for r in ro] for ro in rollouts]
+    verdicts, tokens = from_rollouts(rollouts)
     seed = config.seed if plan_seed is None else plan_seed
-    tokens = [sum(len(r.token_ids) for r in ro) for ro in rollouts]
     plans = plan_budgets(verdicts, [q.id for q in questions], config.budget, frontier, seed, tokens)
     run_cfg = config if selection_seed is None else dataclasses.replace(config, seed=selection_seed)
     out = []
     for q, ro, plan in zip(questions, rollouts, plans, strict=True):
-        cfg = dataclasses.replace(
-            run_cfg, budget=plan.budget, question_inclusion=plan.inclusion, question_weight=plan.weight
-        )
-        est = Estimator(engine, [q], teachers, objectives, cfg)
+        est = Estimator(engine, [q], teachers, objectives, with_plan(run_cfg, plan))
         out.append((est, est.run(ro)))
     return out
 

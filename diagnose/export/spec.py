@@ -19,7 +19,6 @@ from typing import Any
 
 from ..errors import DiagnoseError
 
-CONFIG_FILE = "config.toml"
 # Every context builder filled with its own placeholders: a self-distillation teacher's messages as a template.
 PLACEHOLDERS = dict(
     question="{question}", answer="{answer}", solution="{solution}", summary="{summary}",

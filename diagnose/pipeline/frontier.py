@@ -1,5 +1,6 @@
-"""The frontier plan's record in a run directory: frontier.json holds every question's rollout verdicts, from
-which `diagnose.estimate.frontier.plan_budgets` makes the plan (the same on every resume and `--shard`)."""
+"""The frontier plan's record in a run directory: frontier.json holds every question's rollout verdicts and
+tokens, from which `diagnose.estimate.frontier.plan_budgets` makes the plan (the same on every resume and
+`--shard`)."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ PLAN_FILE = "frontier.json"
 
 
 def save_verdicts(
-    out: Path, verdicts: Sequence[Sequence[bool]], ids: Sequence[str], tokens: Sequence[int]
+    out: Path, verdicts: Sequence[Sequence[bool]], tokens: Sequence[int], ids: Sequence[str]
 ) -> None:
     """frontier.json: every question's rollout verdicts and rollout tokens, what the plan is made from (read
     back on resume). Written once: a process that finds one already there (a `--shard` sibling's) leaves it,
@@ -22,8 +23,6 @@ def save_verdicts(
         {"question_id": q, "verdicts": [bool(x) for x in v], "tokens": int(t)}
         for q, v, t in zip(ids, verdicts, tokens, strict=True)
     ]
-    if load_verdicts(out, ids) is None and (out / PLAN_FILE).exists():
-        (out / PLAN_FILE).unlink()  # a plan for other questions (cannot happen in a run directory of one config)
     atomic.create_text(out / PLAN_FILE, json.dumps({"questions": rows}))
 
 

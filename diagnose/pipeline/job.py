@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import tempfile
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -16,7 +16,7 @@ from ..alignment import proxies
 from ..engines.base import render_prompt
 from ..errors import DiagnoseError
 from ..estimate import EstimateConfig, EstimateQuestion, EstimateResult, Estimator
-from ..estimate.frontier import QuestionPlan
+from ..estimate.frontier import QuestionPlan, with_plan
 from ..objectives import parse as parse_objective
 from ..tables import standard_metadata
 from ..teachers import parse_teacher
@@ -146,15 +146,6 @@ class QuestionJob:
         finally:
             est.cache.close()
 
-    def question_config(self, plan: QuestionPlan | None) -> EstimateConfig:
-        """The estimate settings of one question: the run's, with its frontier plan's budget and inclusion."""
-        cfg = self.estimate_config()
-        if plan is None:
-            return cfg
-        return replace(
-            cfg, budget=float(plan.budget), question_inclusion=float(plan.inclusion), question_weight=plan.weight
-        )
-
     def compute_question(
         self, index: int, engine=None, teacher_engines=None, exclusive=None, plan: QuestionPlan | None = None,
         rollouts: list | None = None,
@@ -184,7 +175,7 @@ class QuestionJob:
             [eq],
             fns,
             self.objectives,
-            self.question_config(plan),
+            with_plan(self.estimate_config(), plan),
             cache=self.cache_root / f"{shard_id(index)}.sqlite",
         )
         try:
@@ -210,7 +201,7 @@ class QuestionJob:
             "continuation_tokens_generated": tally["continuations"].generated_tokens,
             "teacher_tokens": int(sum(f.tokens for f in fns.values())),
             "nodes": int(result.summary["nodes"]),
-            "live_nodes": int(sum(not rec.get("degenerate", False) for rec in result.node_records)),
+            "live_nodes": int(sum(not rec["degenerate"] for rec in result.node_records)),
             "budget": float(plan.budget if plan is not None else self.cfg.budget),
             "question_s": round(time.perf_counter() - t0, 3),
             "engine_s": {k: round(v, 6) for k, v in (batcher.take_seconds(index) if batcher else {}).items()},

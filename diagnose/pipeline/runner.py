@@ -20,7 +20,7 @@ from pathlib import Path
 
 from .. import tasks
 from ..estimate.frontier import describe as describe_plan
-from ..estimate.frontier import plan_budgets
+from ..estimate.frontier import from_rollouts, plan_budgets
 from ..estimate.summary import write_summary
 from ..tables import completed_shards, write_table
 from .config import RunConfig
@@ -139,8 +139,7 @@ class Runner(QuestionJob):
 
                     self.run_questions(indices, bar, work=work)
             self.planned_rollouts = found  # each estimate is given the rollouts its plan was made from
-            verdicts = [[bool(r.correct) for r in found[i]] for i in indices]
-            save_verdicts(self.out, verdicts, ids, [sum(len(r.token_ids) for r in found[i]) for i in indices])
+            save_verdicts(self.out, *from_rollouts([found[i] for i in indices]), ids)
             saved = load_verdicts(self.out, ids)  # a --shard sibling's, if it wrote first
         verdicts, tokens = saved
         self.plans = plan_budgets(verdicts, ids, self.cfg.budget, self.cfg.frontier, self.cfg.seed, tokens)
