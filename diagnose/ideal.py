@@ -3,6 +3,9 @@
 Q is known only on a candidate set C (targeted rollouts); off C we set Q := V, so g* is zero there. V then
 solves V = sum_C p_k Q_k + (1 - p(C)) V, i.e. V = sum_C p_k Q_k / p(C): the success rate of the student's
 policy conditioned on drawing from C. With C the whole vocabulary this is the usual V = sum_k p_k Q_k.
+
+`sparse_ideal` is the one implementation (float64, on the candidates); every figure the tool reports comes
+from it. `ideal_gradient` lays it out over the whole vocabulary for callers that hold full logits.
 """
 
 from __future__ import annotations
@@ -12,6 +15,27 @@ from dataclasses import dataclass
 import torch
 
 from .objectives.base import log_probs
+
+EPS = 1e-20
+
+
+def sparse_ideal(p, q, mask, exact_ties: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """g* [..., K] and V [...] (float64) from the student's probabilities p and Q on the candidates
+    [..., K] (mask False = not a candidate: padding, or a candidate without outcomes, where Q := V).
+
+    exact_ties: where every candidate has the same Q, V is that Q exactly and g* exactly zero, not round-off
+    (what node records show; the scores zero those nodes themselves and leave replicates untouched)."""
+    mask = torch.as_tensor(mask, dtype=torch.bool)
+    p = torch.where(mask, torch.as_tensor(p, dtype=torch.float64), 0.0)
+    q = torch.as_tensor(q, dtype=torch.float64)
+    mass = p.sum(-1)
+    v = (p * q).sum(-1) / mass.clamp_min(EPS)
+    if exact_ties:
+        hi = torch.where(mask, q, -torch.inf).amax(-1)
+        tied = hi == torch.where(mask, q, torch.inf).amin(-1)
+        v = torch.where(tied, hi, v)
+    g = torch.where(mask, p * (q - v[..., None]), 0.0)  # exactly 0 on tied rows, where q - v is
+    return g, v
 
 
 @dataclass
@@ -40,7 +64,8 @@ def scatter_candidates(cand_ids: torch.Tensor, values: torch.Tensor, vocab: int,
 
 
 def ideal_gradient(student_logits: torch.Tensor, cand_ids: torch.Tensor, q_values: torch.Tensor) -> Ideal:
-    """g* and V from student logits [N, V], candidate ids [N, K] (-1 = padding) and Q estimates [N, K].
+    """g* and V from student logits [N, V], candidate ids [N, K] (-1 = padding) and Q estimates [N, K]:
+    `sparse_ideal` over the whole vocabulary, with the candidate set as its mask.
 
     Duplicate candidate ids in a row must carry the same Q (the last one wins otherwise).
     """
@@ -49,16 +74,10 @@ def ideal_gradient(student_logits: torch.Tensor, cand_ids: torch.Tensor, q_value
             f"shapes do not fit: logits {tuple(student_logits.shape)}, candidates {tuple(cand_ids.shape)}, "
             f"Q {tuple(q_values.shape)}"
         )
-    n, vocab = student_logits.shape
+    vocab = student_logits.shape[1]
     p = log_probs(student_logits).exp()
+    cand_ids = cand_ids.to(p.device)
     mask = candidate_mask(cand_ids, vocab)
-    q_dense = scatter_candidates(cand_ids, q_values.float().to(p.device), vocab, 0.0)
-    p_c = torch.where(mask, p, torch.zeros_like(p))
-    mass = p_c.sum(-1)
-    value = torch.where(mass > 0, (p_c * q_dense).sum(-1) / mass.clamp_min(1e-30), torch.zeros_like(mass))
-    # All candidates equal (or a single one): V is that Q exactly, so g* is exactly zero, not round-off.
-    q_max = torch.where(mask, q_dense, torch.full_like(q_dense, -1.0)).amax(-1)
-    q_min = torch.where(mask, q_dense, torch.full_like(q_dense, 2.0)).amin(-1)
-    value = torch.where(q_max == q_min, q_max, value)
-    g = p_c * (q_dense - value[:, None])
-    return Ideal(g=g, value=value, candidates=mask)
+    q_dense = scatter_candidates(cand_ids, q_values.to(p.device, torch.float64), vocab, 0.0)
+    g, value = sparse_ideal(p, q_dense, mask, exact_ties=True)
+    return Ideal(g=g.float(), value=value.float(), candidates=mask)

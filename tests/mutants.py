@@ -208,16 +208,23 @@ MUTANTS = [
     Mutant(
         "ideal.v_not_renormalised_by_pc",
         IDEAL,
-        "(p_c * q_dense).sum(-1) / mass.clamp_min(1e-30)",
-        "(p_c * q_dense).sum(-1)",
+        "v = (p * q).sum(-1) / mass.clamp_min(EPS)",
+        "v = (p * q).sum(-1)",
         "V = sum_C p Q without dividing by p(C)",
     ),
     Mutant(
-        "ideal.g_outside_candidates",
+        "ideal.p_not_restricted_to_candidates",
         IDEAL,
-        "g = p_c * (q_dense - value[:, None])",
-        "g = p * (q_dense - value[:, None])",
-        "g* nonzero off the candidate set (Q := 0 there instead of Q := V)",
+        "p = torch.where(mask, torch.as_tensor(p, dtype=torch.float64), 0.0)",
+        "p = torch.as_tensor(p, dtype=torch.float64)",
+        "p(C) summed over the whole vocabulary (Q := 0 off the candidates instead of Q := V)",
+    ),
+    Mutant(
+        "ideal.ties_left_to_round_off",
+        IDEAL,
+        "v = torch.where(tied, hi, v)",
+        "v = v",
+        "g* on a node whose candidates all have the same Q left at round-off instead of exactly zero",
     ),
     Mutant(
         "ideal.padding_overwrites_token0",
@@ -249,13 +256,6 @@ MUTANTS = [
         "support cosine normalised by |d| over the whole vocabulary",
     ),
     # ---- estimate/stats: noise correction, pooled alignment, intervals
-    Mutant(
-        "stats.sparse_ideal_v_not_renormalised",
-        STATS,
-        "v = (p * f64(q)).sum(-1) / mass.clamp_min(EPS)",
-        "v = (p * f64(q)).sum(-1)",
-        "V-hat on the candidates without renormalising by p(C)",
-    ),
     Mutant(
         "stats.noise_correction_dropped",
         STATS,

@@ -13,7 +13,7 @@ from .. import objectives as objectives_mod
 from ..engines.base import SamplingParams
 from ..engines.sampling import processed_logprobs
 from ..errors import DiagnoseError
-from ..ideal import ideal_gradient
+from ..ideal import sparse_ideal
 from ..objectives.base import log_probs
 from . import signal as signal_mod
 from .adaptive import allocate, finished, half_widths, uniform_allocate
@@ -442,12 +442,8 @@ class Estimator:
         negligible = self.negligible()
         z, teacher_logits = self._stacked_logits()
         if self.estimates:
-            q_hat = torch.where(mask, s / c.clamp_min(1), 0.0)
-            ideal = ideal_gradient(z, torch.where(mask, ids, -1), q_hat)
-            g_c = ideal.g.double().gather(1, ids.clamp_min(0))
-            records = node_records(
-                self.estimates, self.rollouts, ideal.value, g_c, mask, c, weights, negligible, g_zero
-            )
+            g_c, value = sparse_ideal(p, torch.where(mask, s / c.clamp_min(1), 0.0), mask, exact_ties=True)
+            records = node_records(self.estimates, self.rollouts, value, g_c, mask, c, weights, negligible, g_zero)
         dts = self.direction_tensors()
         many = (
             node_scores_many(

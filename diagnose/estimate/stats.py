@@ -58,8 +58,7 @@ import pandas as pd
 import torch
 
 from ..alignment import safe_cosine
-
-EPS = 1e-20
+from ..ideal import EPS, sparse_ideal  # the one g* (float64, on the candidates)
 
 
 def f64(x) -> torch.Tensor:
@@ -74,15 +73,6 @@ def _np64(x) -> np.ndarray:
     if isinstance(x, torch.Tensor):
         x = x.detach().cpu()
     return np.asarray(x, dtype=np.float64)
-
-
-def sparse_ideal(p: torch.Tensor, q: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """g* on the candidates [..., K] and V [...] from p, Q on C (mask False = padding), as diagnose.ideal."""
-    p = torch.where(mask, f64(p), 0.0)
-    mass = p.sum(-1)
-    v = (p * f64(q)).sum(-1) / mass.clamp_min(EPS)
-    g = torch.where(mask, p * (f64(q) - v[..., None]), 0.0)
-    return g, v
 
 
 def noise_weights(p: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
