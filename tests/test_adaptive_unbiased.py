@@ -42,7 +42,8 @@ class BernoulliGen:
 def simulated_estimator(nodes: int, seed: int, **cfg) -> Estimator:
     """`nodes` independent copies of one node (p = P, Q = Q, direction D) through the Estimator's own
     first round, `adapt` and `allocate`, with Bernoulli outcomes instead of an engine."""
-    est = Estimator(SimpleNamespace(), [], {}, ["rkl"], EstimateConfig(allocation="adaptive", **cfg))
+    engine = SimpleNamespace(model_id="bernoulli")  # never called: the Generator is replaced below
+    est = Estimator(engine, [], {}, ["rkl"], EstimateConfig(allocation="adaptive", **cfg))
     est.gen = BernoulliGen(np.random.default_rng(seed).random((nodes, 3, 256)))
     est.questions = [EstimateQuestion(id="s", prompt_ids=[0], verify=lambda ids: bool(ids[-1]), verify_on="ids")]
     est.rollouts = [Rollout(0, "s", i, [i], [0], [0.0], "", True, "stop") for i in range(nodes)]

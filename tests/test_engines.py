@@ -10,7 +10,8 @@ import torch
 from engine_checks import recomputation_error, rescored
 from scipy.stats import chisquare
 
-from diagnose.engines import Continuation, SamplingParams, render_prompt
+from diagnose.engines import Continuation, Engine, SamplingParams, precision, render_prompt
+from diagnose.engines.base import check_protocol
 
 pytestmark = pytest.mark.slow
 
@@ -33,6 +34,18 @@ def engine(request):
 @pytest.fixture(scope="module")
 def prompts(hf_engine):
     return [render_prompt(hf_engine.tokenizer, q) for q in QUESTIONS]
+
+
+def test_engines_declare_the_protocol(hf_engine, vllm_engine):
+    """Every attribute the protocol declares is set, with its meaning: the precision the logits are computed
+    in (the embedded checkpoint is float32 on both), where, the in-process torch model (hf only)."""
+    for engine in (hf_engine, vllm_engine):
+        assert isinstance(engine, Engine)
+        check_protocol(engine, engine.name)
+        assert engine.dtype == torch.float32 and precision(engine) == "float32"
+        assert engine.device == "cpu"
+        assert engine.max_model_len >= 2048
+    assert isinstance(hf_engine.model, torch.nn.Module) and vllm_engine.model is None
 
 
 def _logp_at(engine, seq, t):

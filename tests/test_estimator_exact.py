@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from diagnose import engines
-from diagnose.engines.base import SamplingParams
+from diagnose.engines.base import PROTOCOL_ATTRIBUTES, SamplingParams
 from diagnose.estimate import (
     EstimateConfig,
     EstimateQuestion,
@@ -265,12 +265,8 @@ class Flaky:
 
     def __init__(self, inner, calls):
         self.inner, self.calls = inner, calls
-        self.name, self.model_id, self.vocab_size, self.tokenizer = (
-            inner.name,
-            inner.model_id,
-            inner.vocab_size,
-            inner.tokenizer,
-        )
+        for attr in PROTOCOL_ATTRIBUTES:
+            setattr(self, attr, getattr(inner, attr))
 
     def sample(self, *a, **k):
         return self.inner.sample(*a, **k)

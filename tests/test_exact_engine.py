@@ -7,6 +7,7 @@ import torch
 
 from diagnose import engines
 from diagnose.engines.base import Continuation, Engine, SamplingParams, render_prompt
+from diagnose.errors import DiagnoseError
 
 
 def make(**kw):
@@ -20,6 +21,32 @@ def test_registry_and_protocol():
     prompt = render_prompt(eng.tokenizer, "21=")
     assert prompt == eng.prompt("21") and eng.target(prompt) == 0
     assert eng.tokenizer.decode(prompt) == "21="
+    # exact arithmetic: no precision of its own (loaders get "auto"), no torch model, no context limit
+    assert eng.dtype is None and engines.precision(eng) == "auto"
+    assert eng.device == "cpu" and eng.model is None and eng.max_model_len is None
+
+
+def test_an_engine_missing_a_protocol_attribute_is_refused_in_one_line():
+    """A user-registered back end that sets no `dtype` (nor `model`) fails at load, naming what it lacks,
+    not later as an AttributeError deep in a run."""
+
+    class Partial:
+        name, vocab_size, tokenizer, device, max_model_len = "partial", 7, None, "cpu", None
+
+        def __init__(self, model, **kw):
+            self.model_id = model
+
+        def sample(self, *a):
+            return []
+
+        continue_from = score = sample
+
+    engines.register("partial", Partial)
+    try:
+        with pytest.raises(DiagnoseError, match=r"engine 'partial' .* lacks dtype, model \("):
+            engines.load("partial", "m")
+    finally:
+        engines._ENGINES.entries.pop("partial", None)
 
 
 def test_sampling_is_deterministic_and_batch_independent():

@@ -16,7 +16,15 @@ from diagnose.cli import app
 from diagnose.estimate import EstimateQuestion, Estimator, engine_teacher
 from diagnose.estimate.nodes import window_index
 from diagnose.pipeline import RunConfig
-from diagnose.pipeline.plan import eta, expected_remaining, expected_work, node_costs, selection_remaining, split
+from diagnose.pipeline.plan import (
+    eta,
+    expected_remaining,
+    expected_work,
+    node_budget,
+    node_costs,
+    selection_remaining,
+    split,
+)
 
 TINY = dict(
     questions=2,
@@ -60,36 +68,43 @@ def test_selection_remaining_follows_where_the_budget_puts_nodes():
 
 
 @pytest.mark.parametrize(
-    "rollouts,top_k,continuations,teachers,extra,nodes",
+    "rollouts,top_k,continuations,teachers,extra,nodes,allocation",
     [
-        (2, 1, 1, 1, 0, "windows"),
-        (2, 2, 1, 1, 3, "windows"),
-        (3, 2, 2, 2, 5, "windows"),
-        (4, 3, 1, 1, 30, "windows"),
-        (2, 1, 2, 2, 100, "windows"),
-        (1, 2, 1, 1, 7, "windows"),
-        (3, 2, 1, 1, 9, "windows_end"),
-        (3, 2, 1, 1, 9, "uniform"),
-        (3, 2, 1, 1, 20, "refine"),
-        (2, 1, 1, 1, 300, "every"),
+        (2, 1, 1, 1, 0, "windows", "uniform"),
+        (2, 2, 1, 1, 3, "windows", "uniform"),
+        (3, 2, 2, 2, 5, "windows", "uniform"),
+        (4, 3, 1, 1, 30, "windows", "uniform"),
+        (2, 1, 2, 2, 100, "windows", "uniform"),
+        (1, 2, 1, 1, 7, "windows", "uniform"),
+        (3, 2, 1, 1, 9, "windows_end", "uniform"),
+        (3, 2, 1, 1, 9, "uniform", "uniform"),
+        (3, 2, 1, 1, 20, "refine", "uniform"),
+        (2, 1, 1, 1, 300, "every", "uniform"),
+        (2, 2, 2, 1, 3, "windows", "adaptive"),
+        (3, 2, 3, 2, 40, "windows", "adaptive"),
+        (3, 2, 2, 1, 30, "refine", "adaptive"),
+        (2, 1, 2, 1, 20, "every", "adaptive"),
     ],
 )
-def test_bounds_hold_on_the_exact_engine(rollouts, top_k, continuations, teachers, extra, nodes):
+def test_bounds_hold_on_the_exact_engine(rollouts, top_k, continuations, teachers, extra, nodes, allocation):
     """Node and continuation counts of real selections (exact engine: short rollouts, so the position cap is
-    exercised too) lie inside expected_work's bounds, for budgets from one nominal node upward."""
+    exercised too) lie inside expected_work's bounds, for budgets from one nominal node upward; adaptive
+    allocation included (its node selection spends the budget less the reserve, then its plan the rest)."""
     eng = engines.load("exact", "exact", seed=1)
     fns = {f"t{i}": engine_teacher(engines.load("exact", "exact", seed=2 + i)) for i in range(teachers)}
     for seed in range(4):
         cfg = RunConfig(
             questions=1, rollouts=rollouts, top_k=top_k, continuations=continuations,
-            teachers=["self:answer"] * teachers, seed=seed, max_new_tokens=8, nodes=nodes,
+            teachers=["self:answer"] * teachers, seed=seed, max_new_tokens=8, nodes=nodes, allocation=allocation,
         )
-        cfg.budget = node_costs(cfg)[1] + extra
+        cfg.budget = math.ceil(node_costs(cfg)[1] / (node_budget(cfg) / cfg.budget)) + extra
         prompt = eng.prompt(str(seed))
         est = Estimator(eng, [EstimateQuestion(id="q", prompt_ids=prompt, verify=eng.verifier(prompt))], fns, ["rkl"],
                         cfg.estimate_config())
         est.sample()
         est.select()
+        if allocation == "adaptive":
+            est.adapt()
         positions = sum(len(r.token_ids) for r in est.rollouts)
         work = expected_work(cfg, positions / rollouts)
         assert work["positions_per_question"] == positions

@@ -21,6 +21,10 @@ def test_a_budget_that_buys_no_node_is_refused_up_front():
     with pytest.raises(diagnose.errors.DiagnoseError, match="buys no node"):
         RunConfig(budget=16).validate()  # default teachers: 1 + 2 + 2 x 3 = 9 candidates x 2 continuations = 18
     RunConfig(budget=18).validate()
+    # adaptive: node selection spends the budget less its reserve (half), so one node needs twice as much
+    with pytest.raises(diagnose.errors.DiagnoseError, match="buys no node.*adaptive"):
+        RunConfig(budget=35, allocation="adaptive").validate()
+    RunConfig(budget=36, allocation="adaptive").validate()
 
 
 def test_contrastive_examples_never_show_the_scored_rollout():

@@ -6,7 +6,7 @@ Back ends are imported lazily, so `vllm` is only needed when the vllm engine is 
 from __future__ import annotations
 
 from ..registry import Registry
-from .base import Continuation, Engine, Sample, SamplingParams, Scores, render_prompt
+from .base import Continuation, Engine, Sample, SamplingParams, Scores, check_protocol, precision, render_prompt
 
 _ENGINES = Registry("engine")
 _ENGINES.add("hf", "diagnose.engines.hf:HFEngine")
@@ -37,8 +37,11 @@ def engine_class(name: str):
 
 
 def load(name: str, model: str, **kwargs) -> Engine:
-    """Build engine `name` for `model` (a Hugging Face id, a local path, or `embedded`)."""
-    return engine_class(name)(model, **kwargs)
+    """Build engine `name` for `model` (a Hugging Face id, a local path, or `embedded`); one that lacks a
+    protocol attribute is refused with one line."""
+    engine = engine_class(name)(model, **kwargs)
+    check_protocol(engine, name)
+    return engine
 
 
 __all__ = [
@@ -48,6 +51,7 @@ __all__ = [
     "SamplingParams",
     "Scores",
     "render_prompt",
+    "precision",
     "register",
     "available",
     "check",

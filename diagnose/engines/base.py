@@ -13,6 +13,8 @@ from typing import Protocol, Sequence, runtime_checkable
 
 import torch
 
+from ..errors import DiagnoseError
+
 
 @dataclass(frozen=True)
 class SamplingParams:
@@ -69,10 +71,20 @@ class Scores:
 
 @runtime_checkable
 class Engine(Protocol):
+    """What callers may read of any engine besides the three calls; every back end sets all of these."""
+
     name: str
     model_id: str
     vocab_size: int
     tokenizer: object  # a transformers tokenizer (decode, eos_token_id, chat template)
+    # The precision its logits are computed in (sizes rounding noise: estimate/signal.py; external teachers
+    # load in the student's); None: exact arithmetic (the exact engine), sized as float32.
+    dtype: torch.dtype | None
+    device: str  # where it computes: "cpu", "cuda", "cuda:0", ... (cost.json, the plan's ETA)
+    # The in-process torch model, where there is one to differentiate (--param-space, validate's training);
+    # None for engines that hold none in this process (vllm, exact).
+    model: torch.nn.Module | None
+    max_model_len: int | None  # longest prompt + response it accepts; None: no limit
 
     def sample(self, prompts: Sequence[Sequence[int]], n: int, params: SamplingParams) -> list[list[Sample]]:
         """n samples per prompt; result[i][j] is prompt i's j-th sample."""
@@ -93,6 +105,25 @@ class Engine(Protocol):
 
         token_ids[i][j] lists extra ids whose log-probs are wanted at sequence i, position j.
         """
+
+
+PROTOCOL_ATTRIBUTES = ("name", "model_id", "vocab_size", "tokenizer", "dtype", "device", "model", "max_model_len")
+
+
+def precision(engine) -> str:
+    """An engine's dtype as a loader argument: "bfloat16", "float32", ...; "auto" where it has none."""
+    return "auto" if engine.dtype is None else str(engine.dtype).replace("torch.", "")
+
+
+def check_protocol(engine, name: str) -> None:
+    """Refuse an engine (a user-registered back end, say) that lacks an attribute the protocol declares."""
+    missing = [a for a in PROTOCOL_ATTRIBUTES if not hasattr(engine, a)]
+    missing += [c for c in ("sample", "continue_from", "score") if not callable(getattr(engine, c, None))]
+    if missing:
+        raise DiagnoseError(
+            f"engine {name!r} does not follow the engine protocol: it lacks {', '.join(missing)} "
+            "(diagnose.engines.base.Engine lists what every engine sets)"
+        )
 
 
 def render_prompt(tokenizer, messages: Sequence[dict] | str, add_generation_prompt: bool = True) -> list[int]:

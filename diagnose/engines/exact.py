@@ -106,6 +106,10 @@ class ExactEngine:
     """Engine over a finite Markov language model with exact Q and V (to validate estimators)."""
 
     name = "exact"
+    dtype = None  # exact arithmetic (float64 tables): no rounding of its own to size
+    device = "cpu"
+    model = None  # no torch model: nothing to differentiate
+    max_model_len = None  # every response ends within `horizon` tokens
 
     def __init__(
         self,

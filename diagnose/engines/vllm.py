@@ -92,6 +92,9 @@ class VLLMEngine:
         except OSError as err:  # missing or unreadable model files: one error line, not a traceback
             raise load_error(model, err) from None
         self.tokenizer = self.llm.get_tokenizer()
+        self.dtype = self.llm.llm_engine.model_config.dtype  # what "auto" resolved to (the checkpoint's)
+        self.device = "cpu" if cpu else "cuda"
+        self.model = None  # the weights live in vLLM's worker, not in this process
         self.vocab_size = int(self.llm.llm_engine.model_config.get_vocab_size())
         gen_eos = self.llm.llm_engine.model_config.hf_config.eos_token_id
         eos = {int(self.tokenizer.eos_token_id)} if self.tokenizer.eos_token_id is not None else set()

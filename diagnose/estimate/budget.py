@@ -7,6 +7,9 @@ from typing import Sequence
 
 from .q import Spend
 
+ALLOCATIONS = ("uniform", "adaptive")  # continuations per candidate: all in the first round, or a planned rest
+BUDGET_UNITS = ("continuations", "tokens")  # what a budget counts
+
 
 class Budget:
     """The estimate's budget in `cfg.budget_unit`s: the cost of a node's first round and the spend so far.
@@ -28,11 +31,22 @@ class Budget:
         """The most candidates a node can have: its observed token, the student's top-k, each teacher's top-k."""
         return 1 + self.cfg.k_student + self.cfg.k_teacher * self.teachers
 
+    @property
+    def node_budget(self) -> float:
+        """What node selection may spend on first rounds: the budget, less adaptive's reserve (kept for the
+        continuations the pilot plans)."""
+        reserve = self.cfg.adaptive_reserve if self.cfg.allocation == "adaptive" else 0.0
+        return self.cfg.budget * (1 - reserve)
+
+    def first_round(self, candidates: int) -> int:
+        """Continuations of a node's first round with `candidates` candidates."""
+        return candidates * self.per_candidate - (1 if self.cfg.free_sample else 0)
+
     def node_cost(self, remaining: float, candidates: int) -> float:
         """What a node's first round costs with `candidates` candidates, each continuation `remaining` tokens
         long (in tokens: the bound max_new_tokens - position; Estimator.select's second round passes a
         calibrated forecast instead)."""
-        conts = candidates * self.per_candidate - (1 if self.cfg.free_sample else 0)
+        conts = self.first_round(candidates)
         if self.cfg.budget_unit == "tokens":
             return conts * max(1, remaining)
         return conts

@@ -54,7 +54,7 @@ class Generator:
         self.params = params
         self.cache = cache if cache is not None else MemoryCache()
         self.max_batch = max(1, int(max_batch))
-        self.model_id = getattr(engine, "model_id", getattr(engine, "name", "engine"))
+        self.model_id = engine.model_id
         self.generated = 0  # samples produced by the engine in this Generator's lifetime
         self.generated_tokens = 0
         self.engine_calls = 0

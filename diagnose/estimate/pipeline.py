@@ -17,7 +17,7 @@ from ..ideal import sparse_ideal
 from ..objectives.base import log_probs
 from . import signal as signal_mod
 from .adaptive import allocate, finished, half_widths, uniform_allocate
-from .budget import Budget
+from .budget import ALLOCATIONS, BUDGET_UNITS, Budget
 from .cache import open_cache
 from .candidates import candidate_sets
 from .directions import Direction, add_directions, direction_tensors, teacher_rows
@@ -29,6 +29,7 @@ from .rollouts import EstimateQuestion, Rollout, group_advantages, sample_rollou
 from .stats import ideal_degenerate, node_scores_many, split_halves
 
 SELECTION_PASSES = 4  # most node-selection passes (each scores the student and teachers at its nodes)
+REFINE_PASSES = 64  # `refine`: most bisection passes after the first, coarse selection
 
 # teacher(rollouts, nodes) -> float logits [N, V] (on the student's prefixes) or integer top-k ids [N, k].
 TeacherFn = Callable[[Sequence[Rollout], Sequence[Node]], torch.Tensor]
@@ -172,10 +173,12 @@ class Estimator:
         self.teachers = dict(teachers or {})
         self.objectives = _resolve_objectives(objectives)
         self.cfg = config or EstimateConfig()
-        if self.cfg.allocation not in ("uniform", "adaptive"):
-            raise DiagnoseError(f"allocation must be uniform or adaptive, got {self.cfg.allocation!r}")
-        if self.cfg.budget_unit not in ("continuations", "tokens"):
-            raise DiagnoseError(f"budget_unit must be continuations or tokens, got {self.cfg.budget_unit!r}")
+        if self.cfg.allocation not in ALLOCATIONS:
+            raise DiagnoseError(f"allocation must be one of {', '.join(ALLOCATIONS)}, got {self.cfg.allocation!r}")
+        if self.cfg.budget_unit not in BUDGET_UNITS:
+            raise DiagnoseError(
+                f"budget_unit must be one of {', '.join(BUDGET_UNITS)}, got {self.cfg.budget_unit!r}"
+            )
         self.cache = open_cache(cache) if not hasattr(cache, "get_many") else cache
         self.gen = Generator(engine, self.cfg.sampling(), self.cache, max_batch=self.cfg.max_batch)
         self.rollouts: list[Rollout] = []
@@ -291,7 +294,7 @@ class Estimator:
     def teacher_roundoff(self, name: str) -> float:
         """Unit roundoff of teacher `name`'s logits against the student's: the coarser of the two precisions
         (a TeacherFn may say its own with a `roundoff` attribute; else it is taken as the student's)."""
-        student = signal_mod.roundoff(getattr(self.engine, "dtype", torch.float32))
+        student = signal_mod.roundoff(self.engine.dtype)
         own = getattr(self.teachers.get(name), "roundoff", None)
         return max(student, float(own)) if own is not None else student
 
@@ -312,7 +315,7 @@ class Estimator:
         plans with a forecast calibrated on what round 1 really spent (see `node_cost` below), so the budget
         is spent in expectation (docs/estimator.md, Budget)."""
         cfg = self.cfg
-        node_budget = cfg.budget * (1 - cfg.adaptive_reserve if cfg.allocation == "adaptive" else 1.0)
+        node_budget = self.budget.node_budget
         lengths = [len(r.token_ids) for r in self.rollouts]
         if cfg.nodes == "every":
             self.add_nodes(select_nodes(lengths, None, self.cost, "every"))
@@ -362,7 +365,7 @@ class Estimator:
             if forecast > 0:
                 k = max(1.0, self.spend.tokens - before) / forecast
         if cfg.nodes == "refine":
-            for _ in range(64):
+            for _ in range(REFINE_PASSES):
                 left = self.budget.left(node_budget)
                 values = {e.node: e.ideal()[1] for e in self.estimates}
                 finals = [float(r.correct) for r in self.rollouts]

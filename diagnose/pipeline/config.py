@@ -13,6 +13,8 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import DiagnoseError
+from ..estimate.budget import ALLOCATIONS, BUDGET_UNITS, Budget
+from ..estimate.nodes import STRATEGIES
 
 try:
     import tomllib
@@ -33,9 +35,9 @@ TEACHER_PLACEMENTS = ("colocate", "pool")
 RENAMED = {"rollouts_per_question": "rollouts", "k_student": "top_k", "k_teacher": "top_k"}
 # Keys with a fixed set of values, checked when the config is built.
 CHOICES = {
-    "nodes": ("windows", "windows_end", "uniform", "every", "refine"),
-    "allocation": ("uniform", "adaptive"),
-    "budget_unit": ("continuations", "tokens"),
+    "nodes": STRATEGIES,
+    "allocation": ALLOCATIONS,
+    "budget_unit": BUDGET_UNITS,
     "teacher_placement": TEACHER_PLACEMENTS,
     "teacher_dtype": TEACHER_DTYPES,
 }
@@ -184,12 +186,16 @@ class RunConfig:
         for name in ("rollouts", "continuations", "questions", "top_k", "max_new_tokens"):
             if getattr(self, name) < 1:
                 raise DiagnoseError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
-        node_cost = (1 + self.top_k + self.top_k * len(self.teachers)) * self.continuations
-        if self.budget < node_cost:
+        budget = Budget(self.estimate_config(), len(self.teachers))  # the estimator's own cost model
+        node_cost = budget.first_round(budget.nominal_candidates)
+        if budget.node_budget < node_cost:
+            spend = "--budget" if self.allocation == "uniform" else (
+                f"the {budget.node_budget:g} of it adaptive's node selection spends (the rest is its reserve)"
+            )
             raise DiagnoseError(
                 f"--budget {self.budget} buys no node: one node costs up to {node_cost} continuations "
-                f"((1 + top_k + top_k x {len(self.teachers)} teachers) x {self.continuations} continuations); "
-                "raise --budget or lower --top-k / --continuations"
+                f"((1 + top_k + top_k x {len(self.teachers)} teachers) x {budget.per_candidate} continuations), "
+                f"more than {spend}; raise --budget or lower --top-k / --continuations"
             )
         if self.workers < 0:
             raise DiagnoseError(f"--workers must be >= 0 (0: no Ray, this process), got {self.workers}")

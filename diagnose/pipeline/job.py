@@ -13,7 +13,7 @@ import torch
 
 from .. import engines, tasks
 from ..alignment import proxies
-from ..engines.base import render_prompt
+from ..engines.base import precision, render_prompt
 from ..errors import DiagnoseError
 from ..estimate import EstimateConfig, EstimateQuestion, EstimateResult, Estimator
 from ..estimate.frontier import QuestionPlan, with_plan
@@ -121,7 +121,7 @@ class QuestionJob:
             teacher_temperature=self.estimate_config().scoring_temperature,
             engine=self.cfg.engine,
             teacher_dtype=self.cfg.teacher_dtype,
-            student_dtype=str(getattr(self.engine, "dtype", "auto")).replace("torch.", ""),
+            student_dtype=precision(self.engine),
         )
 
     # ---- one question --------------------------------------------------------------------------------
@@ -206,7 +206,7 @@ class QuestionJob:
             "question_s": round(time.perf_counter() - t0, 3),
             "engine_s": {k: round(v, 6) for k, v in (batcher.take_seconds(index) if batcher else {}).items()},
         }
-        device = str(getattr(self.engine, "device", "cpu"))
+        device = str(self.engine.device)
         return QuestionOutput(index, frames, cost, self.metadata(), device)
 
     @staticmethod

@@ -18,7 +18,7 @@ def default_subset(model) -> str:
 def param_cosines(engine, result, objectives, params: str | None = None) -> dict:
     """{(teacher label, objective label, node id): parameter-space cosine} for every node of one estimate
     (an EstimateResult: its rollouts, nodes, and the student and teacher logits it scored there)."""
-    model = getattr(engine, "model", None)
+    model = engine.model
     if model is None or not hasattr(model, "config"):
         raise DiagnoseError("--param-space needs the hf engine (a torch model to differentiate)")
     subset = params or default_subset(model)

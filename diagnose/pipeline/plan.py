@@ -14,27 +14,37 @@ from dataclasses import asdict, dataclass, field, replace
 from typing import Mapping, Sequence
 
 from ..engines.base import render_prompt
+from ..estimate.budget import Budget
 from ..estimate.frontier import plan_budgets
 from ..estimate.nodes import select_nodes, window_index
+from ..estimate.pipeline import REFINE_PASSES
+from ..estimate.pipeline import SELECTION_PASSES as MAX_PASSES
 from ..tables import verdict_note
 from .config import RunConfig
 from .runner import Runner
 
-# Estimator.select runs at most this many node-selection passes (each scores the rollouts with new nodes),
-# and `refine` at most REFINE_PASSES bisection passes after them.
-MAX_PASSES = 4
-REFINE_PASSES = 64
 CALIBRATION_ROWS = 32  # rows sampled together in the calibration (fewer when the run has fewer rollouts)
 
 
 # ---- arithmetic on the config ------------------------------------------------------------------------------
 
 
+def budget_model(cfg: RunConfig) -> Budget:
+    """The estimator's own cost model for this run (what a node's first round costs, what selection may spend)."""
+    return Budget(cfg.estimate_config(), len(cfg.teachers))
+
+
 def node_costs(cfg: RunConfig) -> tuple[int, int]:
-    """(fewest, most) continuations one node can cost: candidate sets hold top_k to 1 + top_k + top_k x
-    teachers tokens (they overlap), each candidate gets `continuations`; the most is what selection reserves."""
-    teachers = len(cfg.teachers)
-    return max(cfg.top_k, 1) * cfg.continuations, (1 + cfg.top_k + cfg.top_k * teachers) * cfg.continuations
+    """(fewest, most) continuations a node's first round can cost, by the estimator's Budget: candidate sets
+    hold top_k to 1 + top_k + top_k x teachers tokens (they overlap), each candidate gets `continuations`
+    (adaptive: its pilot's); the most is what selection reserves."""
+    budget = budget_model(cfg)
+    return budget.first_round(max(cfg.top_k, 1)), budget.first_round(budget.nominal_candidates)
+
+
+def node_budget(cfg: RunConfig) -> float:
+    """Continuations node selection may spend on first rounds (adaptive keeps a reserve for planned ones)."""
+    return budget_model(cfg).node_budget
 
 
 def _window_remaining(n: int, w: int, anchor: str) -> float:
@@ -67,7 +77,7 @@ def selection_remaining(cfg: RunConfig, length: float) -> float:
     anchor = "end" if cfg.nodes == "windows_end" else "start"
     _, most = node_costs(cfg)
     strategy = "windows_end" if anchor == "end" else "windows"
-    chosen = select_nodes([n] * cfg.rollouts, cfg.budget, lambda r, t: most, strategy, seed=cfg.seed)
+    chosen = select_nodes([n] * cfg.rollouts, node_budget(cfg), lambda r, t: most, strategy, seed=cfg.seed)
     if not chosen:
         return expected_remaining(n, cfg.nodes)
     windows = [window_index(node.position, n, anchor) for node in chosen]
@@ -75,31 +85,36 @@ def selection_remaining(cfg: RunConfig, length: float) -> float:
 
 
 def node_bounds(cfg: RunConfig, positions: int) -> tuple[int, int]:
-    """[lo, hi] nodes of one question: the first pass takes floor(budget / most cost) nodes (`refine`: of its
-    first share), later passes only add; spend never passes the budget and each node costs at least the
-    fewest; at most MAX_PASSES passes (not `refine`) each take at most that many. Never beyond `positions`."""
+    """[lo, hi] nodes of one question: the first pass takes floor(node budget / most cost) nodes (`refine`: of
+    its first share), later passes only add; spend never passes the node budget (the budget, less adaptive's
+    reserve) and each node costs at least the fewest; at most MAX_PASSES passes (not `refine`) each take at
+    most that many. Never beyond `positions`."""
     least, most = node_costs(cfg)
     if cfg.nodes == "every":
         return positions, positions
     share = cfg.estimate_config().refine_fraction if cfg.nodes == "refine" else 1.0
-    first = math.floor(cfg.budget * share + 1e-9) // most
-    hi = min(cfg.budget // least, positions)
+    spend = node_budget(cfg)
+    first = math.floor(spend * share + 1e-9) // most
+    hi = min(math.floor(spend + 1e-9) // least, positions)
     if cfg.nodes != "refine":
         hi = min(hi, MAX_PASSES * first)
     return min(first, positions), hi
 
 
 def continuation_bounds(cfg: RunConfig, positions: int) -> tuple[int, int]:
-    """[lo, hi] continuations of one question, at most the budget. Selection ends when what is left buys no
-    node at the most cost (spent > budget - most cost), after MAX_PASSES passes (each adding a node), or when
-    every position is a node: spend is at least the smallest of those three (`refine`: its first-pass nodes)."""
+    """[lo, hi] continuations of one question, at most the budget. Selection ends when what is left of the node
+    budget buys no node at the most cost (spent > node budget - most cost), after MAX_PASSES passes (each
+    adding a node), or when every position is a node: first rounds spend at least the smallest of those three
+    (`refine`: its first-pass nodes). Adaptive's planned continuations come on top, up to the budget."""
     least, most = node_costs(cfg)
-    if cfg.nodes == "every":
-        return least * positions, min(cfg.budget, most * positions)
+    adaptive = cfg.allocation == "adaptive"
+    if cfg.nodes == "every":  # every position is a node, whatever its first rounds cost
+        return least * positions, (max if adaptive else min)(cfg.budget, most * positions)
     first, _ = node_bounds(cfg, positions)
     if cfg.nodes == "refine":
         return least * first, cfg.budget
-    lo = min(cfg.budget - most + 1, least * (first + MAX_PASSES - 1), least * positions)
+    spend = math.floor(node_budget(cfg) + 1e-9)
+    lo = min(spend - most + 1, least * (first + MAX_PASSES - 1), least * positions)
     return max(lo, 0), cfg.budget
 
 
@@ -446,7 +461,7 @@ def plan(cfg: RunConfig, progress: bool = True) -> Plan:
     return Plan(
         student=cfg.student,
         engine=cfg.engine,
-        device=str(getattr(runner.engine, "device", "cpu")),
+        device=str(runner.engine.device),
         task=cfg.task,
         teachers=list(cfg.teachers),
         objectives=list(cfg.objectives),

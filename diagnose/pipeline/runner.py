@@ -254,7 +254,8 @@ class Runner(QuestionJob):
         if intervals:
             total = {"elapsed_s": round(_union_seconds(intervals), 3), "invocations": len(intervals), **total}
         total["questions"] = len(self.questions)
-        total["device"] = self.device or str(getattr(self.engine, "device", "cpu"))
+        # the workers' device (Ray: the driver loads no engine), else the local engine's
+        total["device"] = self.device or (str(self.engine.device) if self.engine is not None else "cpu")
         write_atomic(self.out / "cost.json", json.dumps(total, indent=1))
         return total
 

@@ -31,6 +31,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from .. import logs
+from ..engines.base import PROTOCOL_ATTRIBUTES, precision
 from ..errors import DiagnoseError
 from .config import RunConfig
 from .inflight import Batcher, batched_engines
@@ -73,8 +74,7 @@ class QuestionWorker:
         """Load the student; returns its device and precision (teacher servers load in the same)."""
         self.runner.load_student(self.engine_options)
         e = self.runner.engine
-        dtype = str(getattr(e, "dtype", "auto")).replace("torch.", "")
-        return {"device": str(getattr(e, "device", "cpu")), "dtype": dtype}
+        return {"device": str(e.device), "dtype": precision(e)}
 
     def load(self, servers: dict) -> None:
         """Student then teachers, in one call (a threaded actor does not keep the order of separate calls)."""
@@ -132,8 +132,8 @@ class TeacherServer:
 
     def describe(self) -> dict:
         e = self.engine
-        keys = ("name", "model_id", "vocab_size", "dtype", "device", "max_model_len", "max_length")
-        return {"tokenizer": e.tokenizer, **{k: getattr(e, k) for k in keys if getattr(e, k, None) is not None}}
+        # the protocol's attributes but the model, which stays in this actor (a pooled teacher only scores)
+        return {k: getattr(e, k) for k in PROTOCOL_ATTRIBUTES if k != "model"}
 
     def score(self, sequences, positions, topk=None, token_ids=None):
         return self.engine.score(sequences, positions, topk=topk, token_ids=token_ids)
@@ -144,6 +144,7 @@ class RemoteTeacher:
 
     def __init__(self, handle):
         self._handle = handle
+        self.model = None  # the weights stay in the TeacherServer actor
         self.__dict__.update(_ray().get(handle.describe.remote()))
 
     def score(self, sequences, positions, topk=None, token_ids=None):

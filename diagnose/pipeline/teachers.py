@@ -19,8 +19,7 @@ def teacher_dtype(student_engine, dtype: str = "auto") -> str:
     the student differs from it by rounding alone; estimate/signal.py sizes that), else as given."""
     if dtype != "auto":
         return dtype
-    own = getattr(student_engine, "dtype", None)
-    return str(own).replace("torch.", "") if own is not None else "auto"
+    return engines.precision(student_engine)
 
 
 def load_teacher_engines(
@@ -71,8 +70,8 @@ class TeacherAtNodes:
 
     def __init__(self, cfg: TeacherConfig, engine, question: TaskQuestion, summary: str | None = None):
         self.cfg, self.engine, self.question, self.summary = cfg, engine, question, summary
-        own = getattr(engine, "dtype", None)
-        self.roundoff = None if own is None else roundoff(own)  # the estimator sizes rounding noise with it
+        # the estimator sizes rounding noise with it; None (exact arithmetic): the student's precision
+        self.roundoff = None if engine.dtype is None else roundoff(engine.dtype)
         self.tokens = 0
 
     def __call__(self, rollouts, nodes) -> torch.Tensor:

@@ -49,11 +49,8 @@ def densify(topk_ids, topk_logprobs, vocab: int, extra_ids=None, extra_logprobs=
 
 
 def max_context(engine) -> int | None:
-    for attr in ("max_model_len", "max_length"):
-        value = getattr(engine, attr, None)
-        if value:
-            return int(value)
-    return None
+    """The longest prompt + response the engine accepts (its protocol's max_model_len); None: no limit."""
+    return int(engine.max_model_len) if engine.max_model_len else None
 
 
 def score_rollouts(

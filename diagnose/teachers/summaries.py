@@ -24,7 +24,7 @@ def summarize(engine, solutions: list[str], cache_dir: Path, seed: int = 0, max_
     """One summary per solution: cached ones are reused; missing ones are generated in one engine call."""
     cache_dir = Path(cache_dir)
     cache_dir.mkdir(parents=True, exist_ok=True)
-    model_id = str(getattr(engine, "model_id", "model"))
+    model_id = str(engine.model_id)
     out: list[str | None] = []
     todo = []
     for i, sol in enumerate(solutions):

@@ -19,10 +19,10 @@ class TrainablePolicy:
     parameter. Logits come at the sampling temperature (z / T), the same logits the diagnosis scores."""
 
     def __init__(self, engine, train_layers: int, temperature: float):
-        model = getattr(engine, "model", None)
+        model = engine.model
         if not isinstance(model, torch.nn.Module):
             raise DiagnoseError(
-                f"validate trains the student with torch: the {getattr(engine, 'name', '?')} engine has no torch "
+                f"validate trains the student with torch: the {engine.name} engine has no torch "
                 "model (use --engine hf)"
             )
         self.engine, self.model, self.temperature = engine, model, float(temperature)
