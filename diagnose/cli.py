@@ -47,17 +47,17 @@ def user_errors(command):
 # ---- diagnose run / diagnose plan ------------------------------------------------------------------------
 
 
+_LIBRARIES_LOG = "transformers and the hub print their own log lines and progress bars."
 _TYPES = {"int": int, "float": float, "str": str, "bool": bool, "list[str]": List[str]}
 
 
-def run_option_parameters() -> list[inspect.Parameter]:
-    """The options of `diagnose run` (shared with `diagnose plan`): one per RunConfig key, generated from its
-    field (type, default, help), so every key is reachable from the command line and a new key gets its flag;
-    plus --config, --quiet and --verbose, which the commands take out (see run_config)."""
-    from .pipeline.config import RunConfig
-
+def option_parameters(cls, verbose_help: str) -> list[inspect.Parameter]:
+    """The options of a command whose settings are the config dataclass `cls` (RunConfig for `run` and `plan`,
+    ValidateConfig for `validate`): one per key, generated from its field (type, default, help), so every key
+    is reachable from the command line and a new key gets its flag; plus --config, --quiet and --verbose,
+    which the commands take out (see config_from_flags)."""
     out = []
-    for f in fields(RunConfig):
+    for f in fields(cls):
         meta = f.metadata
         if not meta.get("cli", True):
             continue
@@ -77,37 +77,63 @@ def run_option_parameters() -> list[inspect.Parameter]:
     out.append(inspect.Parameter("quiet", inspect.Parameter.KEYWORD_ONLY, annotation=bool,
                                  default=typer.Option(False, "--quiet", "-q", help="No progress bars.")))
     out.append(inspect.Parameter("verbose", inspect.Parameter.KEYWORD_ONLY, annotation=bool, default=typer.Option(
-        False, "--verbose", help="Let vLLM, transformers and the hub print their own log lines and progress bars."
+        False, "--verbose", help=verbose_help
     )))
     return out
 
 
-def with_run_options(command):
-    """Give `command` the options of `run_option_parameters` before its own, so `run` and `plan` cannot drift
-    apart; the command receives them as **options."""
-    shared = run_option_parameters()
-    own = [
-        p.replace(kind=inspect.Parameter.KEYWORD_ONLY)
-        for p in inspect.signature(command, eval_str=True).parameters.values()
-        if p.kind is not inspect.Parameter.VAR_KEYWORD
-    ]
-    command.__signature__ = inspect.Signature(shared + own)
-    command.__annotations__ = {p.name: p.annotation for p in shared + own}
-    return command
+def run_option_parameters() -> list[inspect.Parameter]:
+    """The options of `diagnose run` (shared with `diagnose plan`), from RunConfig's fields."""
+    from .pipeline.config import RunConfig
+
+    return option_parameters(RunConfig, f"Let vLLM, {_LIBRARIES_LOG}")
 
 
-def run_config(config: Optional[Path] = None, quiet: bool = False, **flags):
-    """The RunConfig those options describe: defaults < --config TOML < flags (an unset flag or an empty
-    repeatable one leaves the value below it); --quiet turns progress off."""
-    from .pipeline import RunConfig
+def validate_option_parameters() -> list[inspect.Parameter]:
+    """The options of `diagnose validate`, from ValidateConfig's fields."""
+    from .validate.config import ValidateConfig
 
-    key = {f.metadata.get("flag", f.name): f.name for f in fields(RunConfig)}
+    return option_parameters(ValidateConfig, f"Let {_LIBRARIES_LOG}")
+
+
+def with_options(parameters):
+    """Give a command the generated `parameters()` before its own, so a config key and its flag cannot drift
+    apart (and `run` and `plan` share theirs); the command receives them as **options."""
+
+    def wrap(command):
+        shared = parameters()
+        own = [
+            p.replace(kind=inspect.Parameter.KEYWORD_ONLY)
+            for p in inspect.signature(command, eval_str=True).parameters.values()
+            if p.kind is not inspect.Parameter.VAR_KEYWORD
+        ]
+        command.__signature__ = inspect.Signature(shared + own)
+        command.__annotations__ = {p.name: p.annotation for p in shared + own}
+        return command
+
+    return wrap
+
+
+with_run_options = with_options(run_option_parameters)
+
+
+def config_overrides(cls, flags: dict) -> dict:
+    """Flag values as `cls` keys (a flag named otherwise maps to its key; an unset flag or an empty repeatable
+    one is None: it leaves the value below it)."""
+    key = {f.metadata.get("flag", f.name): f.name for f in fields(cls)}
     overrides = {}
     for name, value in flags.items():
         if isinstance(value, list):
             value = value or None
         overrides[key.get(name, name)] = str(value) if isinstance(value, Path) else value
-    cfg = RunConfig.from_sources(config, overrides)
+    return overrides
+
+
+def run_config(config: Optional[Path] = None, quiet: bool = False, **flags):
+    """The RunConfig those options describe: defaults < --config TOML < flags; --quiet turns progress off."""
+    from .pipeline import RunConfig
+
+    cfg = RunConfig.from_sources(config, config_overrides(RunConfig, flags))
     cfg.progress = not quiet
     return cfg
 
@@ -197,37 +223,12 @@ def report_cmd(
 
 @app.command("validate")
 @user_errors
+@with_options(validate_option_parameters)
 def validate_cmd(
     run_dir: Path = typer.Argument(..., help="A finished run directory (its configurations and alignments)."),
-    steps: Optional[int] = typer.Option(None, help="Optimizer steps per arm and seed (default 6)."),
-    lr: Optional[float] = typer.Option(None, help="AdamW learning rate (default 3e-5)."),
-    batch: Optional[int] = typer.Option(None, help="Training questions per step (default 8)."),
-    rollouts: Optional[int] = typer.Option(
-        None, help="On-policy rollouts per training question, GRPO's group (default: the run's --rollouts)."
-    ),
-    eval_questions: Optional[int] = typer.Option(
-        None, help="Held-out questions for pass@1, disjoint from the training questions (default 64)."
-    ),
-    eval_samples: Optional[int] = typer.Option(None, help="Samples per held-out question (default 4)."),
-    seeds: Optional[int] = typer.Option(None, help="Training seeds per arm (default 2)."),
-    train_layers: Optional[int] = typer.Option(
-        None, help="Train the last N decoder blocks and the final norm (default 2); 0 trains every parameter."
-    ),
-    arm: Optional[List[str]] = typer.Option(
-        None, help="Configuration of the run to train, as teacher|objective (repeatable; default: all of them)."
-    ),
-    reference: Optional[List[str]] = typer.Option(
-        None, help="Reference arms (repeatable): ideal, grpo, control (default: all three)."
-    ),
-    metric: Optional[str] = typer.Option(None, help="The run's alignment to correlate with: cos_full or cos_support."),
-    seed: Optional[int] = typer.Option(None, help="Seed of the held-out questions and of the training seeds."),
-    config: Optional[Path] = typer.Option(None, help="TOML file with these settings; flags override it."),
     restart: bool = typer.Option(False, "--restart", help="Discard an earlier validation of RUN_DIR instead of "
                                  "resuming it."),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
-    verbose: bool = typer.Option(
-        False, "--verbose", help="Let transformers and the hub print their own log lines and progress bars."
-    ),
+    **options,
 ):
     """Check the diagnosis against training: each configuration (and the ideal, GRPO and shuffled-teacher
     references) trains the student for a few on-policy steps from the same weights; the change in held-out
@@ -235,13 +236,11 @@ def validate_cmd(
     a section to its report; rerun to resume."""
     from . import logs
 
-    logs.configure(verbose)
+    logs.configure(options.pop("verbose"))
     from .validate import ValidateConfig, Validation
 
-    flags = dict(steps=steps, lr=lr, batch=batch, rollouts=rollouts, eval_questions=eval_questions,
-                 eval_samples=eval_samples, seeds=seeds, train_layers=train_layers, configs=arm or None,
-                 references=reference or None, metric=metric, seed=seed)
-    cfg = ValidateConfig.from_sources(config, flags)
+    config, quiet = options.pop("config"), options.pop("quiet")
+    cfg = ValidateConfig.from_sources(config, config_overrides(ValidateConfig, options))
     cfg.progress, cfg.restart = not quiet, restart
     result = Validation(run_dir, cfg).run()
     typer.echo(result.describe())

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 import shutil
+from dataclasses import fields
 
 import numpy as np
 import pandas as pd
@@ -283,7 +284,12 @@ def test_cli_refuses_bad_input_in_one_line(tmp_path, run_dir):
     assert not (unfinished / "validation.json").exists() and sorted(p.name for p in unfinished.iterdir()) == [
         "config.toml"
     ]
-    assert re.search(r"--eval-samples", cli.invoke(app, ["validate", "--help"]).output)
+    # every ValidateConfig key has its generated flag (as every RunConfig key has one on `run`), defaults shown
+    help_text = cli.invoke(app, ["validate", "--help"], env={"COLUMNS": "200"}).output
+    for f in fields(ValidateConfig):
+        if f.metadata.get("cli", True):
+            assert "--" + f.metadata.get("flag", f.name).replace("_", "-") in help_text, f.name
+    assert re.search(r"--max-grad-norm\s.*\(default 1\.0\)", help_text)
     # a student that cannot be loaded: one line, and the run directory gains nothing
     moved = tmp_path / "moved"
     shutil.copytree(run_dir, moved, ignore=shutil.ignore_patterns("validation*"))

@@ -50,9 +50,10 @@ LATER_KEYS = (
 AUTO_IN_FLIGHT = {"hf": 8, "vllm": 32}
 
 
-def _key(default, help: str, **extra):
-    """A RunConfig field: its default and the help text its `diagnose run` flag shows (the CLI options are
-    generated from these fields, so a key and its flag cannot drift apart)."""
+def setting(default, help: str, **extra):
+    """A config field (RunConfig, ValidateConfig): its default and the help text its command-line flag shows
+    (the CLI options are generated from these fields, so a key and its flag cannot drift apart). `flag=`: the
+    flag's name where it differs from the key; `cli=False`: no flag; `path=True`: the flag takes a path."""
     if isinstance(default, list):
         return field(default_factory=lambda: list(default), metadata={"help": help, **extra})
     return field(default=default, metadata={"help": help, **extra})
@@ -63,97 +64,97 @@ class RunConfig:
     """Every setting of a run: what it diagnoses, how the estimate is made (the EstimateConfig it builds), and
     how it executes (EXECUTION keys, which change no number)."""
 
-    student: str = _key("embedded", "Student: `embedded` (default), a Hugging Face id or a path.")
-    task: str = _key("arithmetic", "Task spec, e.g. arithmetic, countdown, gsm8k, math, gsm8k:path=test.jsonl.")
-    teachers: list[str] = _key(
+    student: str = setting("embedded", "Student: `embedded` (default), a Hugging Face id or a path.")
+    task: str = setting("arithmetic", "Task spec, e.g. arithmetic, countdown, gsm8k, math, gsm8k:path=test.jsonl.")
+    teachers: list[str] = setting(
         DEFAULT_TEACHERS,
         "Teacher spec (repeatable): self:answer, self:solution, self:summary, self:contrastive, "
         "self:system=<text>, self:template=<path>, model=<id-or-path>[:<context>].",
         flag="teacher",
     )
-    objectives: list[str] = _key(
+    objectives: list[str] = setting(
         DEFAULT_OBJECTIVES,
         "Objective (repeatable), with parameters like jsd:beta=0.5 or rkl_topk:k=8,support=union.",
         flag="objective",
     )
-    questions: int = _key(4, "Number of questions.")
-    rollouts: int = _key(4, "Student rollouts per question.")
-    continuations: int = _key(2, "Continuations per candidate token (the first round, when adaptive).")
-    top_k: int = _key(2, "Candidates: student top-k ∪ each teacher's top-k ∪ observed token.")
-    budget: int = _key(40, "Continuations (or tokens, see --budget-unit) per question, across its selected nodes.")
-    budget_unit: str = _key("continuations", "What --budget counts: continuations or tokens.")
-    nodes: str = _key(
+    questions: int = setting(4, "Number of questions.")
+    rollouts: int = setting(4, "Student rollouts per question.")
+    continuations: int = setting(2, "Continuations per candidate token (the first round, when adaptive).")
+    top_k: int = setting(2, "Candidates: student top-k ∪ each teacher's top-k ∪ observed token.")
+    budget: int = setting(40, "Continuations (or tokens, see --budget-unit) per question, across its selected nodes.")
+    budget_unit: str = setting("continuations", "What --budget counts: continuations or tokens.")
+    nodes: str = setting(
         "windows", "Node selection: windows (exponential widths), windows_end, uniform, every, refine."
     )
-    allocation: str = _key(
+    allocation: str = setting(
         "uniform",
         "Continuations per candidate: uniform, or adaptive (a 2-per-candidate pilot plans the rest, which goes "
         "where it sharpens g* most; Q-hat uses only the planned continuations, so it stays unbiased).",
     )
-    target_half_width: float = _key(
+    target_half_width: float = setting(
         0.0,
         "Adaptive allocation: plan no more for a node once its predicted interval half-width is below this "
         "(0: spend the budget).",
     )
-    frontier: float = _key(
+    frontier: float = setting(
         1.0,
         "Share of the questions whose rollouts all agree (all correct or all wrong: g* is 0 at most of their "
         "tokens) that are estimated, weighted up to stand for the rest, so every figure keeps its meaning; the "
         "budget they free goes to the questions with both verdicts. 1 (default): every question at --budget.",
     )
-    engine: str = _key("hf", "Engine: hf, vllm or exact.")
-    teacher_dtype: str = _key(
+    engine: str = setting("hf", "Engine: hf, vllm or exact.")
+    teacher_dtype: str = setting(
         "auto",
         "Precision of external teachers: auto (the student's; default), float32, bfloat16, float16. A coarser "
         "teacher differs from the student by rounding; rows where that is all are 'no signal'.",
     )
-    seed: int = _key(0, "Random seed (same seed, same tables).")
-    temperature: float = _key(1.0, "Sampling temperature of the student (rollouts and continuations).")
-    teacher_temperature: float = _key(
+    seed: int = setting(0, "Random seed (same seed, same tables).")
+    temperature: float = setting(1.0, "Sampling temperature of the student (rollouts and continuations).")
+    teacher_temperature: float = setting(
         0.0,
         "Temperature the teacher's logits are divided by before the objectives (0: the sampling temperature, "
         "as TRL's and ms-swift's GKD do; set it only if your trainer scores the teacher otherwise).",
     )
-    top_p: float = _key(1.0, "Nucleus sampling of the student (1: off).")
-    max_new_tokens: int = _key(64, "Response length limit (rollouts and continuations).")
-    level: float = _key(0.95, "Confidence level of the per-node intervals.")
-    n_boot: int = _key(1000, "Bootstrap replicates of the per-node intervals.")
-    param_space: bool = _key(False, "Also score cos(J^T g*, J^T d) on the student's last block (hf; slower).")
+    top_p: float = setting(1.0, "Nucleus sampling of the student (1: off).")
+    max_new_tokens: int = setting(64, "Response length limit (rollouts and continuations).")
+    level: float = setting(0.95, "Confidence level of the per-node intervals.")
+    n_boot: int = setting(1000, "Bootstrap replicates of the per-node intervals.")
+    param_space: bool = setting(False, "Also score cos(J^T g*, J^T d) on the student's last block (hf; slower).")
     # Questions in flight at once (their engine calls merged); 0 = auto (per engine). Execution only: it
     # changes no number, so a run may be resumed with another value.
-    in_flight: int = _key(
+    in_flight: int = setting(
         0,
         "Questions worked on at once, their engine calls merged (0: auto, 8 on hf, 32 on vllm). Changes no "
         "number: a run may be resumed with another value.",
     )
     # Scale-out (execution only, see EXECUTION).
-    workers: int = _key(
+    workers: int = setting(
         0,
         "Ray workers, each with its own model copy (0: this process, no Ray). With --ray-address 0 means one per "
         "GPU of the cluster. Execution only: a run may be resumed with other scale-out settings.",
     )
-    ray_address: str = _key("", "Join a Ray cluster (auto, or host:port) instead of starting a local one.")
-    gpus_per_worker: float = _key(
+    ray_address: str = setting("", "Join a Ray cluster (auto, or host:port) instead of starting a local one.")
+    gpus_per_worker: float = setting(
         1.0, "GPUs each Ray worker holds (default 1; more runs vLLM tensor-parallel inside the worker)."
     )
-    teacher_placement: str = _key(
+    teacher_placement: str = setting(
         "colocate",
         "External teachers on Ray: colocate (a copy in every worker; default) or pool (one server per teacher "
         "model that the workers call).",
     )
-    shard: str = _key(
+    shard: str = setting(
         "",
         "i/N: work on the i-th of N disjoint slices of the questions (0 <= i < N), e.g. one per Slurm array task "
         "into the same --out; the last to finish writes the report (or run `diagnose report`).",
     )
-    cache_dir: str = _key(
+    cache_dir: str = setting(
         "",
         "Continuation caches (SQLite; keep off network file systems). Default: OUT/cache, or each Ray worker's "
         "local temp folder.",
         path=True,
     )
-    out: str = _key("reports/run", "Run directory (rerun into it to resume).", path=True)
-    progress: bool = _key(True, "Progress bars (the CLI's --quiet turns them off).", cli=False)
+    out: str = setting("reports/run", "Run directory (rerun into it to resume).", path=True)
+    progress: bool = setting(True, "Progress bars (the CLI's --quiet turns them off).", cli=False)
 
     # ---- construction ----
     @classmethod

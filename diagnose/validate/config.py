@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 from ..errors import DiagnoseError
+from ..pipeline.config import build_config, setting
 
 REFERENCES = ("ideal", "grpo", "control")
 # Keys that change no number: left out of the identity a resumed validation must match.
@@ -21,29 +22,40 @@ class ValidateConfig:
     """How each arm trains and how pass@1 is measured (the student, task, temperature, length limit, teachers
     and estimate budget come from the run being validated)."""
 
-    steps: int = 6  # optimizer steps per arm and seed
-    lr: float = 3e-5  # AdamW learning rate (calibrated on the embedded student: 1e-4 collapsed it)
-    batch: int = 8  # training questions per step
-    rollouts: int = 0  # rollouts per training question (the GRPO group); 0 = the run's `rollouts`
-    eval_questions: int = 64  # held-out questions for pass@1 (disjoint from the training questions)
-    eval_samples: int = 4  # samples per held-out question
-    seeds: int = 2  # training seeds per arm (seed i trains on its own question order and rollouts)
-    train_layers: int = 2  # the last N decoder blocks (and the final norm) train; 0 = every parameter
-    max_grad_norm: float = 1.0
-    micro_batch: int = 8  # rollouts per forward/backward pass (memory; changes no number beyond rounding)
-    configs: list[str] = field(default_factory=list)  # teacher|objective labels of the run to train; [] = all
-    references: list[str] = field(default_factory=lambda: list(REFERENCES))
-    metric: str = "cos_full"  # the run's alignment column the gains are correlated with
-    n_boot: int = 1000
-    level: float = 0.95
-    seed: int = 0  # offsets the training seeds and draws the held-out questions
-    progress: bool = True
-    restart: bool = False  # discard an earlier validation of this run instead of resuming it
+    steps: int = setting(6, "Optimizer steps per arm and seed.")
+    # calibrated on the embedded student: 1e-4 collapsed it
+    lr: float = setting(3e-5, "AdamW learning rate.")
+    batch: int = setting(8, "Training questions per step.")
+    rollouts: int = setting(
+        0, "On-policy rollouts per training question, GRPO's group (default 0: the run's --rollouts)."
+    )
+    eval_questions: int = setting(64, "Held-out questions for pass@1, disjoint from the training questions.")
+    eval_samples: int = setting(4, "Samples per held-out question.")
+    seeds: int = setting(2, "Training seeds per arm (seed i trains on its own question order and rollouts).")
+    train_layers: int = setting(
+        2, "Train the last N decoder blocks and the final norm (default 2); 0 trains every parameter."
+    )
+    max_grad_norm: float = setting(1.0, "Gradient-norm clip of every optimizer step.")
+    micro_batch: int = setting(
+        8, "Rollouts per forward/backward pass (memory; changes no number beyond rounding)."
+    )
+    configs: list[str] = setting(
+        [], "Configuration of the run to train, as teacher|objective (repeatable; default: all of them).", flag="arm"
+    )
+    references: list[str] = setting(
+        list(REFERENCES), "Reference arm (repeatable): ideal, grpo, control (default: all three).", flag="reference"
+    )
+    metric: str = setting("cos_full", "The run's alignment to correlate with: cos_full or cos_support.")
+    n_boot: int = setting(1000, "Bootstrap replicates of the intervals (pass@1, gains, the rank correlation).")
+    level: float = setting(0.95, "Confidence level of the intervals.")
+    seed: int = setting(0, "Seed of the held-out questions and of the training seeds.")
+    progress: bool = setting(True, "Progress bars (the CLI's --quiet turns them off).", cli=False)
+    restart: bool = setting(
+        False, "Discard an earlier validation of RUN_DIR instead of resuming it.", cli=False
+    )
 
     @classmethod
     def from_sources(cls, toml_path: str | Path | None = None, overrides: dict[str, Any] | None = None):
-        from ..pipeline.config import build_config
-
         return build_config(cls, toml_path, overrides, "validate")
 
     def __post_init__(self):
