@@ -10,6 +10,7 @@ from typing import Callable, Mapping, Sequence
 import torch
 
 from .. import objectives as objectives_mod
+from ..alignment import proxies
 from ..engines.base import SamplingParams
 from ..engines.sampling import processed_logprobs
 from ..errors import DiagnoseError
@@ -112,6 +113,24 @@ class EstimateResult:
     rollout_scores: list[dict] = field(default_factory=list)  # rollout x teacher x objective
     student_logits: torch.Tensor | None = None  # [N, V], None when no node was estimated
     teacher_logits: dict[str, torch.Tensor] = field(default_factory=dict)  # name -> [N, V]
+
+    def proxies(self) -> dict:
+        """(teacher name, node id) -> the node's cheap proxies for that teacher (`alignment.proxies`: KL both
+        ways, JS, TV, cos(p, q), both entropies) and q_token, the teacher's probability of the observed token;
+        from the logits the estimate scored, for the teachers that returned logits."""
+        out: dict = {}
+        z = self.student_logits
+        if not self.nodes or z is None:
+            return out
+        observed = torch.tensor([e.observed for e in self.nodes])
+        for label, zt in self.teacher_logits.items():
+            prox = proxies(z, zt)
+            q_tok = torch.softmax(zt.float(), -1)[torch.arange(len(self.nodes)), observed]
+            for i, e in enumerate(self.nodes):
+                row = {name: float(v[i]) for name, v in prox.items()}
+                row["q_token"] = float(q_tok[i])
+                out[(label, e.id)] = row
+        return out
 
     def tables(self):
         """pandas DataFrames: rollouts, nodes, candidates, alignment (node x teacher x objective),

@@ -9,14 +9,12 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
-
 from .. import engines, tasks
-from ..alignment import proxies
 from ..engines.base import precision, render_prompt
 from ..errors import DiagnoseError
-from ..estimate import EstimateConfig, EstimateQuestion, EstimateResult, Estimator
+from ..estimate import EstimateConfig, EstimateQuestion, Estimator
 from ..estimate.frontier import QuestionPlan, with_plan
+from ..estimate.param_cos import param_cosines
 from ..objectives import parse as parse_objective
 from ..tables import standard_metadata
 from ..teachers import parse_teacher
@@ -25,7 +23,6 @@ from ..teachers.summaries import summarize
 from .config import RunConfig
 from .frames import frames_for_question
 from .inflight import BatchedEngine
-from .param_cos import param_cosines
 from .progress import Progress
 from .teachers import TeacherAtNodes, check_context_available, load_teacher_engines
 
@@ -186,7 +183,7 @@ class QuestionJob:
         if self.cfg.param_space:
             work = lambda: param_cosines(self.engine, result, self.objectives)  # noqa: E731
             param_cos = exclusive(work) if exclusive is not None else work()
-        teacher_proxies = self._proxies(result)
+        teacher_proxies = result.proxies()
         frames = frames_for_question(result, q, self.task, engine.tokenizer, teacher_proxies, fns, param_cos)
         batcher = engine.batcher if isinstance(engine, BatchedEngine) else None  # it times the engine calls
         tally = est.gen.tally
@@ -208,20 +205,3 @@ class QuestionJob:
         }
         device = str(self.engine.device)
         return QuestionOutput(index, frames, cost, self.metadata(), device)
-
-    @staticmethod
-    def _proxies(result: EstimateResult) -> dict:
-        """(teacher label, node id) -> proxy dict, from the student and teacher logits the estimate scored."""
-        out = {}
-        z = result.student_logits
-        if not result.nodes or z is None:
-            return out
-        observed = torch.tensor([e.observed for e in result.nodes])
-        for label, zt in result.teacher_logits.items():
-            prox = proxies(z, zt)
-            q_tok = torch.softmax(zt.float(), -1)[torch.arange(len(result.nodes)), observed]
-            for i, e in enumerate(result.nodes):
-                row = {name: float(v[i]) for name, v in prox.items()}
-                row["q_token"] = float(q_tok[i])
-                out[(label, e.id)] = row
-        return out
