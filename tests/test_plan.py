@@ -112,6 +112,27 @@ def test_bounds_hold_on_the_exact_engine(rollouts, top_k, continuations, teacher
         assert _within(est.spend.continuations, work["continuations_per_question"]), (seed, est.spend, work)
 
 
+@pytest.mark.parametrize("budget,nodes", [(200, "windows"), (600, "windows"), (600, "windows_end"), (600, "uniform")])
+def test_a_token_budget_is_billed_as_the_continuations_it_buys(budget, nodes):
+    """--budget-unit tokens: the bill reads the budget as budget / (tokens a continuation runs) continuations
+    (estimates, so marked), and its continuation tokens come within 25% of what the estimator spends (exact
+    engine, budgets below the position cap; it used to read 600 tokens as 600 continuations)."""
+    eng = engines.load("exact", "exact", seed=1)
+    fns = {"t0": engine_teacher(engines.load("exact", "exact", seed=2))}
+    for seed in range(3):
+        cfg = RunConfig(questions=1, rollouts=4, top_k=2, continuations=2, teachers=["self:answer"], seed=seed,
+                        max_new_tokens=8, nodes=nodes, budget=budget, budget_unit="tokens")
+        prompt = eng.prompt(str(seed))
+        est = Estimator(eng, [EstimateQuestion(id="q", prompt_ids=prompt, verify=eng.verifier(prompt))], fns, ["rkl"],
+                        cfg.estimate_config())
+        est.sample()
+        est.select()
+        work = expected_work(cfg, sum(len(r.token_ids) for r in est.rollouts) / cfg.rollouts)
+        assert work["budget_unit"] == "tokens" and work["budget_continuations"] < budget / 2
+        predicted = work["continuation_tokens"][1]
+        assert 0.75 <= est.spend.tokens / predicted <= 1.1, (seed, est.spend, work)
+
+
 def test_bounds_bracket_a_real_run(tmp_path, embedded_model_path):
     out = tmp_path / "run"
     result = diagnose.run(out=str(out), progress=False, **TINY)

@@ -110,12 +110,14 @@ def continuation_bounds(cfg: RunConfig, positions: int) -> tuple[int, int]:
     adaptive = cfg.allocation == "adaptive"
     if cfg.nodes == "every":  # every position is a node, whatever its first rounds cost
         return least * positions, (max if adaptive else min)(cfg.budget, most * positions)
-    first, _ = node_bounds(cfg, positions)
+    first, nodes_hi = node_bounds(cfg, positions)
+    # uniform allocation spends only first rounds, at most the nominal cost per node: few positions cap it
+    hi = cfg.budget if adaptive else min(cfg.budget, most * nodes_hi)
     if cfg.nodes == "refine":
-        return least * first, cfg.budget
+        return least * first, hi
     spend = math.floor(node_budget(cfg) + 1e-9)
     lo = min(spend - most + 1, least * (first + MAX_PASSES - 1), least * positions)
-    return max(lo, 0), cfg.budget
+    return max(lo, 0), hi
 
 
 def max_passes(cfg: RunConfig, nodes_hi: int) -> int:
@@ -127,13 +129,26 @@ def max_passes(cfg: RunConfig, nodes_hi: int) -> int:
     return max(1, min(limit, nodes_hi))
 
 
-def _planned_bounds(cfg: RunConfig, positions: int, budgets: Sequence[float]) -> tuple[list, list]:
+def in_continuations(cfg: RunConfig, length: float) -> RunConfig:
+    """The config with a token budget (`--budget-unit tokens`) read as the continuations it buys: the budget
+    over the mean tokens a continuation runs (L - t where selection puts nodes). An estimate, not a bound:
+    the estimator spends a token budget in expectation (its second round plans on what the first one cost).
+    A budget in continuations is returned as it is."""
+    if cfg.budget_unit != "tokens":
+        return cfg
+    as_continuations = replace(cfg, budget_unit="continuations")
+    first = replace(as_continuations, budget=max(1, math.floor(cfg.budget / max(1.0, expected_remaining(length)))))
+    per_continuation = max(1.0, selection_remaining(first, length))
+    return replace(as_continuations, budget=max(1, math.floor(cfg.budget / per_continuation + 1e-9)))
+
+
+def _planned_bounds(cfg: RunConfig, positions: int, budgets: Sequence[float], length: float) -> tuple[list, list]:
     """[lo, hi] nodes and continuations summed over questions estimated at `budgets` (0: skipped)."""
     nodes, conts = [0, 0], [0, 0]
     for b in budgets:
         if b <= 0:
             continue
-        one = replace(cfg, budget=b)
+        one = in_continuations(replace(cfg, budget=b), length)
         nodes = [x + y for x, y in zip(nodes, node_bounds(one, positions), strict=True)]
         conts = [x + y for x, y in zip(conts, continuation_bounds(one, positions), strict=True)]
     return nodes, conts
@@ -149,10 +164,13 @@ def expected_work(
     q, r, length = cfg.questions, cfg.rollouts, float(mean_rollout_tokens)
     rollouts = q * r
     positions = math.floor(r * length + 1e-9)
+    given = cfg
+    cfg = in_continuations(cfg, length)  # a token budget as the continuations it buys (then all are estimates)
     least, most = node_costs(cfg)
     nodes = node_bounds(cfg, positions)
     conts = continuation_bounds(cfg, positions)
-    total_nodes, total_conts = _planned_bounds(cfg, positions, [cfg.budget] * q if budgets is None else budgets)
+    planned = [given.budget] * q if budgets is None else budgets
+    total_nodes, total_conts = _planned_bounds(given, positions, planned, length)
     remaining = selection_remaining(cfg, length)
     passes = (1, max_passes(cfg, nodes[1]))
     scored_per_pass = rollouts * (mean_prompt_tokens + length)  # one model's pass over every rollout
@@ -169,6 +187,10 @@ def expected_work(
         "mean_prompt_tokens": float(mean_prompt_tokens),
         "rollout_tokens": rollouts * length,
         "positions_per_question": positions,
+        "budget_unit": given.budget_unit,
+        # a token budget: the continuations it buys per question (~; the node and continuation figures are then
+        # estimates, not bounds)
+        "budget_continuations": cfg.budget,
         "node_cost_continuations": [least, most],
         "nodes_per_question": list(nodes),
         "nodes": total_nodes,
@@ -286,13 +308,18 @@ class Plan:
             f"plan: student {self.student} on {self.engine} ({self.device}), task {self.task}, "
             f"{len(self.teachers)} teacher(s) x {len(self.objectives)} objective(s)"
             + (f", shard {self.shard} (its questions only)" if self.shard else ""),
-            f"  budget {self.budget} continuations per question; one node costs {least} to {most} continuations "
+            f"  budget {self._budget_text()} per question; one node costs {least} to {most} continuations "
             "(its candidate set is smaller when top-k lists overlap)",
             *self._verdict_lines(),
             "",
             "work (ranges marked 'bounds' hold whatever the model does, given the rollout length; '~' marks "
             "estimates)",
         ]
+
+    def _budget_text(self) -> str:
+        if self.work.get("budget_unit") == "tokens":
+            return f"{self.budget} continuation tokens (~{self.work['budget_continuations']} continuations)"
+        return f"{self.budget} continuations"
 
     def _verdict_lines(self) -> list[str]:
         """The calibration sample's pass rate, and a warning when its verdicts leave nothing to learn from."""
@@ -317,6 +344,8 @@ class Plan:
     def _work_lines(self) -> list[str]:
         w = self.work
         per_q = w["rollouts_per_question"]
+        # a budget in tokens buys ~ budget / (tokens a continuation runs) continuations: estimates, not bounds
+        kind = "estimates" if w.get("budget_unit") == "tokens" else "bounds"
         length, prompt = w["mean_rollout_tokens"], w["mean_prompt_tokens"]
         return [
             _row("questions", f"{w['questions']}"),
@@ -329,13 +358,14 @@ class Plan:
             _row(
                 "nodes",
                 _span(w["nodes"], "nodes"),
-                f"bounds: {_span(w['nodes_per_question'], '')}per question "
+                f"{kind}: {_span(w['nodes_per_question'], '')}per question "
                 f"(of ~{w['positions_per_question']} positions)",
             ),
             _row(
                 "continuations",
                 _span(w["continuations"], "continuations"),
-                f"bounds: {_span(w['continuations_per_question'], '')}per question; at most the budget",
+                f"{kind}: {_span(w['continuations_per_question'], '')}per question"
+                + ("; at most the budget" if kind == "bounds" else ""),
             ),
             _row(
                 "continuation tokens",
