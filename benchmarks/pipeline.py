@@ -11,7 +11,8 @@ The baseline is named and measured in the same run, so machine load cancels to f
 
 Run: python benchmarks/pipeline.py [--engines hf,vllm] [--config reports/demo.toml] [--questions N] ...
 The last line printed is JSON: {"hf": {"efficiency": e, "tokens_per_s": t, "live_nodes_per_1k_tokens": l, ...},
-"vllm": {...}}; live nodes are nodes where g-hat != 0 (benchmarks/frontier.py compares plans by it).
+"vllm": {...}}; live nodes are nodes where g-hat != 0 (benchmarks/frontier.py compares plans by it); engine_s and
+engine_share say where the run's engine time went, per stage.
 """
 
 from __future__ import annotations
@@ -76,6 +77,10 @@ def bench_engine(name: str, overrides: dict, config: str | None = None) -> dict:
         # nodes where g-hat != 0 (what an alignment can be read from) per 1,000 continuation tokens spent
         "live_nodes_per_1k_tokens": round(1000 * cost.get("live_nodes", 0) / max(cost["continuation_tokens"], 1), 2),
         "questions": cost["questions"],
+        # where the run's engine time went: busy seconds per stage (rollouts, scoring, continuations, ...) and
+        # each stage's share of the run's seconds (the rest: the estimator's own arithmetic, tables, report)
+        "engine_s": cost.get("engine_s", {}),
+        "engine_share": {k: round(v / run_s, 3) for k, v in cost.get("engine_s", {}).items()},
         "plain": plain,
     }
     close = getattr(runner.engine, "close", None)
