@@ -306,6 +306,13 @@ MUTANTS = [
         "unresolved bootstrap replicates left as NaN instead of the far end sign(dot)",
     ),
     Mutant(
+        "stats.round_off_decides_resolution",
+        STATS,
+        "    gc = unbiased_g_sq(g_sq, noise)\n    resolved = gc > 0",
+        "    gc = g_sq - noise\n    resolved = gc > 0",
+        "|g-hat|^2 - N left to float64 round-off where N = |g-hat|^2 exactly: the corrected cosine +-1 or NaN by luck",
+    ),
+    Mutant(
         "stats.degenerate_absolute_epsilon",
         STATS,
         "degenerate = (g_sq <= 0) | (d_sq <= 0)",

@@ -178,3 +178,35 @@ def test_summary_intervals_are_the_corrected_rule_on_a_real_run(tmp_path):
         assert want[1] - want[0] > plain[1] - plain[0] or want[1] == 1.0 or want[0] == -1.0
         checked += 1
     assert checked >= 2
+
+
+def test_a_noise_estimate_equal_to_g_hat_squared_is_unresolved_whatever_the_round_off():
+    """With two continuations per candidate (the CLI default) a node whose only varying candidate has 1 success
+    of 2 has noise estimate N = |g-hat|^2 exactly; float64 leaves |g-hat|^2 - N at 0 or +-2e-18 by the luck of
+    summation order, and a positive remainder used to make the corrected cosine +-1. Every such node must be
+    unresolved (NaN), with g_sq_unbiased exactly 0; a node with real excess signal still resolves."""
+    from diagnose.estimate.stats import corrected_cosine, noise_term, sparse_ideal, unbiased_g_sq
+
+    gen = torch.Generator().manual_seed(0)
+    ties, leftovers = 0, 0
+    for _ in range(400):
+        k = int(torch.randint(2, 5, (1,), generator=gen))
+        p = torch.rand(1, k + 1, generator=gen, dtype=torch.float64)
+        p = p / p.sum()
+        mask = torch.tensor([[True] * k + [False]])
+        n = torch.tensor([[2.0] * k + [0.0]], dtype=torch.float64)
+        s = torch.cat([torch.randint(0, 3, (1, k), generator=gen).double(), torch.zeros(1, 1, dtype=torch.float64)], 1)
+        g, _ = sparse_ideal(p, torch.where(mask, s / n.clamp_min(1), 0.0), mask)
+        g_sq, noise = (g * g).sum(-1), noise_term(p, s, n, mask)
+        if not (g_sq > 0 and (g_sq - noise).abs() <= 1e-12 * g_sq):
+            continue
+        ties += 1
+        leftovers += bool(g_sq - noise != 0)
+        d = g + 0.3 * torch.rand(g.shape, generator=gen, dtype=torch.float64)
+        _, corrected, degenerate = corrected_cosine((d * g).sum(-1), g_sq, noise, (d * d).sum(-1))
+        assert not degenerate and torch.isnan(corrected).all(), (s, float(g_sq - noise), corrected)
+        assert float(unbiased_g_sq(g_sq, noise)) == 0.0
+    assert ties > 20 and leftovers > 10  # the round-off case is exercised, not only exact zeros
+    _, resolved, _ = corrected_cosine(torch.tensor([0.01]), torch.tensor([0.02]), torch.tensor([0.02 * (1 - 1e-6)]),
+                                      torch.tensor([1.0]))
+    assert torch.isfinite(resolved).all()

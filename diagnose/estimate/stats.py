@@ -95,6 +95,20 @@ def noise_term(p, successes, counts, mask) -> torch.Tensor:
     return (noise_weights(p, mask) * q_variance(successes, counts)).sum(-1)
 
 
+# |g-hat|^2 - N within this share of |g-hat|^2 is float64 round-off of an exact 0: the noise estimate equals
+# |g-hat|^2 exactly where each candidate's Q-hat can take only the values that make it so (two continuations
+# per candidate and one success between them, say), and whether the difference then came out +3e-18 or
+# -3e-18 decided if a node's corrected cosine was +-1 or unresolved (seen on the embedded model).
+ROUNDOFF = 1e-12
+
+
+def unbiased_g_sq(g_sq, noise) -> torch.Tensor:
+    """|g-hat|^2 - N (unbiased for |g*|^2), exactly 0 where the two agree to float64 round-off (ROUNDOFF)."""
+    g_sq, noise = f64(g_sq), f64(noise)
+    gc = g_sq - noise
+    return torch.where(gc.abs() <= ROUNDOFF * g_sq.abs(), 0.0, gc)
+
+
 def corrected_cosine(dot, g_sq, noise, d_sq, unresolved: str = "nan"):
     """(raw cosine, bias-corrected cosine, degenerate flag) from per-node sums.
 
@@ -109,7 +123,7 @@ def corrected_cosine(dot, g_sq, noise, d_sq, unresolved: str = "nan"):
     degenerate = (g_sq <= 0) | (d_sq <= 0)
     norms = torch.where(degenerate, 1.0, g_sq.clamp_min(0).sqrt() * d_sq.clamp_min(0).sqrt())
     raw = torch.where(degenerate, 0.0, dot / norms)
-    gc = g_sq - noise
+    gc = unbiased_g_sq(g_sq, noise)
     resolved = gc > 0
     denom = torch.where(resolved & ~degenerate, gc.clamp_min(0).sqrt() * d_sq.clamp_min(0).sqrt(), 1.0)
     fill = torch.sign(dot) if unresolved == "sign" else torch.full_like(dot, float("nan"))

@@ -23,6 +23,7 @@ from .nodes import Node
 from .pipeline import EstimateResult, Estimator
 from .q import NodeEstimate
 from .rollouts import EstimateQuestion
+from .stats import unbiased_g_sq
 
 
 def exact_q(est: Estimator, e: NodeEstimate) -> torch.Tensor:
@@ -120,7 +121,7 @@ def summary_inputs(result: EstimateResult) -> dict[str, pd.DataFrame]:
                 "rollout_idx": i,
                 "position": t,
                 "g_sq": g_sq,
-                "g_sq_unbiased": g_sq - noise,
+                "g_sq_unbiased": float(unbiased_g_sq(g_sq, noise)),
                 "weight": float(rec["weight"]),
                 "negligible": bool(rec["negligible"]),
                 "degenerate": bool(rec["degenerate"]),
@@ -348,7 +349,7 @@ def headroom_simulation(
                     "rollout_idx": n["rollout_idx"],
                     "position": n["position"],
                     "g_sq": g_sq,
-                    "g_sq_unbiased": g_sq - noise,
+                    "g_sq_unbiased": float(unbiased_g_sq(g_sq, noise)),
                     "weight": n["weight"],
                     "negligible": False,
                     "degenerate": g_sq == 0,

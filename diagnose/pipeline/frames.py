@@ -6,6 +6,7 @@ import math
 
 import pandas as pd
 
+from ..estimate.stats import unbiased_g_sq
 from ..tables import config_label, difficulty_band, schema
 
 
@@ -73,7 +74,7 @@ def frames_for_question(
                 "inclusion_prob": float(rec["inclusion_prob"]),
                 "negligible": bool(rec["negligible"]),
                 "g_sq": g_sq,
-                "g_sq_unbiased": (g_sq - float(noise)) if noise is not None else None,
+                "g_sq_unbiased": float(unbiased_g_sq(g_sq, float(noise))) if noise is not None else None,
             }
         )
         for c in cands:
