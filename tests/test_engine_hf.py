@@ -5,6 +5,7 @@ prefix + forced token from scratch. On the CPU without a model (fast): the count
 from __future__ import annotations
 
 import math
+from unittest.mock import patch
 
 import numpy as np
 import pytest
@@ -14,6 +15,7 @@ from engine_checks import recomputation_error
 import diagnose.engines.hf as hf_module
 from diagnose.engines import Continuation, SamplingParams, render_prompt
 from diagnose.engines.hf import _select_rows
+from diagnose.engines.hidden_cache import HiddenCache
 from diagnose.engines.sampling import draw, processed_logprobs, request_key, row_key, sample_key, uniforms
 
 
@@ -38,14 +40,15 @@ def test_same_seed_same_output(hf_engine, prompt):
 def test_chunked_scoring_equals_one_pass(hf_engine, prompt):
     seqs = [prompt + list(range(1000, 1090)), prompt[:20]]
     positions = [[1, 7, 16, 17, 40, len(seqs[0]) - 1, len(seqs[0])], [3, 20]]
-    old = hf_engine.score_chunk
+    old, kept = hf_engine.score_chunk, hf_engine.score_cache
     try:
+        hf_engine.score_cache = None  # the chunked path itself, not sequences remembered by the first call
         hf_engine.score_chunk = 16
         chunked = hf_engine.score(seqs, positions)
         hf_engine.score_chunk = 10_000
         whole = hf_engine.score(seqs, positions)
     finally:
-        hf_engine.score_chunk = old
+        hf_engine.score_chunk, hf_engine.score_cache = old, kept
     with torch.inference_mode():
         direct = hf_engine.model(torch.tensor([seqs[0]])).logits[0].float()
     for c, w in zip(chunked, whole, strict=False):
@@ -309,14 +312,71 @@ def test_scoring_sequences_that_share_a_stem_equals_scoring_each_alone(hf_engine
     seqs = [prompt + o.token_ids for o in outs] + [other + [504, 28]]
     positions = [[len(prompt) + 1, len(prompt) + len(o.token_ids)] for o in outs] + [[len(other) + 1]]
     assert hf_engine._logits_stemmed(seqs, positions) is not None  # the stem path is taken
-    shared = hf_engine.score(seqs, positions)
-    old = hf_engine.min_stem
+    old, kept = hf_engine.min_stem, hf_engine.score_cache
     try:
+        hf_engine.score_cache = None  # these two paths, not sequences remembered from the first call
+        shared = hf_engine.score(seqs, positions)
         hf_engine.min_stem = 10**9  # nothing shares a stem: the plain path
         plain = hf_engine.score(seqs, positions)
     finally:
-        hf_engine.min_stem = old
+        hf_engine.min_stem, hf_engine.score_cache = old, kept
     for a, b in zip(shared, plain, strict=True):
         assert a.logits.shape == b.logits.shape
         assert (a.logits - b.logits).abs().max().item() < 2e-3
         assert (a.logits.log_softmax(-1) - b.logits.log_softmax(-1)).abs().max().item() < 2e-4
+
+
+@pytest.mark.slow
+def test_rescoring_from_kept_hidden_states_equals_scoring_afresh(hf_engine, prompt):
+    """The score cache: a question's rollouts scored at some positions, then at others (the estimator's next
+    selection pass), give the logits the plain path computes; the second call runs no forward pass (its
+    sequences are all held); an in-place weight change (validate's optimizer step) forgets them."""
+    outs = hf_engine.sample([prompt], 3, SamplingParams(max_new_tokens=12, seed=21))[0]
+    seqs = [prompt + o.token_ids for o in outs]
+    first = [[len(prompt) + len(o.token_ids)] for o in outs]
+    later = [[len(prompt) + 1, len(prompt) + len(o.token_ids) // 2 + 1] for o in outs]
+    cache, kept = HiddenCache(1 << 26), hf_engine.score_cache
+    try:
+        hf_engine.score_cache = cache
+        hf_engine.score(seqs, first)
+        assert cache.misses == 3 and cache.hits == 0
+        decoder = hf_engine.model.get_decoder()
+        with patch.object(decoder, "forward", side_effect=AssertionError("a forward pass ran")):
+            remembered = hf_engine.score(seqs, later)
+        assert cache.hits == 3
+        hf_engine.score_cache = None
+        afresh = hf_engine.score(seqs, later)
+        for a, b in zip(remembered, afresh, strict=True):
+            assert a.logits.shape == b.logits.shape
+            assert (a.logits.log_softmax(-1) - b.logits.log_softmax(-1)).abs().max().item() < 2e-4
+        # weights changed in place: nothing kept is used, the new weights score
+        hf_engine.score_cache = cache
+        norm = hf_engine.model.get_decoder().norm.weight
+        with torch.no_grad():
+            norm.mul_(1.5)
+        try:
+            changed = hf_engine.score(seqs, later)
+            assert cache.misses == 6
+            hf_engine.score_cache = None
+            want = hf_engine.score(seqs, later)
+        finally:
+            with torch.no_grad():
+                norm.div_(1.5)
+        for a, b in zip(changed, want, strict=True):
+            assert (a.logits.log_softmax(-1) - b.logits.log_softmax(-1)).abs().max().item() < 2e-4
+        assert (changed[0].logits - remembered[0].logits).abs().max().item() > 1e-2
+    finally:
+        hf_engine.score_cache = kept
+
+
+def test_hidden_cache_is_bounded_by_bytes():
+    """Least recently used sequences leave first; one larger than the bound is not kept."""
+    cache = HiddenCache(3 * 4 * 8)  # three [1, 8] float32 rows
+    for i in range(3):
+        cache.put((i,), 0, torch.full((1, 8), float(i)))
+    assert cache.covers((0,), [1]) and cache.rows((0,), [1])[0, 0] == 0  # (0,) is now the most recent
+    cache.put((3,), 0, torch.zeros(1, 8))
+    assert not cache.covers((1,), [1]) and all(cache.covers((k,), [1]) for k in (0, 2, 3))
+    cache.put((9,), 0, torch.zeros(4, 8))
+    assert not cache.covers((9,), [1]) and cache.covers((0,), [1])
+    assert not cache.covers((0, 5), [1]) and not cache.covers((2,), [0])  # unseen; before the offset

@@ -11,6 +11,7 @@ import torch
 from ..errors import DiagnoseError
 from ..models import load_error, locate_model
 from .base import Continuation, Sample, SamplingParams, Scores
+from .hidden_cache import HiddenCache
 from .sampling import StopChecker, draw, processed_logprobs, request_key, sample_key
 
 
@@ -53,6 +54,7 @@ class HFEngine:
         batch_size: int | None = None,
         score_chunk: int = 256,
         attn_implementation: str = "sdpa",
+        score_cache_mb: int = 512,
     ):
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -82,6 +84,9 @@ class HFEngine:
         self.pad_id = next(iter(sorted(self.eos_ids)), 0) if self.tokenizer.pad_token_id is None else int(
             self.tokenizer.pad_token_id
         )
+        # Sequences scored before are rescored from their kept hidden states (the estimator scores each rollout
+        # once per selection pass, under the student and each teacher context): 0 turns it off.
+        self.score_cache = HiddenCache(score_cache_mb * 2**20) if score_cache_mb > 0 and self.split_head else None
 
     @torch.inference_mode()
     def _check_split_head(self) -> bool:
@@ -159,21 +164,83 @@ class HFEngine:
         for s, pos in zip(seqs, positions, strict=False):
             if any(not 1 <= int(p) <= len(s) for p in pos):
                 raise DiagnoseError(f"score: positions must lie in 1..{len(s)} (sequence length)")
-        logits = [None] * len(seqs)
-        # Lexicographic order puts sequences that share a stem (one prompt or teacher context) in one batch.
-        order = sorted(range(len(seqs)), key=lambda i: seqs[i])
-        rows = min(self.batch_size, 64)  # scoring keeps full logits at the positions asked for: fewer rows
-        for start in range(0, len(order), rows):
-            batch = order[start : start + rows]
-            got = self._logits_at([seqs[i] for i in batch], [[int(p) for p in positions[i]] for i in batch])
-            for i, z in zip(batch, got, strict=False):
-                logits[i] = z
+        logits = self._logits_remembered(seqs, positions) if self.score_cache is not None else None
+        if logits is None:
+            logits = [None] * len(seqs)
+            # Lexicographic order puts sequences that share a stem (one prompt or teacher context) in one batch.
+            order = sorted(range(len(seqs)), key=lambda i: seqs[i])
+            rows = min(self.batch_size, 64)  # scoring keeps full logits at the positions asked for: fewer rows
+            for start in range(0, len(order), rows):
+                batch = order[start : start + rows]
+                got = self._logits_at([seqs[i] for i in batch], [[int(p) for p in positions[i]] for i in batch])
+                for i, z in zip(batch, got, strict=False):
+                    logits[i] = z
         return [
             make_scores([int(p) for p in positions[i]], logits[i], topk, ids)
             for i, ids in enumerate(token_ids if token_ids is not None else [None] * len(seqs))
         ]
 
     # ---------------------------------------------------------------- scoring
+
+    @torch.inference_mode()
+    def _logits_remembered(self, seqs: list[list[int]], positions) -> list[torch.Tensor] | None:
+        """Logits at the positions from the final hidden states of each whole sequence: kept ones where the
+        sequence was scored before (`score_cache`), else computed for every token of it (stems shared, as in
+        `_logits_stemmed`) and kept. New sequences run whole, so at most 64 x score_chunk tokens go into one
+        forward pass (fewer rows for long ones); None (use the chunked path) when one alone is longer than 16
+        scoring chunks."""
+        cache = self.score_cache
+        cache.sync(self.model)  # weights changed in place (validate's training): nothing kept holds
+        keys = [tuple(s) for s in seqs]
+        first: dict[tuple[int, ...], int] = {}  # sequence -> the earliest position asked for it
+        for k, pos in zip(keys, positions, strict=True):
+            if pos and not cache.covers(k, pos):
+                first[k] = min(first.get(k, len(k)), min(int(t) for t in pos))
+        todo = sorted(first)
+        if todo and max(map(len, todo)) > 16 * self.score_chunk:
+            return None
+        fresh: dict[tuple[int, ...], tuple[int, torch.Tensor]] = {}
+        start, tokens = 0, 64 * max(1, self.score_chunk)  # tokens per forward pass: the chunked path's bound
+        while start < len(todo):
+            rows = max(1, min(self.batch_size, 64, tokens // max(len(k) for k in todo[start : start + 64])))
+            batch = todo[start : start + rows]
+            start += rows
+            for k, (offset, hidden) in zip(batch, self._hidden([first[k] - 1 for k in batch], batch), strict=True):
+                fresh[k] = (offset, hidden)
+                cache.put(k, offset, hidden)
+        cache.misses += len(todo)
+        cache.hits += sum(1 for k, pos in zip(keys, positions, strict=True) if pos and k not in fresh)
+        picked = []
+        for k, pos in zip(keys, positions, strict=True):
+            if not pos:
+                continue
+            if k in fresh:
+                offset, hidden = fresh[k]
+                picked.append(hidden[torch.tensor([int(t) - 1 - offset for t in pos], device=hidden.device)])
+            else:
+                picked.append(cache.rows(k, pos))
+        z = self.model.get_output_embeddings()(torch.cat(picked)).float().cpu() if picked else None
+        out, at = [], 0
+        for pos in positions:
+            out.append(z[at : at + len(pos)] if pos else torch.empty(0, self.vocab_size))
+            at += len(pos)
+        return out
+
+    def _hidden(self, caps: list[int], rows: list[tuple[int, ...]]) -> list[tuple[int, torch.Tensor]]:
+        """(offset, final hidden states of tokens offset..len-1) of each (lexicographically sorted) row; rows
+        sharing a stem of at most caps[i] tokens run it once and keep their own tokens after it."""
+        stems, owner = _stems(rows, self.min_stem, caps)
+        if len(rows) > 1 and len(stems) < len(rows) and min(n for _, n in stems) >= 1:
+            kv, mask, _ = self._forward_rows([p for p, _ in stems])
+            index = torch.tensor(owner, device=self.device)
+            offsets = [stems[o][1] for o in owner]
+            tails = [r[n:] for r, n in zip(rows, offsets, strict=True)]
+            _, _, h = self._forward_rows(tails, _select_rows(kv, index), mask.index_select(0, index), hidden=True)
+        else:
+            offsets, tails = [0] * len(rows), list(rows)
+            _, _, h = self._forward_rows(tails, hidden=True)
+        width = h.shape[1]
+        return [(n, h[k, width - len(t) :].clone()) for k, (n, t) in enumerate(zip(offsets, tails, strict=True))]
 
     def _logits_at(self, seqs: list[list[int]], positions: list[list[int]]) -> list[torch.Tensor]:
         """Full float32 logits at the positions of each sequence, running the batch in position chunks
@@ -271,9 +338,10 @@ class HFEngine:
         tails = [p[stems[owner[i]][1]:] for i, p in enumerate(prefixes)]
         return self._forward_rows(tails, _select_rows(cache, index), mask.index_select(0, index))
 
-    def _forward_rows(self, rows: list[tuple[int, ...]], cache=None, mask=None, keep=None):
+    def _forward_rows(self, rows: list[tuple[int, ...]], cache=None, mask=None, keep=None, hidden=False):
         """Run left-padded token rows (after `cache`/`mask`, if given): the extended cache, mask, and the
-        last logits (or, with `keep` = [(row, column)], the float32 logits [len(keep), V] there, on the CPU)."""
+        last logits (or, with `keep` = [(row, column)], the float32 logits [len(keep), V] there, on the CPU;
+        with `hidden`, the final hidden states [rows, width, H] on the device)."""
         from transformers import DynamicCache
 
         width = max(len(p) for p in rows)
@@ -290,8 +358,10 @@ class HFEngine:
             attention_mask=full,
             position_ids=(before + new.cumsum(-1) - 1).clamp(min=0),
             past_key_values=cache if cache is not None else DynamicCache(),
-            use_cache=keep is None,
+            use_cache=keep is None and not hidden,
         )
+        if hidden:
+            return None, full, self.model.get_decoder()(**inputs).last_hidden_state
         if keep is None:
             out = self.model(**inputs, logits_to_keep=1)
             return out.past_key_values, full, out.logits[:, -1].float()

@@ -219,7 +219,10 @@ def time_score(engine, prompt_ids: Sequence[int], response_ids: Sequence[int], r
         return 0.0
     seq = list(prompt_ids) + list(response_ids)
     best = float("inf")
-    for _ in range(repeats):
+    for i in range(repeats):
+        # a new sequence each time (its last token changed): an engine that keeps what it scored (hf's
+        # score_cache) would answer a repeat from memory, and a run's first pass over a rollout does not
+        seq[-1] = (int(response_ids[-1]) + i) % engine.vocab_size
         t0 = time.perf_counter()
         engine.score([seq], [list(range(len(prompt_ids), len(seq)))], topk=None)
         best = min(best, time.perf_counter() - t0)
