@@ -266,6 +266,7 @@ def exact_part(target: float = 0.1, budget_continuations: tuple[int, ...] = (16,
             round_size=4096,
             max_per_candidate=1024,
             seed=3,
+            max_new_tokens=256, k_student=4, k_teacher=4, continuations=8,
         )
         return Estimator(eng, qs, {"teacher": engine_teacher(teacher)}, ["rkl"], cfg, cache=cache)
 
@@ -397,6 +398,7 @@ def embedded_part(
             k_student=4,
             k_teacher=4,
             seed=0,
+            continuations=8,
         )
         est = Estimator(eng, qs, {"hint": _hint_teacher(eng, hints)}, ["rkl"], cfg, cache=cache)
         est.cfg.budget = 1e7  # node selection spends node_budget; the rounds run to the target or the cap

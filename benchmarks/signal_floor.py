@@ -68,7 +68,8 @@ def measure(student, bf16, questions: int, rollouts: int, max_new_tokens: int, t
     objs = [objectives.parse(o) for o in objectives.available()]
     objs = [o for o in objs if o.needs != NEEDS_NONE and o.name != "k1_loss"]
     cfg = EstimateConfig(temperature=temperature, max_new_tokens=max_new_tokens, seed=seed,
-                         rollouts_per_question=rollouts, stop=tuple(task.stop))
+                         rollouts_per_question=rollouts, stop=tuple(task.stop),
+                         k_student=4, k_teacher=4, continuations=8, budget=2000.0)
     null_r, hint_r, hint16_r, old_r, peaked = [], [], [], [], []
     for q in task.questions(questions, seed=seed):
         eq = EstimateQuestion(id=q.id, prompt_ids=render_prompt(student.tokenizer, q.prompt),

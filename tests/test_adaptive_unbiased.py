@@ -21,6 +21,8 @@ from diagnose.estimate.stats import noise_term, sparse_ideal
 from diagnose.estimate.truth import exact_questions
 
 P, Q, D = (0.5, 0.3, 0.2), (0.9, 0.6, 0.3), (0.2, -0.05, -0.15)
+# EstimateConfig's defaults before they became the CLI's: these simulations were calibrated with them
+LIBRARY_DEFAULTS = dict(max_new_tokens=256, k_student=4, k_teacher=4, continuations=8, budget=2000.0)
 
 
 class BernoulliGen:
@@ -43,7 +45,7 @@ def simulated_estimator(nodes: int, seed: int, **cfg) -> Estimator:
     """`nodes` independent copies of one node (p = P, Q = Q, direction D) through the Estimator's own
     first round, `adapt` and `allocate`, with Bernoulli outcomes instead of an engine."""
     engine = SimpleNamespace(model_id="bernoulli")  # never called: the Generator is replaced below
-    est = Estimator(engine, [], {}, ["rkl"], EstimateConfig(allocation="adaptive", **cfg))
+    est = Estimator(engine, [], {}, ["rkl"], EstimateConfig(**{**LIBRARY_DEFAULTS, "allocation": "adaptive", **cfg}))
     est.gen = BernoulliGen(np.random.default_rng(seed).random((nodes, 3, 256)))
     est.questions = [EstimateQuestion(id="s", prompt_ids=[0], verify=lambda ids: bool(ids[-1]), verify_on="ids")]
     est.rollouts = [Rollout(0, "s", i, [i], [0], [0.0], "", True, "stop") for i in range(nodes)]
@@ -99,7 +101,8 @@ def test_pilot_and_estimation_continuations_never_share_a_sample():
     cached sample is in both sets; the records count estimation continuations, the spend counts both."""
     eng = engines.load("exact", "exact", seed=1, horizon=12)
     teacher = engines.load("exact", "exact", seed=2, horizon=12)
-    cfg = EstimateConfig(rollouts_per_question=2, budget=120, allocation="adaptive", n_boot=20, max_new_tokens=32)
+    cfg = EstimateConfig(rollouts_per_question=2, budget=120, allocation="adaptive", n_boot=20, max_new_tokens=32,
+                         k_student=4, k_teacher=4, continuations=8)
     est = Estimator(eng, exact_questions(eng, 2, seed=5), {"t": engine_teacher(teacher)}, ["rkl"], cfg)
     seen: dict[tuple, list[range]] = {}
     fetch = est.gen.fetch
@@ -122,7 +125,8 @@ def test_pilot_and_estimation_continuations_never_share_a_sample():
         assert [c["outcomes"] for c in rec["candidates"]] == e.outcomes
     assert res.summary["continuations"] == sum(sum(e.counts) + sum(map(len, e.pilot)) for e in res.nodes)
     # Uniform allocation keeps no pilot: its first round is the estimate, as before.
-    cfg_u = EstimateConfig(rollouts_per_question=2, budget=120, n_boot=20, max_new_tokens=32)
+    cfg_u = EstimateConfig(rollouts_per_question=2, budget=120, n_boot=20, max_new_tokens=32,
+                           k_student=4, k_teacher=4, continuations=8)
     uni = Estimator(eng, exact_questions(eng, 2, seed=5), {"t": engine_teacher(teacher)}, ["rkl"], cfg_u).run()
     assert all(not e.pilot and e.counts == [cfg_u.continuations] * len(e.cand_ids) for e in uni.nodes)
 

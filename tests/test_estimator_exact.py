@@ -59,7 +59,8 @@ def world():
     eng, teacher = exact(seed=1), exact(seed=2)
     qs = questions_for(eng)
     cfg = EstimateConfig(
-        rollouts_per_question=2, nodes="every", budget=1e9, continuations=1, free_sample=False
+        rollouts_per_question=2, nodes="every", budget=1e9, continuations=1, free_sample=False,
+        max_new_tokens=256, k_student=4, k_teacher=4,
     )
     est = Estimator(eng, qs, {"t": engine_teacher(teacher)}, ["rkl"], cfg)
     est.sample()
@@ -234,7 +235,8 @@ def test_cost_is_set_by_the_budget_not_rollout_length():
     for horizon in (8, 64):
         eng = exact(seed=4, horizon=horizon, eos_bias=-6.0)
         cfg = EstimateConfig(
-            rollouts_per_question=6, budget=600, continuations=4, k_student=2, k_teacher=0, n_boot=50
+            rollouts_per_question=6, budget=600, continuations=4, k_student=2, k_teacher=0, n_boot=50,
+            max_new_tokens=256,
         )
         res = estimate(eng, questions_for(eng, ("1", "2")), {}, ["rkl"], cfg)
         lengths = [len(r.token_ids) for r in res.rollouts]
@@ -255,6 +257,7 @@ def test_cost_is_set_by_the_budget_not_rollout_length():
         k_student=2,
         k_teacher=0,
         n_boot=50,
+        max_new_tokens=256,
     )
     res = estimate(eng, questions_for(eng, ("1", "2")), {}, ["rkl"], cfg)
     assert 0.5 * 20000 <= res.summary["continuation_tokens"] <= 1.2 * 20000
@@ -293,6 +296,7 @@ def test_cache_resumes_and_reuses(tmp_path):
         round_size=64,
         n_boot=100,
         max_batch=8,
+        max_new_tokens=256, k_student=4, k_teacher=4,
     )
     teachers = {"t": engine_teacher(teacher)}
     with pytest.raises(RuntimeError, match="killed"):
@@ -347,7 +351,8 @@ def test_node_selection_strategies():
 
 def test_refine_strategy_runs_under_budget():
     eng, teacher = exact(seed=1), exact(seed=2)
-    cfg = EstimateConfig(rollouts_per_question=2, budget=400, nodes="refine", continuations=2, n_boot=50)
+    cfg = EstimateConfig(rollouts_per_question=2, budget=400, nodes="refine", continuations=2, n_boot=50,
+                         max_new_tokens=256, k_student=4, k_teacher=4)
     res = estimate(eng, questions_for(eng), {"t": engine_teacher(teacher)}, ["rkl"], cfg)
     assert 0.7 * 400 <= res.summary["continuations"] <= 400
     assert res.summary["nodes"] >= 10
@@ -377,6 +382,7 @@ def test_adaptive_allocation_needs_fewer_continuations(world):
             adaptive_initial=2,
             max_per_candidate=512,
             seed=3,
+            max_new_tokens=256, k_student=4, k_teacher=4, continuations=8,
         )
         return Estimator(eng, qs, {"t": engine_teacher(teacher)}, ["rkl"], cfg)
 

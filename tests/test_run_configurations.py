@@ -17,6 +17,14 @@ from diagnose.teachers.summaries import summarize
 SMALL = dict(questions=1, rollouts=2, max_new_tokens=24, budget=18, seed=0)
 
 
+def test_run_and_estimator_share_one_set_of_defaults():
+    """RunConfig takes the default of every setting it shares with EstimateConfig from there: the estimate a
+    default `diagnose run` makes is EstimateConfig()'s, so the library and the CLI cannot drift apart."""
+    from diagnose.estimate import EstimateConfig
+
+    assert RunConfig().estimate_config() == EstimateConfig()
+
+
 def test_a_budget_that_buys_no_node_is_refused_up_front():
     with pytest.raises(diagnose.errors.DiagnoseError, match="buys no node"):
         RunConfig(budget=16).validate()  # default teachers: 1 + 2 + 2 x 3 = 9 candidates x 2 continuations = 18

@@ -31,7 +31,8 @@ def test_identical_teacher_gives_d_zero_at_every_temperature(temperature, top_p)
     (Before the fix the teacher was scored untempered: at T != 1 every direction pointed toward the T = 1
     distribution and read as signal.)"""
     eng = engines.load("exact", "exact", seed=1)
-    cfg = EstimateConfig(temperature=temperature, top_p=top_p, max_new_tokens=10, seed=2)
+    cfg = EstimateConfig(temperature=temperature, top_p=top_p, max_new_tokens=10, seed=2,
+                         k_student=4, k_teacher=4, continuations=8, budget=2000.0)
     est = _every_node(eng, cfg, {"self": engine_teacher(eng)})
     assert cfg.scoring_temperature == temperature
     for (teacher, obj), dirn in est.directions.items():
@@ -51,7 +52,8 @@ def test_teacher_temperature_is_the_explicit_alternative():
     """teacher_temperature = 1 beside sampling at 0.7 scores the teacher untempered: the identical teacher now
     has a direction, and it is the objective's closed form between z / 0.7 and z / 1."""
     eng = engines.load("exact", "exact", seed=1)
-    cfg = EstimateConfig(temperature=0.7, teacher_temperature=1.0, max_new_tokens=10, seed=2)
+    cfg = EstimateConfig(temperature=0.7, teacher_temperature=1.0, max_new_tokens=10, seed=2,
+                         k_student=4, k_teacher=4, continuations=8, budget=2000.0)
     assert cfg.scoring_temperature == 1.0
     est = _every_node(eng, cfg, {"self": engine_teacher(eng)}, ["rkl", "fkl"])
     res = est.results()

@@ -38,7 +38,8 @@ TeacherFn = Callable[[Sequence[Rollout], Sequence[Node]], torch.Tensor]
 
 @dataclass
 class EstimateConfig:
-    """Every knob of an estimate (recorded with the result, so a run can be repeated)."""
+    """Every knob of an estimate (recorded with the result, so a run can be repeated). Its defaults are the only
+    ones: `diagnose run`'s RunConfig takes the defaults of the keys it shares from here (pipeline/config.py)."""
 
     rollouts_per_question: int = 4
     temperature: float = 1.0
@@ -47,13 +48,13 @@ class EstimateConfig:
     # sampling and both sides of the loss), so a teacher identical to the student gives d = 0 at any T.
     teacher_temperature: float | None = None
     top_p: float = 1.0
-    max_new_tokens: int = 256
+    max_new_tokens: int = 64
     stop: tuple[str, ...] = ()
     seed: int = 0
-    k_student: int = 4
-    k_teacher: int = 4
-    continuations: int = 8  # per candidate (uniform); adaptive starts from `adaptive_initial`
-    budget: float = 2000.0  # in `budget_unit`s, for everything after the rollouts
+    k_student: int = 2
+    k_teacher: int = 2  # RunConfig's top_k sets both
+    continuations: int = 2  # per candidate (uniform); adaptive starts from `adaptive_initial`
+    budget: float = 40.0  # in `budget_unit`s, for everything after the rollouts
     budget_unit: str = "continuations"  # or "tokens" (a node's cost is bounded by max_new_tokens - position)
     nodes: str = "windows"  # windows | windows_end | uniform | every | refine
     # The run's frontier plan (estimate/frontier.py) for this estimate's questions: the probability they were

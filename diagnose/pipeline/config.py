@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import DiagnoseError
+from ..estimate import EstimateConfig
 from ..estimate.budget import ALLOCATIONS, BUDGET_UNITS, Budget
 from ..estimate.nodes import STRATEGIES
 
@@ -33,6 +34,11 @@ CONFIG_FILE = "config.toml"  # a run directory's saved configuration
 TEACHER_PLACEMENTS = ("colocate", "pool")
 # EstimateConfig fields whose RunConfig key has another name (every other shared name is copied as is).
 RENAMED = {"rollouts_per_question": "rollouts", "k_student": "top_k", "k_teacher": "top_k"}
+
+
+def estimate_default(name: str):
+    """EstimateConfig's default for field `name`: the one default of a setting RunConfig shares with it."""
+    return next(f.default for f in fields(EstimateConfig) if f.name == name)
 # Keys with a fixed set of values, checked when the config is built.
 CHOICES = {
     "nodes": STRATEGIES,
@@ -78,16 +84,23 @@ class RunConfig:
         flag="objective",
     )
     questions: int = setting(4, "Number of questions.")
-    rollouts: int = setting(4, "Student rollouts per question.")
-    continuations: int = setting(2, "Continuations per candidate token (the first round, when adaptive).")
-    top_k: int = setting(2, "Candidates: student top-k ∪ each teacher's top-k ∪ observed token.")
-    budget: int = setting(40, "Continuations (or tokens, see --budget-unit) per question, across its selected nodes.")
-    budget_unit: str = setting("continuations", "What --budget counts: continuations or tokens.")
+    rollouts: int = setting(estimate_default("rollouts_per_question"), "Student rollouts per question.")
+    continuations: int = setting(
+        estimate_default("continuations"), "Continuations per candidate token (the first round, when adaptive)."
+    )
+    top_k: int = setting(
+        estimate_default("k_student"), "Candidates: student top-k ∪ each teacher's top-k ∪ observed token."
+    )
+    budget: int = setting(
+        int(estimate_default("budget")),
+        "Continuations (or tokens, see --budget-unit) per question, across its selected nodes.",
+    )
+    budget_unit: str = setting(estimate_default("budget_unit"), "What --budget counts: continuations or tokens.")
     nodes: str = setting(
-        "windows", "Node selection: windows (exponential widths), windows_end, uniform, every, refine."
+        estimate_default("nodes"), "Node selection: windows (exponential widths), windows_end, uniform, every, refine."
     )
     allocation: str = setting(
-        "uniform",
+        estimate_default("allocation"),
         "Continuations per candidate: uniform, or adaptive (a 2-per-candidate pilot plans the rest, which goes "
         "where it sharpens g* most; Q-hat uses only the planned continuations, so it stays unbiased).",
     )
@@ -108,17 +121,21 @@ class RunConfig:
         "Precision of external teachers: auto (the student's; default), float32, bfloat16, float16. A coarser "
         "teacher differs from the student by rounding; rows where that is all are 'no signal'.",
     )
-    seed: int = setting(0, "Random seed (same seed, same tables).")
-    temperature: float = setting(1.0, "Sampling temperature of the student (rollouts and continuations).")
+    seed: int = setting(estimate_default("seed"), "Random seed (same seed, same tables).")
+    temperature: float = setting(
+        estimate_default("temperature"), "Sampling temperature of the student (rollouts and continuations)."
+    )
     teacher_temperature: float = setting(
         0.0,
         "Temperature the teacher's logits are divided by before the objectives (0: the sampling temperature, "
         "as TRL's and ms-swift's GKD do; set it only if your trainer scores the teacher otherwise).",
     )
-    top_p: float = setting(1.0, "Nucleus sampling of the student (1: off).")
-    max_new_tokens: int = setting(64, "Response length limit (rollouts and continuations).")
-    level: float = setting(0.95, "Confidence level of the per-node intervals.")
-    n_boot: int = setting(1000, "Bootstrap replicates of the per-node intervals.")
+    top_p: float = setting(estimate_default("top_p"), "Nucleus sampling of the student (1: off).")
+    max_new_tokens: int = setting(
+        estimate_default("max_new_tokens"), "Response length limit (rollouts and continuations)."
+    )
+    level: float = setting(estimate_default("level"), "Confidence level of the per-node intervals.")
+    n_boot: int = setting(estimate_default("n_boot"), "Bootstrap replicates of the per-node intervals.")
     param_space: bool = setting(False, "Also score cos(J^T g*, J^T d) on the student's last block (hf; slower).")
     # Questions in flight at once (their engine calls merged); 0 = auto (per engine). Execution only: it
     # changes no number, so a run may be resumed with another value.
