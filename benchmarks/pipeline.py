@@ -28,21 +28,28 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # spinning OpenMP threads d
 PLAIN_ROWS = 32
 
 
-def plain_generate(engine, prompts, params, rows: int = PLAIN_ROWS) -> dict:
-    """Tokens/s of the engine's own sampling at `rows` rows on the given prompts (n per prompt)."""
+def plain_generate(engine, prompts, params, rows: int = PLAIN_ROWS, repeats: int = 3) -> dict:
+    """Tokens/s of the engine's own sampling at `rows` rows on the given prompts (n per prompt): the best of
+    `repeats` calls with new seeds. One call of short answers is a few seconds, and a busy moment of this
+    shared machine moved it by 1.5x between runs; the best is the engine's speed when it is not disturbed,
+    so the efficiency is, if anything, understated."""
     from dataclasses import replace
 
     n = max(1, rows // len(prompts))
     use = prompts[: max(1, rows // n)]
     engine.sample(use[:1], 1, replace(params, max_new_tokens=4))  # warm-up (allocator, kernels)
-    t0 = time.perf_counter()
-    out = engine.sample(use, n, replace(params, seed=params.seed + 1))
-    dt = time.perf_counter() - t0
-    tokens = sum(len(s.token_ids) for group in out for s in group)
-    return {"rows": len(use) * n, "tokens": tokens, "seconds": round(dt, 2), "tokens_per_s": tokens / dt}
+    best = None
+    for i in range(repeats):
+        t0 = time.perf_counter()
+        out = engine.sample(use, n, replace(params, seed=params.seed + 1 + i))
+        dt = time.perf_counter() - t0
+        tokens = sum(len(s.token_ids) for group in out for s in group)
+        if best is None or tokens / dt > best["tokens_per_s"]:
+            best = {"rows": len(use) * n, "tokens": tokens, "seconds": round(dt, 2), "tokens_per_s": tokens / dt}
+    return {**best, "repeats": repeats}
 
 
-def bench_engine(name: str, overrides: dict, config: str | None = None) -> dict:
+def bench_engine(name: str, overrides: dict, config: str | None = None, plain_repeats: int = 3) -> dict:
     from diagnose.engines import SamplingParams, render_prompt
     from diagnose.pipeline import RunConfig, Runner
 
@@ -61,7 +68,7 @@ def bench_engine(name: str, overrides: dict, config: str | None = None) -> dict:
     params = SamplingParams(
         temperature=cfg.temperature, max_new_tokens=cfg.max_new_tokens, stop=tuple(runner.task.stop), seed=cfg.seed
     )
-    plain = plain_generate(runner.engine, prompts, params)
+    plain = plain_generate(runner.engine, prompts, params, repeats=plain_repeats)
     run_tps = useful / run_s
     result = {
         "efficiency": round(run_tps / plain["tokens_per_s"], 3),
