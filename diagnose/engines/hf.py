@@ -199,27 +199,33 @@ class HFEngine:
         todo = sorted(first)
         if todo and max(map(len, todo)) > 16 * self.score_chunk:
             return None
-        fresh: dict[tuple[int, ...], tuple[int, torch.Tensor]] = {}
+        wanting: dict[tuple[int, ...], list[int]] = {}  # a new sequence -> the requests that ask for it
+        for i, k in enumerate(keys):
+            if k in first:
+                wanting.setdefault(k, []).append(i)
+        picked: list[torch.Tensor | None] = [None] * len(keys)  # per request: hidden rows at its positions
         start, tokens = 0, 64 * max(1, self.score_chunk)  # tokens per forward pass: the chunked path's bound
         while start < len(todo):
             rows = max(1, min(self.batch_size, 64, tokens // max(len(k) for k in todo[start : start + 64])))
             batch = todo[start : start + rows]
             start += rows
+            # only the rows asked for leave the batch (and what the bounded cache keeps): memory stays bounded
             for k, (offset, hidden) in zip(batch, self._hidden([first[k] - 1 for k in batch], batch), strict=True):
-                fresh[k] = (offset, hidden)
+                for i in wanting[k]:
+                    at = torch.tensor([int(t) - 1 - offset for t in positions[i]], device=hidden.device)
+                    picked[i] = hidden.index_select(0, at)
                 cache.put(k, offset, hidden)
         cache.misses += len(todo)
-        cache.hits += sum(1 for k, pos in zip(keys, positions, strict=True) if pos and k not in fresh)
-        picked = []
-        for k, pos in zip(keys, positions, strict=True):
-            if not pos:
-                continue
-            if k in fresh:
-                offset, hidden = fresh[k]
-                picked.append(hidden[torch.tensor([int(t) - 1 - offset for t in pos], device=hidden.device)])
-            else:
-                picked.append(cache.rows(k, pos))
-        z = self.model.get_output_embeddings()(torch.cat(picked)).float().cpu() if picked else None
+        cache.hits += sum(1 for k, pos in zip(keys, positions, strict=True) if pos and k not in first)
+        for i, (k, pos) in enumerate(zip(keys, positions, strict=True)):
+            if pos and picked[i] is None:
+                picked[i] = cache.rows(k, pos)
+        head = self.model.get_output_embeddings()
+        flat = [h for h in picked if h is not None]
+        rows_at_once = 256  # [rows, V] logits at a time on the device
+        z = (
+            torch.cat([head(c).float().cpu() for c in torch.cat(flat).split(rows_at_once)]) if flat else None
+        )
         out, at = [], 0
         for pos in positions:
             out.append(z[at : at + len(pos)] if pos else torch.empty(0, self.vocab_size))
