@@ -11,7 +11,7 @@ import torch
 from ..errors import DiagnoseError
 from ..models import load_error, locate_model
 from .base import Continuation, Sample, SamplingParams, Scores
-from .hidden_cache import HiddenCache
+from .hidden_cache import HiddenCache, pick
 from .sampling import StopChecker, draw, processed_logprobs, request_key, sample_key
 
 
@@ -212,8 +212,7 @@ class HFEngine:
             # only the rows asked for leave the batch (and what the bounded cache keeps): memory stays bounded
             for k, (offset, hidden) in zip(batch, self._hidden([first[k] - 1 for k in batch], batch), strict=True):
                 for i in wanting[k]:
-                    at = torch.tensor([int(t) - 1 - offset for t in positions[i]], device=hidden.device)
-                    picked[i] = hidden.index_select(0, at)
+                    picked[i] = pick(offset, hidden, positions[i])
                 cache.put(k, offset, hidden)
         cache.misses += len(todo)
         cache.hits += sum(1 for k, pos in zip(keys, positions, strict=True) if pos and k not in first)

@@ -13,6 +13,12 @@ from collections import OrderedDict
 import torch
 
 
+def pick(offset: int, hidden: torch.Tensor, positions) -> torch.Tensor:
+    """Rows of `hidden` (a sequence's states from token `offset` on) at positions t: hidden index t - 1."""
+    index = torch.tensor([int(t) - 1 - offset for t in positions], device=hidden.device)
+    return hidden.index_select(0, index)
+
+
 class HiddenCache:
     """sequence (token tuple) -> (offset, hidden [len - offset, H]): the hidden states of the sequence's
     tokens from index `offset` on (a shared stem's tokens before it were not kept)."""
@@ -47,8 +53,7 @@ class HiddenCache:
         """The hidden states at the positions asked for, [P, H] (the sequence must be `covers`ed)."""
         offset, hidden = self._items[seq]
         self._items.move_to_end(seq)
-        index = torch.tensor([int(t) - 1 - offset for t in positions], device=hidden.device)
-        return hidden.index_select(0, index)
+        return pick(offset, hidden, positions)
 
     def put(self, seq: tuple[int, ...], offset: int, hidden: torch.Tensor) -> None:
         size = hidden.numel() * hidden.element_size()
