@@ -35,10 +35,10 @@ from diagnose.estimate import (
     EstimateQuestion,
     Estimator,
     MemoryCache,
-    engine_teacher,
     pack,
 )
 from diagnose.estimate.adaptive import finished, half_widths
+from diagnose.teachers import engine_teacher
 
 
 def compare_allocations(

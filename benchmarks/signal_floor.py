@@ -61,8 +61,8 @@ def measure(student, bf16, questions: int, rollouts: int, max_new_tokens: int, t
     from diagnose.estimate.nodes import Node
     from diagnose.estimate.signal import roundoff
     from diagnose.objectives.base import NEEDS_NONE
-    from diagnose.pipeline.teachers import TeacherAtNodes
     from diagnose.teachers import parse_teacher
+    from diagnose.teachers.at_nodes import TeacherAtNodes
 
     task = tasks.get("arithmetic")
     objs = [objectives.parse(o) for o in objectives.available()]

@@ -40,7 +40,6 @@ import numpy as np
 import torch
 
 from diagnose import engines, kernels, objectives
-from diagnose.estimate import engine_teacher
 from diagnose.estimate import summary as summary_mod
 from diagnose.estimate.stats import node_scores
 from diagnose.estimate.summary import summarize
@@ -56,6 +55,7 @@ from diagnose.estimate.truth import (
     run_per_question,
 )
 from diagnose.pipeline.config import RunConfig
+from diagnose.teachers import engine_teacher
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 

@@ -14,11 +14,12 @@ import torch
 
 from diagnose import engines
 from diagnose.engines.base import Sample, SamplingParams
-from diagnose.estimate import EstimateConfig, EstimateQuestion, Estimator, Node, engine_teacher
+from diagnose.estimate import EstimateConfig, EstimateQuestion, Estimator, Node
 from diagnose.estimate.q import NodeEstimate, pack
 from diagnose.estimate.rollouts import Rollout
 from diagnose.estimate.stats import noise_term, sparse_ideal
 from diagnose.estimate.truth import exact_questions
+from diagnose.teachers import engine_teacher
 
 P, Q, D = (0.5, 0.3, 0.2), (0.9, 0.6, 0.3), (0.2, -0.05, -0.15)
 # EstimateConfig's defaults before they became the CLI's: these simulations were calibrated with them

@@ -17,7 +17,6 @@ from diagnose.estimate import (
     Generator,
     Node,
     corrected_cosine,
-    engine_teacher,
     estimate,
     new_estimates,
     node_scores,
@@ -31,6 +30,7 @@ from diagnose.estimate import (
 from diagnose.estimate.nodes import window_index
 from diagnose.estimate.truth import exact_q
 from diagnose.ideal import ideal_gradient
+from diagnose.teachers import engine_teacher
 
 
 def _bench_estimator():
@@ -361,8 +361,10 @@ def test_refine_strategy_runs_under_budget():
     assert set(tables) == {"rollouts", "nodes", "candidates", "alignment", "rollout_alignment"}
     al = tables["alignment"]
     one = res.rollout_scores[0]
-    rows = al[al["node_id"].str.startswith(one["rollout_id"] + "/")]
-    expect = rows["dot"].sum() / math.sqrt(rows["g_sq"].sum() * rows["d_sq_full"].sum())
+    rows = al[al["question_id"] + "/" + al["rollout_idx"].astype(str) == one["rollout_id"]]
+    g_sq = tables["nodes"].merge(rows[["question_id", "rollout_idx", "position"]])["g_sq"]
+    assert len(rows) and len(g_sq) == len(rows)
+    expect = rows["dot"].sum() / math.sqrt(g_sq.sum() * rows["d_sq"].sum())
     assert math.isclose(one["cos_full"], max(-1.0, min(1.0, expect)), rel_tol=1e-6, abs_tol=1e-9)
 
 

@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 
 from diagnose import engines
-from diagnose.estimate import engine_teacher
 from diagnose.estimate.truth import exact_node_pool, exact_questions, headroom_simulation
 from diagnose.pipeline.config import RunConfig
+from diagnose.teachers import engine_teacher
 
 RUNS = 20
 

@@ -11,10 +11,11 @@ import pytest
 from diagnose import engines
 from diagnose.engines.base import Continuation, SamplingParams
 from diagnose.errors import DiagnoseError
-from diagnose.estimate import Estimator, engine_teacher
+from diagnose.estimate import Estimator
 from diagnose.estimate.truth import exact_questions, noisy_teacher
 from diagnose.pipeline.config import RunConfig
 from diagnose.pipeline.inflight import BatchedEngine, Batcher
+from diagnose.teachers import engine_teacher
 
 
 class Counting:

@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 import diagnose
 from diagnose import engines
 from diagnose.cli import app
-from diagnose.estimate import EstimateQuestion, Estimator, engine_teacher
+from diagnose.estimate import EstimateQuestion, Estimator
 from diagnose.estimate.nodes import window_index
 from diagnose.pipeline import RunConfig
 from diagnose.pipeline.plan import (
@@ -25,6 +25,7 @@ from diagnose.pipeline.plan import (
     selection_remaining,
     split,
 )
+from diagnose.teachers import engine_teacher
 
 TINY = dict(
     questions=2,

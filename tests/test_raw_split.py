@@ -15,7 +15,6 @@ import pytest
 import torch
 
 from diagnose import engines
-from diagnose.estimate import engine_teacher
 from diagnose.estimate.summary import summarize
 from diagnose.estimate.truth import (
     concat_inputs,
@@ -25,6 +24,7 @@ from diagnose.estimate.truth import (
     run_per_question,
 )
 from diagnose.pipeline.config import RunConfig
+from diagnose.teachers import engine_teacher
 
 COLS = ["mean_per_token_correct", "mean_per_token_incorrect", "diff_per_token"]
 DRAWS = 12

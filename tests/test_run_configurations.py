@@ -10,8 +10,8 @@ import pytest
 
 import diagnose
 from diagnose.pipeline import RunConfig
-from diagnose.pipeline.teachers import context_inputs
 from diagnose.tables import config_label, read_table
+from diagnose.teachers.at_nodes import context_inputs
 from diagnose.teachers.summaries import summarize
 
 SMALL = dict(questions=1, rollouts=2, max_new_tokens=24, budget=18, seed=0)

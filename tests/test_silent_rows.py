@@ -18,11 +18,11 @@ from fixtures_run import OTHERS, SHARPER, exact_run
 
 from diagnose import engines
 from diagnose import tables as T
-from diagnose.estimate import engine_teacher
 from diagnose.estimate.stats import pooled_alignment
 from diagnose.estimate.summary import SPLITS, summarize
 from diagnose.estimate.truth import concat_inputs, exact_questions, exact_result, run_per_question
 from diagnose.pipeline.config import RunConfig
+from diagnose.teachers import engine_teacher
 
 NODE = ["question_id", "rollout_idx", "position"]
 TEACHER = f"{OTHERS[0]}|rkl"  # an unrelated model: a teacher with a real direction at most nodes

@@ -7,11 +7,12 @@ import pytest
 import torch
 
 from diagnose import engines, objectives
-from diagnose.estimate import EstimateConfig, Estimator, engine_teacher
+from diagnose.estimate import EstimateConfig, Estimator
 from diagnose.estimate.nodes import Node
 from diagnose.estimate.truth import exact_questions
 from diagnose.objectives.base import NEEDS_NONE
 from diagnose.pipeline import RunConfig
+from diagnose.teachers import engine_teacher
 
 # Every registered objective that reads a teacher, at its default parameters.
 TEACHER_OBJECTIVES = [name for name in objectives.available() if objectives.parse(name).needs != NEEDS_NONE]

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from diagnose import engines, objectives
-from diagnose.estimate import engine_teacher, select_nodes
+from diagnose.estimate import select_nodes
 from diagnose.estimate.nodes import design_weights, token_coverage
 from diagnose.estimate.stats import corrected_cosine, node_scores, pooled_alignment
 from diagnose.estimate.summary import summarize
@@ -26,6 +26,7 @@ from diagnose.estimate.truth import (
     run_per_question,
 )
 from diagnose.pipeline.config import RunConfig
+from diagnose.teachers import engine_teacher
 
 
 def exact(**kw):

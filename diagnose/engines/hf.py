@@ -37,6 +37,44 @@ def _dtype(dtype, device: str) -> torch.dtype:
         raise DiagnoseError(f"unknown dtype {dtype!r}") from None
 
 
+@torch.inference_mode()
+def splits_head(model) -> bool:
+    """Can logits be computed as output_embeddings(decoder(ids).last_hidden_state)? (Then scoring, and validate's
+    trainable student, apply the vocabulary projection only at the (row, position) pairs asked for, not at every
+    position any row asks for.) Checked once on a few tokens; models that post-process logits (soft-capping,
+    scaling) fail the check and keep the plain path."""
+    decoder = getattr(model, "get_decoder", lambda: None)()
+    head = getattr(model, "get_output_embeddings", lambda: None)()
+    if decoder is None or head is None:
+        return False
+    device = next(model.parameters()).device
+    ids = torch.tensor([[1, 2, 3, 4]], device=device) % int(head.weight.shape[0])
+    try:
+        full = model(input_ids=ids).logits.float()
+        split = head(decoder(input_ids=ids).last_hidden_state).float()
+    except Exception:  # noqa: BLE001 - any mismatch in calling convention: keep the plain path
+        return False
+    return full.shape == split.shape and torch.allclose(full, split, atol=1e-3, rtol=1e-3)
+
+
+def eos_token_ids(model, tokenizer) -> set[int]:
+    """Every id that ends a generation: the tokenizer's end of sequence and the model's generation config's."""
+    ids: set[int] = set()
+    for src in (tokenizer.eos_token_id, getattr(getattr(model, "generation_config", None), "eos_token_id", None)):
+        if isinstance(src, int):
+            ids.add(src)
+        elif src:
+            ids.update(int(i) for i in src)
+    return ids
+
+
+def pad_token_id(tokenizer, eos_ids: set[int]) -> int:
+    """The id right padding fills with: the tokenizer's pad token, else the smallest end-of-sequence id."""
+    if tokenizer.pad_token_id is not None:
+        return int(tokenizer.pad_token_id)
+    return next(iter(sorted(eos_ids)), 0)
+
+
 class HFEngine:
     """Engine protocol on a transformers causal LM.
 
@@ -78,41 +116,12 @@ class HFEngine:
         self.vocab_size = int(self.model.get_output_embeddings().weight.shape[0])
         # the longest sequence the model was trained for (prompts plus generations are checked against it)
         self.max_model_len = getattr(self.model.config, "max_position_embeddings", None)
-        self.eos_ids = self._eos_ids()
-        # public: validate's trainable student applies the vocabulary projection the same way
-        self.split_head = self._check_split_head()
-        self.pad_id = next(iter(sorted(self.eos_ids)), 0) if self.tokenizer.pad_token_id is None else int(
-            self.tokenizer.pad_token_id
-        )
+        self.eos_ids = eos_token_ids(self.model, self.tokenizer)
+        self.split_head = splits_head(self.model)
+        self.pad_id = pad_token_id(self.tokenizer, self.eos_ids)
         # Sequences scored before are rescored from their kept hidden states (the estimator scores each rollout
         # once per selection pass, under the student and each teacher context): 0 turns it off.
         self.score_cache = HiddenCache(score_cache_mb * 2**20) if score_cache_mb > 0 and self.split_head else None
-
-    @torch.inference_mode()
-    def _check_split_head(self) -> bool:
-        """Can logits be computed as output_embeddings(decoder(ids).last_hidden_state)? (Then scoring applies
-        the vocabulary projection only at the (row, position) pairs asked for, not at every position any row
-        asks for.) Checked once on a few tokens; models that post-process logits (soft-capping, scaling)
-        fail the check and keep the plain path."""
-        decoder, head = getattr(self.model, "get_decoder", lambda: None)(), self.model.get_output_embeddings()
-        if decoder is None or head is None:
-            return False
-        ids = torch.tensor([[1, 2, 3, 4]], device=self.device) % self.vocab_size
-        try:
-            full = self.model(input_ids=ids).logits.float()
-            split = head(decoder(input_ids=ids).last_hidden_state).float()
-        except Exception:  # noqa: BLE001 - any mismatch in calling convention: keep the plain path
-            return False
-        return full.shape == split.shape and torch.allclose(full, split, atol=1e-3, rtol=1e-3)
-
-    def _eos_ids(self) -> set[int]:
-        ids: set[int] = set()
-        for src in (self.tokenizer.eos_token_id, getattr(self.model.generation_config, "eos_token_id", None)):
-            if isinstance(src, int):
-                ids.add(src)
-            elif src:
-                ids.update(int(i) for i in src)
-        return ids
 
     # ---------------------------------------------------------------- protocol
 

@@ -13,7 +13,7 @@ One call does it all::
     res.scores         # per node x teacher x objective: cos_full / cos_support raw, *_corrected, *_lo/*_hi,
                        # ta / ta_lo / ta_hi, degenerate, and the per-node sums dot, g_sq, noise, d_sq_*
     res.summary        # spend, cache hits, effective node counts per direction
-    res.tables()       # pandas DataFrames: rollouts, nodes, candidates, alignment
+    res.tables()       # pandas DataFrames in the run tables' layout: rollouts, nodes, candidates, alignment
 
 Steps (each usable alone): `sample_rollouts` (rollouts.py) -> `select_nodes` / `refine_nodes` (nodes.py)
 -> `candidate_sets` (candidates.py) -> `run_continuations` (q.py, through the cached `Generator` of
@@ -37,7 +37,6 @@ from .pipeline import (
     EstimateResult,
     Estimator,
     TeacherFn,
-    engine_teacher,
     estimate,
 )
 from .q import NodeEstimate, Spend, new_estimates, pack, run_continuations
@@ -63,7 +62,6 @@ __all__ = [
     "EstimateResult",
     "Estimator",
     "TeacherFn",
-    "engine_teacher",
     "estimate",
     "EstimateQuestion",
     "Rollout",

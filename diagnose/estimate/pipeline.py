@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Mapping, Sequence
 
@@ -16,6 +16,7 @@ from ..engines.sampling import processed_logprobs
 from ..errors import DiagnoseError
 from ..ideal import sparse_ideal
 from ..objectives.base import log_probs
+from . import rows
 from . import signal as signal_mod
 from .adaptive import allocate, finished, half_widths, uniform_allocate
 from .budget import ALLOCATIONS, BUDGET_UNITS, Budget
@@ -133,37 +134,16 @@ class EstimateResult:
                 out[(label, e.id)] = row
         return out
 
-    def tables(self):
-        """pandas DataFrames: rollouts, nodes, candidates, alignment (node x teacher x objective),
-        rollout_alignment (rollout x teacher x objective: cosine of the concatenated nodes)."""
+    def tables(self, decode=None, final_answer=None, references=None, proxies=None, param_cos=None) -> dict:
+        """pandas DataFrames in the run tables' layout (estimate/rows.py): rollouts, nodes, candidates,
+        alignment (node x teacher x objective), and rollout_alignment (rollout x teacher x objective: the
+        cosine of the rollout's concatenated nodes). The text, proxy and param_cos columns come only with what
+        they are made from (`rows.table_rows`); the raw records stay in `node_records` and `scores`."""
         import pandas as pd
 
-        rollouts = pd.DataFrame([{**asdict(r), "rollout_id": r.id} for r in self.rollouts])
-        nodes = pd.DataFrame(
-            [{k: v for k, v in rec.items() if k != "candidates"} for rec in self.node_records]
-        )
-        cands = pd.DataFrame(
-            [{"node_id": rec["node_id"], **c} for rec in self.node_records for c in rec["candidates"]]
-        )
-        return {
-            "rollouts": rollouts,
-            "nodes": nodes,
-            "candidates": cands,
-            "alignment": pd.DataFrame(self.scores),
-            "rollout_alignment": pd.DataFrame(self.rollout_scores),
-        }
-
-
-def engine_teacher(engine) -> TeacherFn:
-    """A teacher that scores the student's own prompt + prefix with another engine (same tokenizer). Like every
-    TeacherFn it returns the engine's own logits: the Estimator scales them to the scoring temperature."""
-
-    def teacher(rollouts: Sequence[Rollout], nodes: Sequence[Node]) -> torch.Tensor:
-        seqs = [rollouts[n.rollout].prompt_ids + rollouts[n.rollout].token_ids for n in nodes]
-        pos = [[len(rollouts[n.rollout].prompt_ids) + n.position] for n in nodes]
-        return torch.cat([sc.logits.float() for sc in engine.score(seqs, pos, topk=None)])
-
-    return teacher
+        out = rows.frames(rows.table_rows(self, decode, final_answer, references, proxies, param_cos))
+        out["rollout_alignment"] = pd.DataFrame(self.rollout_scores)
+        return out
 
 
 def _resolve_objectives(objectives) -> list:

@@ -18,6 +18,7 @@ import pandas as pd
 import torch
 
 from ..tables import difficulty_band
+from ..teachers.at_nodes import engine_teacher
 from .frontier import from_rollouts, plan_budgets, with_plan
 from .nodes import Node
 from .pipeline import EstimateResult, Estimator
@@ -85,79 +86,10 @@ def resampled_result(est: Estimator, gen: torch.Generator, continuations: int | 
 
 
 def summary_inputs(result: EstimateResult) -> dict[str, pd.DataFrame]:
-    """(alignment, rollouts, nodes) frames in the run tables' layout, as `summarize` reads them."""
-    keys = {}
-    ro_rows = []
-    by_q: dict[str, list] = {}
-    for r in result.rollouts:
-        by_q.setdefault(r.question_id, []).append(bool(r.correct))
-    for r in result.rollouts:
-        rate = sum(by_q[r.question_id]) / len(by_q[r.question_id])
-        ro_rows.append(
-            {
-                "question_id": r.question_id,
-                "rollout_idx": r.index,
-                "correct": bool(r.correct),
-                "pass_rate": rate,
-                "difficulty": str(difficulty_band(rate)),
-            }
-        )
-    rollout_of = {r.id: r for r in result.rollouts}
-    node_rows = []
-    for rec in result.node_records:
-        ro = rollout_of[rec["rollout_id"]]
-        keys[rec["node_id"]] = (ro.question_id, ro.index, int(rec["position"]))
-    scores_by_node: dict[str, dict] = {}
-    for s in result.scores:
-        scores_by_node.setdefault(s["node_id"], s)
-    for rec in result.node_records:
-        q, i, t = keys[rec["node_id"]]
-        any_score = scores_by_node.get(rec["node_id"], {})
-        g_sq = float(any_score.get("g_sq", sum(c["g"] ** 2 for c in rec["candidates"])))
-        noise = float(any_score.get("noise", 0.0))
-        node_rows.append(
-            {
-                "question_id": q,
-                "rollout_idx": i,
-                "position": t,
-                "g_sq": g_sq,
-                "g_sq_unbiased": float(unbiased_g_sq(g_sq, noise)),
-                "weight": float(rec["weight"]),
-                "negligible": bool(rec["negligible"]),
-                "degenerate": bool(rec["degenerate"]),
-            }
-        )
-    al_rows = []
-    for s in result.scores:
-        q, i, t = keys[s["node_id"]]
-        al_rows.append(
-            {
-                "question_id": q,
-                "rollout_idx": i,
-                "position": t,
-                "config": f"{s['teacher']}|{s['objective']}",
-                "teacher": s["teacher"],
-                "objective": s["objective"],
-                "cos_full": s["cos_full"],
-                "cos_support": s["cos_support"],
-                "cos_bias_corrected": s["cos_full_corrected"],
-                "cos_support_bias_corrected": s["cos_support_corrected"],
-                "teacher_advantage": 0.0 if s["ta"] is None else s["ta"],
-                "dot": s["dot"],
-                "dot_half0": s.get("dot_half0", float("nan")),
-                "dot_half1": s.get("dot_half1", float("nan")),
-                "d_sq": s["d_sq_full"],
-                "d_sq_support": s["d_sq_support"],
-                "weight": 1.0,
-                "degenerate": bool(s["degenerate"]),
-                "no_signal": bool(s.get("no_signal", False)),
-            }
-        )
-    return {
-        "alignment": pd.DataFrame(al_rows),
-        "rollouts": pd.DataFrame(ro_rows),
-        "nodes": pd.DataFrame(node_rows),
-    }
+    """(alignment, rollouts, nodes) frames in the run tables' layout (estimate/rows.py), as `summarize` reads
+    them: the same rows a run writes, without the text and proxy columns."""
+    tables = result.tables()
+    return {k: tables[k] for k in ("alignment", "rollouts", "nodes")}
 
 
 def exact_questions(engine, n: int, seed: int = 0, length: int = 8, prefix: str = "q") -> list[EstimateQuestion]:
@@ -224,35 +156,22 @@ def noisy_teacher(engine, name: str, scale: float = 1.5):
     """A teacher for null checks: the student's logits plus Gaussian noise of `scale`, drawn from a stream
     keyed by (name, prefix) with a stable hash (teachers with the same scale have the same truth)."""
 
-    def teacher(rollouts, nodes):
-        rows = []
-        for n in nodes:
-            ro = rollouts[n.rollout]
-            seq = ro.prompt_ids + ro.token_ids
-            cut = len(ro.prompt_ids) + n.position
-            z = engine.score([seq], [[cut]])[0].logits[0]
-            key = hashlib.blake2b(repr((name, tuple(seq[:cut]))).encode(), digest_size=4).digest()
-            g = torch.Generator().manual_seed(int.from_bytes(key, "little") & 0x7FFFFFFF)
-            rows.append(z + scale * torch.randn(z.shape, generator=g))
-        return torch.stack(rows)
+    def adjust(prefix, z):
+        key = hashlib.blake2b(repr((name, tuple(prefix))).encode(), digest_size=4).digest()
+        g = torch.Generator().manual_seed(int.from_bytes(key, "little") & 0x7FFFFFFF)
+        return z + scale * torch.randn(z.shape, generator=g)
 
-    return teacher
+    return engine_teacher(engine, adjust)
 
 
 def informed_teacher(engine, strength: float = 4.0):
     """A teacher that knows Q: the student's logits plus strength x (Q - V) (clearly positive alignment)."""
 
-    def teacher(rollouts, nodes):
-        rows = []
-        for n in nodes:
-            ro = rollouts[n.rollout]
-            seq = ro.prompt_ids + ro.token_ids
-            cut = len(ro.prompt_ids) + n.position
-            q, v = engine.exact_values(seq[:cut])
-            rows.append(engine.score([seq], [[cut]])[0].logits[0] + strength * (q.float() - v))
-        return torch.stack(rows)
+    def adjust(prefix, z):
+        q, v = engine.exact_values(prefix)
+        return z + strength * (q.float() - v)
 
-    return teacher
+    return engine_teacher(engine, adjust)
 
 
 def exact_node_pool(engine, questions, teachers, config) -> list[dict]:

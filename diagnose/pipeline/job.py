@@ -18,13 +18,13 @@ from ..estimate.param_cos import param_cosines
 from ..objectives import parse as parse_objective
 from ..tables import standard_metadata
 from ..teachers import parse_teacher
+from ..teachers.at_nodes import TeacherAtNodes, check_context_available
 from ..teachers.scoring import max_context
 from ..teachers.summaries import summarize
 from .config import RunConfig
-from .frames import frames_for_question
 from .inflight import BatchedEngine
 from .progress import Progress
-from .teachers import TeacherAtNodes, check_context_available, load_teacher_engines
+from .teachers import load_teacher_engines
 
 TABLES = ("rollouts", "nodes", "candidates", "alignment")
 
@@ -183,8 +183,10 @@ class QuestionJob:
         if self.cfg.param_space:
             work = lambda: param_cosines(self.engine, result, self.objectives)  # noqa: E731
             param_cos = exclusive(work) if exclusive is not None else work()
-        teacher_proxies = result.proxies()
-        frames = frames_for_question(result, q, self.task, engine.tokenizer, teacher_proxies, fns, param_cos)
+        frames = result.tables(
+            engine.tokenizer.decode, self.task.final_answer, {q.id: q.answer}, result.proxies(), param_cos
+        )
+        del frames["rollout_alignment"]  # not a run table: the summary computes it from the alignment rows
         batcher = engine.batcher if isinstance(engine, BatchedEngine) else None  # it times the engine calls
         tally = est.gen.tally
         cost = {

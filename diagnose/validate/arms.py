@@ -21,9 +21,9 @@ from ..estimate import Estimator
 from ..estimate.directions import at_temperature
 from ..estimate.nodes import Node
 from ..estimate.rollouts import Rollout, group_advantages
-from ..pipeline.teachers import TeacherAtNodes
 from ..tasks import Question as TaskQuestion
 from ..teachers import TeacherConfig
+from ..teachers.at_nodes import TeacherAtNodes
 
 
 @dataclass

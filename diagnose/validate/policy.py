@@ -11,6 +11,7 @@ from typing import Sequence
 
 import torch
 
+from ..engines.hf import eos_token_ids, pad_token_id, splits_head
 from ..errors import DiagnoseError
 
 
@@ -33,7 +34,9 @@ class TrainablePolicy:
         for _, p in self.named:
             p.requires_grad_(True)
         self.start = {name: p.detach().clone() for name, p in self.named}
-        self.pad_id = int(getattr(engine, "pad_id", 0) or 0)
+        # read off the model and tokenizer as the hf engine does: no probing for one engine's attributes
+        self.split_head = splits_head(model)
+        self.pad_id = pad_token_id(engine.tokenizer, eos_token_ids(model, engine.tokenizer))
 
     def _select(self, n: int) -> list[tuple[str, torch.nn.Parameter]]:
         named = dict(self.model.named_parameters())
@@ -83,7 +86,7 @@ class TrainablePolicy:
         ids, mask = ids.to(self.device), mask.to(self.device)
         rows = torch.tensor([i for i, pos in enumerate(positions) for _ in pos], device=self.device)
         cols = torch.tensor([int(t) - 1 for pos in positions for t in pos], device=self.device)
-        if getattr(self.engine, "split_head", False):
+        if self.split_head:
             # The vocabulary projection only where a direction is applied: the prompt's positions cost no
             # [*, V] logits (right padding: positions need no shift).
             hidden = self.model.get_decoder()(input_ids=ids, attention_mask=mask).last_hidden_state
