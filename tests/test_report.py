@@ -406,10 +406,10 @@ def test_report_is_self_contained(report_html):
 
 
 def test_embedded_data_cannot_close_the_script():
-    from diagnose.report.style import _json_script
+    from diagnose.report.style import json_script
 
     obj = {"tokens": ["</script><script>alert(1)</script>", "&amp;", "\n"], "x": [1.5, None]}
-    text = _json_script(obj)
+    text = json_script(obj)
     assert "<" not in text and ">" not in text and "&" not in text and json.loads(text) == obj
 
 

@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from .style import _num
+from .style import to_num
 
 
 def _pick_rollouts(rollouts: pd.DataFrame, max_rollouts: int) -> pd.DataFrame:
@@ -52,7 +52,7 @@ def explorer_data(rollouts, nodes, candidates, alignment, configs, max_rollouts=
         if nd is not None:
             nd = nd.sort_values("position")
             pos = nd["position"].astype(int).tolist()
-            v = [_num(x) for x in nd["v_hat"]]
+            v = [to_num(x) for x in nd["v_hat"]]
             deg = [bool(x) for x in nd["degenerate"]]
         else:
             pos = sorted(set(a["position"].astype(int))) if a is not None else []
@@ -70,8 +70,8 @@ def explorer_data(rollouts, nodes, candidates, alignment, configs, max_rollouts=
                 cand[i].append(
                     [
                         row.token,
-                        _num(row.p),
-                        _num(row.q_hat),
+                        to_num(row.p),
+                        to_num(row.q_hat),
                         int(row.successes),
                         int(row.n),
                         bool(row.observed),
@@ -79,13 +79,13 @@ def explorer_data(rollouts, nodes, candidates, alignment, configs, max_rollouts=
                     ]
                 )
                 if row.observed:
-                    qobs[i], sobs[i], nobs[i] = _num(row.q_hat), int(row.successes), int(row.n)
+                    qobs[i], sobs[i], nobs[i] = to_num(row.q_hat), int(row.successes), int(row.n)
         per_cfg = {}
         if a is not None:
             for config, g in a.groupby("config", sort=False):
                 g = g.set_index("position").reindex(pos)
                 per_cfg[str(cidx[config])] = {
-                    k: [_num(x) for x in g[col]]
+                    k: [to_num(x) for x in g[col]]
                     for k, col in (
                         ("f", "cos_full"),
                         ("fl", "cos_full_ci_low"),
@@ -98,13 +98,13 @@ def explorer_data(rollouts, nodes, candidates, alignment, configs, max_rollouts=
                     )
                 }
         tokens = [str(t) for t in r.tokens]
-        lp = [_num(x) for x in r.student_logprobs]
+        lp = [to_num(x) for x in r.student_logprobs]
         out.append(
             dict(
                 qid=str(r.question_id),
                 idx=int(r.rollout_idx),
                 correct=bool(r.correct),
-                pass_rate=_num(r.pass_rate),
+                pass_rate=to_num(r.pass_rate),
                 band=str(r.difficulty),
                 prompt=str(r.prompt),
                 tokens=tokens,

@@ -10,7 +10,17 @@ import pandas as pd
 import plotly.graph_objects as go
 
 from ..tables import BANDS, PROXIES
-from .style import _LOG_PROXIES, COLORSCALE, PROXY_NAMES, SPLIT_COLOURS, _cell_text, _err, _f, _layout, _zero_line
+from .style import (
+    COLORSCALE,
+    LOG_PROXIES,
+    PROXY_NAMES,
+    SPLIT_COLOURS,
+    base_layout,
+    cell_text,
+    error_bars,
+    fmt,
+    zero_line,
+)
 
 
 def fig_ranking(s: pd.DataFrame, other: pd.DataFrame | None, metric: str) -> go.Figure:
@@ -23,7 +33,7 @@ def fig_ranking(s: pd.DataFrame, other: pd.DataFrame | None, metric: str) -> go.
             mode="markers",
             name=f"alignment ({metric})",
             orientation="h",
-            error_x=_err(s, "mean", "ci_low", "ci_high"),
+            error_x=error_bars(s, "mean", "ci_low", "ci_high"),
             marker=dict(size=10, color="#2166ac"),
             customdata=np.stack([s["ci_low"], s["ci_high"], s["n_nodes"], s["rank"]], -1),
             hovertemplate="%{y}<br>rank %{customdata[3]}: mean %{x:.3f} "
@@ -40,7 +50,7 @@ def fig_ranking(s: pd.DataFrame, other: pd.DataFrame | None, metric: str) -> go.
                 mode="markers",
                 name=f"alignment ({o['metric'].iloc[0]})",
                 orientation="h",
-                error_x=_err(o, "mean", "ci_low", "ci_high"),
+                error_x=error_bars(o, "mean", "ci_low", "ci_high"),
                 marker=dict(size=8, symbol="diamond-open", color="#7f7f7f"),
                 hovertemplate="%{y}<br>" + o["metric"].iloc[0] + " %{x:.3f}<extra></extra>",
             )
@@ -53,15 +63,15 @@ def fig_ranking(s: pd.DataFrame, other: pd.DataFrame | None, metric: str) -> go.
                 mode="markers",
                 name="rollout-level cosine (raw, per rollout)",
                 orientation="h",
-                error_x=_err(s, "rollout_cos", "rollout_cos_ci_low", "rollout_cos_ci_high"),
+                error_x=error_bars(s, "rollout_cos", "rollout_cos_ci_low", "rollout_cos_ci_high"),
                 marker=dict(size=9, symbol="square-open", color="#b2182b"),
                 hovertemplate="%{y}<br>rollout-level cosine %{x:.3f} (raw, mean over rollouts, not token-weighted)"
                 "<extra></extra>",
             )
         )
-    _zero_line(fig)
+    zero_line(fig)
     fig.update_layout(
-        **_layout(
+        **base_layout(
             title=dict(
                 text="Ranking of configurations: alignment with 95% intervals (questions resampled)",
                 font=dict(size=15),
@@ -93,15 +103,15 @@ def fig_splits(s: pd.DataFrame, splits, title: str, names=None, figure: str = "m
                 mode="markers",
                 name=label,
                 orientation="h",
-                error_x=_err(s, f"{figure}_{split}", f"{lo}_{split}", f"{hi}_{split}"),
+                error_x=error_bars(s, f"{figure}_{split}", f"{lo}_{split}", f"{hi}_{split}"),
                 marker=dict(size=9, color=SPLIT_COLOURS[split]),
                 customdata=s[f"n_{split}"],
                 hovertemplate="%{y}<br>" + label + ": %{x:.3f} (%{customdata} nodes)<extra></extra>",
             )
         )
-    _zero_line(fig)
+    zero_line(fig)
     fig.update_layout(
-        **_layout(
+        **base_layout(
             title=dict(text=title, font=dict(size=15), x=0, xanchor="left"),
             height=150 + (18 + 11 * len(splits)) * len(s),
             scattermode="group",
@@ -132,7 +142,7 @@ def fig_pass_rates(rollouts: pd.DataFrame) -> go.Figure:
             )
         )
     fig.update_layout(
-        **_layout(
+        **base_layout(
             title=dict(
                 text="Questions by pass rate (fraction of their rollouts that are correct)",
                 font=dict(size=15),
@@ -183,7 +193,7 @@ def fig_position_heatmap(a: pd.DataFrame, configs: list[str], metric: str) -> go
                 xgap=1,
                 ygap=1,
                 visible=i == 0,
-                text=_cell_text(z.to_numpy()),
+                text=cell_text(z.to_numpy()),
                 texttemplate="%{text}",
                 textfont=dict(size=10),
                 colorbar=dict(title=dict(text="mean cos", side="right"), thickness=12),
@@ -196,7 +206,7 @@ def fig_position_heatmap(a: pd.DataFrame, configs: list[str], metric: str) -> go
         "token position (geometric windows, as nodes are drawn)",
     ]
     fig.update_layout(
-        **_layout(
+        **base_layout(
             title=dict(
                 text="Mean per-node cosine by configuration and token position",
                 font=dict(size=15),
@@ -271,7 +281,7 @@ def fig_proxy_scatter(
 
     def title(p):
         rho = pooled.get(p)
-        return f"Alignment vs {PROXY_NAMES.get(p, p)} (Spearman ρ pooled over configurations: {_f(rho, 2)})"
+        return f"Alignment vs {PROXY_NAMES.get(p, p)} (Spearman ρ pooled over configurations: {fmt(rho, 2)})"
 
     buttons = [
         dict(
@@ -282,20 +292,20 @@ def fig_proxy_scatter(
                 {
                     "title.text": title(p),
                     "xaxis.title.text": PROXY_NAMES.get(p, p),
-                    "xaxis.type": "log" if p in _LOG_PROXIES else "linear",
+                    "xaxis.type": "log" if p in LOG_PROXIES else "linear",
                 },
             ],
         )
         for p in proxies
     ]
     fig.update_layout(
-        **_layout(
+        **base_layout(
             title=dict(text=title(proxies[0]), font=dict(size=15), x=0, xanchor="left"),
             height=560,
             margin=dict(l=10, r=20, t=110, b=50),
             xaxis=dict(
                 title=dict(text=PROXY_NAMES.get(proxies[0], proxies[0])),
-                type="log" if proxies[0] in _LOG_PROXIES else "linear",
+                type="log" if proxies[0] in LOG_PROXIES else "linear",
             ),
             yaxis=dict(title=dict(text=f"alignment ({metric})"), range=[-1.05, 1.05]),
             legend=dict(font=dict(size=11)),
@@ -334,7 +344,7 @@ def fig_rho(s: pd.DataFrame, pooled: dict) -> go.Figure:
             colorscale=COLORSCALE,
             xgap=1,
             ygap=1,
-            text=_cell_text(z),
+            text=cell_text(z),
             texttemplate="%{text}",
             textfont=dict(size=10),
             colorbar=dict(title=dict(text="ρ", side="right"), thickness=12),
@@ -342,7 +352,7 @@ def fig_rho(s: pd.DataFrame, pooled: dict) -> go.Figure:
         )
     )
     fig.update_layout(
-        **_layout(
+        **base_layout(
             title=dict(
                 text="Spearman rank correlation of each proxy with alignment, per configuration",
                 font=dict(size=15),

@@ -34,7 +34,7 @@ from .sections import (
     _section_proxies,
     _section_ranking,
 )
-from .style import FONT, METRIC_NAMES, PALETTE, _div, _json_script
+from .style import FONT, METRIC_NAMES, PALETTE, json_script, plot_div
 from .validation import section_validation
 
 
@@ -59,7 +59,7 @@ def _page(run_dir: Path, body: str, data: dict) -> str:
         f"<meta name='viewport' content='width=device-width, initial-scale=1'>"
         f"<title>diagnose report · {html.escape(run_dir.resolve().name)}</title><style>{CSS}</style>"
         f"<script type='text/javascript'>{get_plotlyjs()}</script></head><body>{body}"
-        f"<script type='application/json' id='diagnose-data'>{_json_script(data)}</script>"
+        f"<script type='application/json' id='diagnose-data'>{json_script(data)}</script>"
         f"<script type='text/javascript'>{JS}</script></body></html>"
     )
 
@@ -119,7 +119,7 @@ def render_report(
         _section_positions(valid, configs, metric),
         _section_explorer(data, configs, len(rollouts)),
         _section_proxies(s, valid, configs, metric, summary),
-        section_validation(run_dir, _div),
+        section_validation(run_dir, plot_div),
         _section_metadata(meta, run_dir),
     ]
     parts = [_header(run_dir, meta, configs, metric), "<main>", *sections, "</main>", '<div id="tooltip"></div>']

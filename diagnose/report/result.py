@@ -27,7 +27,7 @@ from ..tables.summary import no_summary
 _TABLES = ("rollouts", "nodes", "candidates", "alignment")
 
 
-def _f(x, d=3) -> str:
+def fmt(x, d=3) -> str:
     return "–" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.{d}f}"
 
 
@@ -144,14 +144,14 @@ class RunResult:
             lines.append(f"  no clear winner: the evidence ({evidence}) does not separate the configurations")
         head = "recommended" if o.get("clear") else "highest point estimate"
         lines.append(
-            f"  {head}: {o['config']}  alignment {_f(o['mean'])} [{_f(o['ci_low'])}, {_f(o['ci_high'])}]"
+            f"  {head}: {o['config']}  alignment {fmt(o['mean'])} [{fmt(o['ci_low'])}, {fmt(o['ci_high'])}]"
             f" over {evidence}"
         )
         if o.get("runner_up"):
             clear = "clear" if o.get("clear") else f"not clear{': ' + o['note'] if o.get('note') else ''}"
             lines.append(
-                f"  vs runner-up {o['runner_up']}: margin {_f(o['margin'])} "
-                f"[{_f(o['margin_ci_low'])}, {_f(o['margin_ci_high'])}] ({clear})"
+                f"  vs runner-up {o['runner_up']}: margin {fmt(o['margin'])} "
+                f"[{fmt(o['margin_ci_low'])}, {fmt(o['margin_ci_high'])}] ({clear})"
             )
         for item in rec.get("no_signal", []):
             lines.append(f"  no signal (never ranked): {item}")
@@ -159,16 +159,16 @@ class RunResult:
             b = rec.get("bands", {}).get(band)
             if b:
                 lines.append(
-                    f"  {band:>6}: {b['config']}  {_f(b['mean'])} [{_f(b['ci_low'])}, {_f(b['ci_high'])}]"
+                    f"  {band:>6}: {b['config']}  {fmt(b['mean'])} [{fmt(b['ci_low'])}, {fmt(b['ci_high'])}]"
                     f" ({b['n_nodes']} nodes)"
                 )
         if hr:
             lines.append(
-                f"  headroom (best config per token, cross-fitted): {_f(hr['headroom'])} "
-                f"[{_f(hr['headroom_ci_low'])}, {_f(hr['headroom_ci_high'])}] -> {_f(hr['oracle_mean'])}"
+                f"  headroom (best config per token, cross-fitted): {fmt(hr['headroom'])} "
+                f"[{fmt(hr['headroom_ci_low'])}, {fmt(hr['headroom_ci_high'])}] -> {fmt(hr['oracle_mean'])}"
                 if hr.get("cross_fitted")
-                else f"  headroom (best config per token, in-sample, optimistic): {_f(hr['headroom'])} "
-                f"-> {_f(hr['oracle_mean'])}"
+                else f"  headroom (best config per token, in-sample, optimistic): {fmt(hr['headroom'])} "
+                f"-> {fmt(hr['oracle_mean'])}"
             )
         lines.append("")
         lines.append(self.top(10).to_string(index=False, float_format=lambda v: f"{v:.3f}"))
@@ -176,7 +176,7 @@ class RunResult:
 
     def __repr__(self) -> str:
         o = self.recommendation.get("overall") or {}
-        best = f", best={o['config']!r} ({_f(o.get('mean'))})" if o else ""
+        best = f", best={o['config']!r} ({fmt(o.get('mean'))})" if o else ""
         return f"RunResult({str(self.run_dir)!r}{best})"
 
     def _repr_html_(self) -> str:
@@ -184,8 +184,8 @@ class RunResult:
         head = (
             f"<p><b>diagnose run</b> <code>{html.escape(str(self.run_dir))}</code>: "
             f"{'recommended' if o.get('clear') else 'highest (no clear winner)'} "
-            f"<code>{html.escape(o.get('config', '–'))}</code>, alignment {_f(o.get('mean'))} "
-            f"[{_f(o.get('ci_low'))}, {_f(o.get('ci_high'))}] ({self.metric}). "
+            f"<code>{html.escape(o.get('config', '–'))}</code>, alignment {fmt(o.get('mean'))} "
+            f"[{fmt(o.get('ci_low'))}, {fmt(o.get('ci_high'))}] ({self.metric}). "
             "Call <code>.show()</code> for the "
             "interactive report.</p>"
         )

@@ -12,7 +12,7 @@ import pandas as pd
 
 from ..tables import BANDS, Summary
 from .figures import fig_pass_rates, fig_position_heatmap, fig_proxy_scatter, fig_ranking, fig_rho, fig_splits
-from .style import METRIC_NAMES, _ci, _div, _f
+from .style import METRIC_NAMES, fmt, fmt_ci, plot_div
 
 
 def _silence(rec: dict) -> str:
@@ -38,7 +38,7 @@ def _bottom_line(summary: Summary, metric: str, other: str | None) -> str:
     lines = [
         f"<div class='rec'>{'Recommended' if overall.get('clear') else 'Highest'} configuration: "
         f"<code>{e(overall['config'])}</code> — alignment "
-        f"<b>{_f(overall['mean'])}</b> {_ci(overall['ci_low'], overall['ci_high'])} over "
+        f"<b>{fmt(overall['mean'])}</b> {fmt_ci(overall['ci_low'], overall['ci_high'])} over "
         f"{overall['n_nodes']} live nodes of {overall.get('n_questions', '?')} questions.</div>"
     ]
     if overall.get("runner_up"):
@@ -55,7 +55,7 @@ def _bottom_line(summary: Summary, metric: str, other: str | None) -> str:
         )
         lines.append(
             f"<p>Versus the runner-up <code>{e(overall['runner_up'])}</code>: margin "
-            f"{_f(overall['margin'])} {_ci(overall['margin_ci_low'], overall['margin_ci_high'])} "
+            f"{fmt(overall['margin'])} {fmt_ci(overall['margin_ci_low'], overall['margin_ci_high'])} "
             f"(paired, resampling {overall['margin_n']} questions and their rollouts): {verdict}.</p>"
         )
     if rec.get("no_signal"):
@@ -68,15 +68,15 @@ def _bottom_line(summary: Summary, metric: str, other: str | None) -> str:
             continue
         margin = (
             (
-                f"{_f(b.get('margin'))} {_ci(b.get('margin_ci_low'), b.get('margin_ci_high'))} over "
+                f"{fmt(b.get('margin'))} {fmt_ci(b.get('margin_ci_low'), b.get('margin_ci_high'))} over "
                 f"<code>{e(b['runner_up'])}</code>"
             )
             if b.get("runner_up")
             else "–"
         )
         rows.append(
-            f"<tr><td>{band}</td><td><code>{e(b['config'])}</code></td><td class='num'>{_f(b['mean'])} "
-            f"{_ci(b['ci_low'], b['ci_high'])}</td><td class='num'>{b['n_nodes']}</td><td>{margin}</td></tr>"
+            f"<tr><td>{band}</td><td><code>{e(b['config'])}</code></td><td class='num'>{fmt(b['mean'])} "
+            f"{fmt_ci(b['ci_low'], b['ci_high'])}</td><td class='num'>{b['n_nodes']}</td><td>{margin}</td></tr>"
         )
     lines.append(
         "<table class='t'><tr><th>question difficulty</th><th>best configuration</th>"
@@ -88,9 +88,9 @@ def _bottom_line(summary: Summary, metric: str, other: str | None) -> str:
     if hr:
         lines.append(
             "<p><b>Headroom.</b> Choosing the configuration separately at every token would reach an "
-            f"alignment of {_f(hr['oracle_mean'])} {_ci(hr['oracle_ci_low'], hr['oracle_ci_high'])} against "
-            f"{_f(hr['best_mean'])} for <code>{e(hr['best_config'])}</code> alone: headroom "
-            f"<b>{_f(hr['headroom'])}</b> {_ci(hr['headroom_ci_low'], hr['headroom_ci_high'])} over "
+            f"alignment of {fmt(hr['oracle_mean'])} {fmt_ci(hr['oracle_ci_low'], hr['oracle_ci_high'])} against "
+            f"{fmt(hr['best_mean'])} for <code>{e(hr['best_config'])}</code> alone: headroom "
+            f"<b>{fmt(hr['headroom'])}</b> {fmt_ci(hr['headroom_ci_low'], hr['headroom_ci_high'])} over "
             f"{hr['n_nodes']} nodes where every ranked configuration has a direction. "
             + (
                 "<span class='muted'>Cross-fitted: each token's choice is made on one half of its "
@@ -116,7 +116,7 @@ def _bottom_line(summary: Summary, metric: str, other: str | None) -> str:
         o = summary.recommendation[other]["overall"]
         lines.append(
             f"<p class='muted'>On the other support ({other}) the best is <code>{e(o['config'])}</code>: "
-            f"{_f(o['mean'])} {_ci(o['ci_low'], o['ci_high'])}.</p>"
+            f"{fmt(o['mean'])} {fmt_ci(o['ci_low'], o['ci_high'])}.</p>"
         )
     return "\n".join(lines)
 
@@ -269,7 +269,7 @@ def _questions_table(rollouts: pd.DataFrame, a: pd.DataFrame, config: str, metri
         rows.append(
             f"<tr><td title='{prompt}'>{html.escape(str(qid))}</td><td class='num'>{r['pass_rate']:.2f}</td>"
             f"<td>{r['band']}</td><td class='num'>{int(r['correct'])}/{int(r['rollouts'])}</td>"
-            f"<td class='num'>{_f(r['mean'])}</td></tr>"
+            f"<td class='num'>{fmt(r['mean'])}</td></tr>"
         )
     more = f"<p class='muted'>First {limit} of {len(q)} questions.</p>" if len(q) > limit else ""
     return (
@@ -363,7 +363,7 @@ def _section_ranking(s: pd.DataFrame, s_other: pd.DataFrame | None, metric: str,
 noise-corrected), best first, with 95% bootstrap
 intervals over {unit}. Grey diamonds: the same on the other support; red squares: the rollout-level cosine (g* and d
 concatenated over all nodes of a rollout, averaged over rollouts).</p>
-{_div(fig_ranking(s, s_other, metric), "fig-ranking")}
+{plot_div(fig_ranking(s, s_other, metric), "fig-ranking")}
 </section>"""
 
 
@@ -388,13 +388,13 @@ def _section_correctness(s: pd.DataFrame) -> str:
 cosines. Noise pulls each raw cosine toward 0, more where |g*| is small, as on correct rollouts, so a gap here
 that the noise-consistent figure above does not show is an artefact of noise, not a difference in
 alignment.</p>
-{_div(fig_raw, "fig-correctness-raw")}"""
+{plot_div(fig_raw, "fig-correctness-raw")}"""
     return f"""<section id="correctness"><h2>Correct versus incorrect rollouts</h2>
 <p class="caption">Does the signal help on the rollouts that failed (where help is needed) as much as on
 those that
 succeeded? On correct rollouts Q̂ ≈ 1 at most tokens, so g* is small and noisy there; the alignment shown first
 is noise-consistent, so that alone does not make the two groups differ.</p>
-{_div(fig, "fig-correctness")}
+{plot_div(fig, "fig-correctness")}
 {raw}
 </section>"""
 
@@ -408,9 +408,9 @@ def _section_difficulty(
 <p class="caption">A question's pass rate is the fraction of its student rollouts that are correct;
 bands: hard
 (&lt; 1/3), medium, easy (&gt; 2/3).</p>
-<div class="grid2"><div>{_div(fig_pass_rates(rollouts), "fig-passrate")}
+<div class="grid2"><div>{plot_div(fig_pass_rates(rollouts), "fig-passrate")}
 <details class="qtable"><summary>Questions, hardest first (click to open)</summary>{questions}</details></div>
-<div>{_div(fig_splits(s, BANDS, "Alignment by question difficulty"), "fig-bands")}</div></div>
+<div>{plot_div(fig_splits(s, BANDS, "Alignment by question difficulty"), "fig-bands")}</div></div>
 </section>"""
 
 
@@ -421,7 +421,7 @@ def _section_positions(valid: pd.DataFrame, configs: list[str], metric: str) -> 
 relative
 position, or absolute position in geometric windows). Diverging scale centred at 0; grey cells have no
 nodes.</p>
-{_div(fig_position_heatmap(valid, configs, metric), "heatmap-positions")}
+{plot_div(fig_position_heatmap(valid, configs, metric), "heatmap-positions")}
 </section>"""
 
 
@@ -431,7 +431,7 @@ def _section_explorer(data: dict, configs: list[str], n_roll: int) -> str:
     options_r = "".join(
         f"<option value='{i}'>{e(r['qid'])} #{r['idx']} · "
         f"{'correct' if r['correct'] else 'incorrect'} · pass "
-        f"{_f(r['pass_rate'], 2)} ({e(r['band'])}) · {len(r['tokens'])} tokens</option>"
+        f"{fmt(r['pass_rate'], 2)} ({e(r['band'])}) · {len(r['tokens'])} tokens</option>"
         for i, r in enumerate(data["rollouts"])
     )
     options_c = "".join(
@@ -476,8 +476,8 @@ objective (click
 legend entries to hide them). Below: Spearman rank correlations; |ρ| near 0 means the proxy does not rank
 nodes by
 alignment. The teacher advantage is shown for reference: it is not cheap (it needs Q̂).</p>
-{_div(fig_proxy_scatter(valid, configs, metric, pooled), "fig-proxy-scatter")}
-{_div(fig_rho(s, pooled), "fig-rho")}
+{plot_div(fig_proxy_scatter(valid, configs, metric, pooled), "fig-proxy-scatter")}
+{plot_div(fig_rho(s, pooled), "fig-rho")}
 </section>"""
 
 

@@ -34,7 +34,7 @@ PROXY_NAMES = {
     "entropy_teacher": "teacher entropy",
     "teacher_advantage": "teacher advantage (needs Q̂)",
 }
-_LOG_PROXIES = {"kl_pq", "kl_qp", "js"}
+LOG_PROXIES = {"kl_pq", "kl_qp", "js"}
 FONT = dict(
     family="system-ui, -apple-system, Segoe UI, Roboto, Helvetica, Arial, sans-serif",
     size=13,
@@ -42,7 +42,7 @@ FONT = dict(
 )
 
 
-def _layout(**kw) -> dict:
+def base_layout(**kw) -> dict:
     base = dict(
         template="plotly_white",
         font=FONT,
@@ -53,25 +53,25 @@ def _layout(**kw) -> dict:
     return base
 
 
-def _div(fig: go.Figure, div_id: str) -> str:
+def plot_div(fig: go.Figure, div_id: str) -> str:
     return fig.to_html(full_html=False, include_plotlyjs=False, div_id=div_id, config=PLOT_CONFIG)
 
 
-def _f(x, d=3) -> str:
+def fmt(x, d=3) -> str:
     if x is None or (isinstance(x, float) and math.isnan(x)):
         return "–"
     return f"{x:.{d}f}"
 
 
-def _ci(lo, hi, d=3) -> str:
+def fmt_ci(lo, hi, d=3) -> str:
     return (
-        f"[{_f(lo, d)}, {_f(hi, d)}]"
+        f"[{fmt(lo, d)}, {fmt(hi, d)}]"
         if lo is not None and hi is not None and not (isinstance(lo, float) and math.isnan(lo))
         else "[–]"
     )
 
 
-def _err(df: pd.DataFrame, mean: str, lo: str, hi: str) -> dict:
+def error_bars(df: pd.DataFrame, mean: str, lo: str, hi: str) -> dict:
     m, lo_, hi_ = (df[c].astype(float).to_numpy() for c in (mean, lo, hi))
     return dict(
         type="data",
@@ -83,26 +83,26 @@ def _err(df: pd.DataFrame, mean: str, lo: str, hi: str) -> dict:
     )
 
 
-def _cell_text(z: np.ndarray) -> list[list[str]]:
+def cell_text(z: np.ndarray) -> list[list[str]]:
     """Heatmap cell labels: the value to 2 decimals, blank where missing."""
     return [["" if np.isnan(v) else f"{v:.2f}" for v in row] for row in np.asarray(z, dtype=float)]
 
 
-def _zero_line(fig: go.Figure) -> None:
+def zero_line(fig: go.Figure) -> None:
     fig.add_vline(x=0, line=dict(color="#555", width=1, dash="dot"))
 
 
 # ---------------------------------------------------------------- figures
 
 
-def _num(x, d=4):
+def to_num(x, d=4):
     if x is None:
         return None
     x = float(x)
     return None if math.isnan(x) or math.isinf(x) else round(x, d)
 
 
-def _json_script(obj) -> str:
+def json_script(obj) -> str:
     text = json.dumps(obj, separators=(",", ":"), allow_nan=False)
     return text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
 

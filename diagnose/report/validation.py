@@ -20,7 +20,7 @@ from ..tables import has_table, read_metadata, read_table
 REFERENCE_STYLE = {"ideal": "#1a9850", "grpo": "#4575b4", "control": "#d73027"}
 
 
-def _num(x, d=3, sign=True) -> str:
+def to_num(x, d=3, sign=True) -> str:
     if x is None or (isinstance(x, float) and math.isnan(x)):
         return "–"
     return f"{x:+.{d}f}" if sign else f"{x:.{d}f}"
@@ -73,7 +73,7 @@ def _finite(x) -> bool:
     return x is not None and bool(np.isfinite(x))
 
 
-def _f(x, d=2) -> str:
+def fmt(x, d=2) -> str:
     return f"{x:+.{d}f}" if _finite(x) else "–"
 
 
@@ -87,7 +87,7 @@ def ranking_sentence(c: dict) -> str:
     if n < 3 or not _finite(c.get("spearman")):
         return f"ranking among distillation configurations: rho undefined ({c.get('note', '')})"
     lo, hi = c["spearman_ci"]
-    return (f"ranking among distillation configurations: rho = {_f(c['spearman'])} [{_f(lo)}, {_f(hi)}], "
+    return (f"ranking among distillation configurations: rho = {fmt(c['spearman'])} [{fmt(lo)}, {fmt(hi)}], "
             f"p = {c['spearman_p']:.3g} ({n} configurations, grpo, ideal and control not in it; p "
             f"{c['p_method']}): {c['note']}")
 
@@ -98,17 +98,17 @@ def grpo_sentence(c: dict) -> str:
     if not g:
         return ""
     align = ("alignment not measured (the run did not score grpo_ref)" if not _finite(g["alignment"]) else
-             f"alignment {_f(g['alignment'], 3)} [{_f(g['alignment_ci'][0], 3)}, {_f(g['alignment_ci'][1], 3)}]")
-    return (f"beside it, grpo (RL on the rollouts' verdicts, not distillation): {align}, gain {_f(g['gain'], 3)} "
-            f"[{_f(g['gain_ci'][0], 3)}, {_f(g['gain_ci'][1], 3)}] ({g['verdict']})")
+             f"alignment {fmt(g['alignment'], 3)} [{fmt(g['alignment_ci'][0], 3)}, {fmt(g['alignment_ci'][1], 3)}]")
+    return (f"beside it, grpo (RL on the rollouts' verdicts, not distillation): {align}, gain {fmt(g['gain'], 3)} "
+            f"[{fmt(g['gain_ci'][0], 3)}, {fmt(g['gain_ci'][1], 3)}] ({g['verdict']})")
 
 
 def _arm_rows(arms: pd.DataFrame) -> str:
     e = html.escape
     rows = "".join(
-        f"<tr><td>{e(str(r['arm']))}</td><td>{e(str(r['kind']))}</td><td>{_num(r['alignment'])}</td>"
-        f"<td>{_num(r['pass_after'], sign=False)}</td><td>{_num(r['gain'])} [{_num(r['gain_ci_low'])}, "
-        f"{_num(r['gain_ci_high'])}]</td><td>{e(str(r['verdict']))}</td></tr>"
+        f"<tr><td>{e(str(r['arm']))}</td><td>{e(str(r['kind']))}</td><td>{to_num(r['alignment'])}</td>"
+        f"<td>{to_num(r['pass_after'], sign=False)}</td><td>{to_num(r['gain'])} [{to_num(r['gain_ci_low'])}, "
+        f"{to_num(r['gain_ci_high'])}]</td><td>{e(str(r['verdict']))}</td></tr>"
         for _, r in arms.sort_values("gain", ascending=False).iterrows()
     )
     return (f"<table class='summary'><thead><tr><th>arm</th><th>kind</th><th>alignment</th><th>pass@1 after</th>"
@@ -132,8 +132,8 @@ def statements(arms: pd.DataFrame, conclusions: dict) -> list[str]:
     if ivc:
         a, b = ivc["ci"]
         word = {"gain": "ahead of", "loss": "behind"}.get(ivc["verdict"], "not distinguishable from")
-        out.append(f"The ideal arm is {word} the shuffled-teacher control: difference {_num(ivc['difference'])} "
-                   f"[{_num(a)}, {_num(b)}].")
+        out.append(f"The ideal arm is {word} the shuffled-teacher control: difference {to_num(ivc['difference'])} "
+                   f"[{to_num(a)}, {to_num(b)}].")
     return out
 
 

@@ -20,7 +20,7 @@ import pyarrow.parquet as pq
 
 from .. import atomic
 from ..errors import DiagnoseError
-from .schema import _CHOICES, _SHARD_RE, KEYS, META_KEY, RANGES, SCHEMA_VERSION, schema
+from .schema import KEYS, META_KEY, RANGES, SCHEMA_VERSION, SHARD_RE, VALUE_CHOICES, schema
 
 
 def standard_metadata(models=None, seeds=None, config_hash=None, **extra) -> dict[str, Any]:
@@ -94,7 +94,7 @@ def _check_values(name: str, table: pa.Table) -> None:
                 f"table {name}: column {col!r} must lie in [{lo}, {hi}], "
                 f"found {bad.size} value(s) outside, e.g. {bad[0]!r}"
             )
-    for (tname, col), allowed in _CHOICES.items():
+    for (tname, col), allowed in VALUE_CHOICES.items():
         if tname == name:
             bad = set(table.column(col).to_pylist()) - set(allowed)
             if bad:
@@ -121,7 +121,7 @@ def _table_dir(run_dir, name: str) -> Path:
 
 def _shard_path(run_dir, name: str, shard) -> Path:
     shard = str(shard)
-    if not _SHARD_RE.match(shard):
+    if not SHARD_RE.match(shard):
         raise DiagnoseError(f"shard id {shard!r}: use letters, digits, '_', '.', '-' (not starting with '.')")
     return _table_dir(run_dir, name) / f"part-{shard}.parquet"
 

@@ -19,7 +19,7 @@ BANDS = ("hard", "medium", "easy")
 DEFAULT_BAND_EDGES = (1 / 3, 2 / 3)
 PROXIES = ("kl_pq", "kl_qp", "js", "tv", "cos_pq", "entropy_student", "entropy_teacher")
 METRICS = ("cos_full", "cos_support")
-_SHARD_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
+SHARD_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
 
 
 def _f(name, type_, doc, nullable=False):
@@ -461,7 +461,7 @@ RANGES: dict[str, dict[str, tuple[float, float]]] = {
     "validation": {c: _UNIT for c in ("pass_before", "pass_after")} | {"gain": _COS},
     "validation_arms": {c: _UNIT for c in ("pass_before", "pass_after")} | {"gain": _COS},
 }
-_CHOICES = {("rollouts", "difficulty"): BANDS, ("summary", "metric"): METRICS}
+VALUE_CHOICES = {("rollouts", "difficulty"): BANDS, ("summary", "metric"): METRICS}
 
 
 def schema(name: str) -> pa.Schema:
