@@ -9,10 +9,12 @@ prompts with the same sampling settings) and reads the run directory it wrote:
   seconds_per_node              run seconds / nodes
   efficiency                    pipeline.py's: (rollout + continuation tokens / run seconds) over the plain
                                 generate's tokens/s, measured in the same process
-  plan_error                    |predicted - measured| / measured continuation tokens, predicted = the middle of
-                                `diagnose plan`'s continuation-token range: `plan.expected_work` called with the
-                                run's RunConfig and the run's own mean rollout length (what the calibration
-                                estimates; taking the measured one keeps calibration noise out of the figure)
+  plan_error                    |predicted - measured| / measured continuation tokens, predicted = `diagnose
+                                plan`'s point estimate (work.expected: the estimator's selection replayed on
+                                the calibration's rollouts, which are the run's own first questions' rollouts
+                                on an engine with per-request seeds, with the candidate-set size measured
+                                there), from `plan.plan` on the same RunConfig, run before the run
+  plan_range_error              the same for the middle of the plan's continuation-token bounds
   rollout_tokens_mean           mean rollout length, with the share of rollouts that reached the limit
 
 The default task is GSM8K from the local file ../shared/data/gsm8k/test.jsonl (beside the repository): its
@@ -76,16 +78,21 @@ def overrides_for(limit: int, args: argparse.Namespace) -> dict:
     return {k: v for k, v in values.items() if v is not None}
 
 
-def planned(cfg, cost: dict, budgets: list[float]) -> dict:
-    """What `diagnose plan` bills for this config (plan.expected_work, as `plan.plan` calls it), given the run's
-    mean rollout and prompt lengths; budgets: each question's, from cost/qNNNNN.json (the frontier plan's)."""
-    from diagnose.pipeline.plan import expected_work
+def planned(cfg) -> dict:
+    """`diagnose plan`'s bill for this config (plan.plan, as the command calls it: it loads the models,
+    calibrates and creates nothing), as its JSON-ready dict."""
+    from diagnose.pipeline.plan import plan
 
-    length = cost["generated_tokens"] / max(1, cost["rollouts"])
-    return expected_work(cfg, length, cost.get("mean_prompt_tokens", 0.0), budgets if cfg.frontier < 1 else None)
+    return plan(cfg, progress=False).to_dict()
 
 
 def plan_error(work: dict, cost: dict) -> float:
+    """|the plan's point estimate of continuation tokens - measured| / measured."""
+    measured = cost["continuation_tokens"]
+    return abs(work["expected"]["continuation_tokens"] - measured) / measured if measured else math.nan
+
+
+def range_error(work: dict, cost: dict) -> float:
     """|middle of the plan's continuation-token range - measured| / measured."""
     lo, hi = work["continuation_tokens"]
     measured = cost["continuation_tokens"]
@@ -125,12 +132,16 @@ def left_at_nodes(nodes, rollouts) -> float:
 
 
 def measure(limit: int, args: argparse.Namespace, bench) -> dict:
-    """One limit: bench_engine's run and plain generate, then the plan's bill for the same RunConfig."""
+    """One limit: `diagnose plan`'s bill for the RunConfig (plan.plan), then bench_engine's run and plain
+    generate on it."""
     from diagnose.pipeline import RunConfig
     from diagnose.tables import read_table
 
     overrides = overrides_for(limit, args)
     scratch = Path(tempfile.mkdtemp(prefix="bench-long-chains-"))
+    bill = planned(RunConfig.from_sources(None, {**overrides, "engine": args.engine, "out": str(scratch / "plan"),
+                                                 "progress": False}))
+    work = bill["work"]
     old = tempfile.tempdir
     tempfile.tempdir = str(scratch)  # bench_engine makes its run directory with mkdtemp: here, so it is found
     try:
@@ -141,10 +152,8 @@ def measure(limit: int, args: argparse.Namespace, bench) -> dict:
     try:
         (run_dir,) = [p for p in scratch.iterdir() if p.name.startswith(f"bench-pipeline-{args.engine}-")]
         cost = json.loads((run_dir / "cost.json").read_text())
-        cfg = RunConfig.from_sources(None, {**overrides, "engine": args.engine, "out": str(run_dir)})
         rollouts = read_table(run_dir, "rollouts")
         budgets = [json.loads(p.read_text())["budget"] for p in sorted((run_dir / "cost").glob("q*.json"))]
-        work = planned(cfg, cost, budgets)
         lengths = list(rollouts.n_tokens)
         at_nodes = left_at_nodes(read_table(run_dir, "nodes"), rollouts)
         conts = continuation_samples(run_dir, [list(ids) for ids in rollouts.token_ids])
@@ -159,14 +168,21 @@ def measure(limit: int, args: argparse.Namespace, bench) -> dict:
         "seconds_per_node": round(result["run_seconds"] / nodes, 2),
         "efficiency": result["efficiency"],
         "plan_error": round(plan_error(work, cost), 3),
+        "plan_expected_continuation_tokens": work["expected"]["continuation_tokens"],
+        "plan_range_error": round(range_error(work, cost), 3),
         "plan_continuation_tokens": [round(lo), round(hi)],
+        # the calibration sampled the run's own rollouts (same lengths, question by question)
+        "plan_saw_run_rollouts": sorted(sum(bill["calibration"]["lengths"], [])) == sorted(
+            int(n) for n in rollouts.n_tokens[: sum(map(len, bill["calibration"]["lengths"]))]),
         "continuation_tokens": cost["continuation_tokens"],
         "continuations": cost["continuations"],
         "plan_continuations": list(work["continuations"]),
+        "plan_expected_continuations": work["expected"]["continuations"],
+        "plan_candidates_per_node": work["expected"]["candidates_per_node"],
         "continuation_budget": sum(budgets),  # budget_unit continuations: the bound on `continuations`
         "tokens_per_continuation": round(per_continuation, 1),
-        "plan_tokens_per_continuation": round(work["mean_remaining_tokens"], 1),
-        "plan_error_per_continuation": round(abs(work["mean_remaining_tokens"] / per_continuation - 1), 3)
+        "plan_tokens_per_continuation": work["expected"]["tokens_per_continuation"],
+        "plan_error_per_continuation": round(abs(work["expected"]["tokens_per_continuation"] / per_continuation - 1), 3)
         if per_continuation
         else math.nan,
         # what the chosen nodes' own rollouts had left: measured / this > 1 means continuations outran them
@@ -212,7 +228,7 @@ def run(args: argparse.Namespace) -> dict:
     summary.update(
         task=args.task, engine=args.engine, budget=args.budget, budget_unit="continuations",
         teachers=args.teachers, objectives=args.objectives,
-        plan_error_of="continuation tokens (middle of the plan's range, the run's own mean rollout length)",
+        plan_error_of="continuation tokens (the plan's point estimate, work.expected, from plan.plan before the run)",
         goals=goals(rows),
     )
     return summary

@@ -108,6 +108,7 @@ TESTS = {
     "diagnose/estimate/signal.py": ("tests/test_signal.py", "tests/test_temperature.py"),
     "diagnose/estimate/generate.py": ("tests/test_cost.py", "tests/test_estimator_exact.py"),
     "diagnose/pipeline/runner.py": ("tests/test_cost.py",),
+    "diagnose/pipeline/plan_work.py": ("tests/test_plan.py",),
     "diagnose/report/sections.py": ("tests/test_cost.py",),
     "diagnose/validate/": ("tests/test_validate_stats.py",),
     "kernels/": ("tests/test_kernels.py", "tests/test_validity.py", "tests/test_estimator_exact.py"),
@@ -439,6 +440,21 @@ MUTANTS = [
         "return self.budget.node_cost(self.cfg.max_new_tokens - t, candidates)",
         "return self.budget.node_cost(len(self.rollouts[r].token_ids) - t, candidates)",
         "token cost bound from the rollout's remaining length, not max_new_tokens - t",
+    ),
+    # ---- the plan's point estimates: what the calibration measured must reach them
+    Mutant(
+        "plan.expected_nominal_candidates",
+        "diagnose/pipeline/plan_work.py",
+        "budget_model(cfg).nominal_candidates if candidates is None else candidates, budgets),",
+        "budget_model(cfg).nominal_candidates, budgets),",
+        "point estimates at the nominal candidate set, not the measured one",
+    ),
+    Mutant(
+        "plan.expected_mean_lengths",
+        "diagnose/pipeline/plan_work.py",
+        "one = expected_question(replace(cfg, budget=b), groups[i % len(groups)], candidates)",
+        "one = expected_question(replace(cfg, budget=b), [round(sum(groups[0]) / len(groups[0]))] * 4, candidates)",
+        "point estimates on mean-length rollouts, not the calibration's real lengths",
     ),
     # ---- validate: which arms the ranking test ranks, and the estimand of the gain's interval
     Mutant(

@@ -15,16 +15,18 @@ from diagnose import engines
 from diagnose.cli import app
 from diagnose.estimate import EstimateQuestion, Estimator
 from diagnose.estimate.nodes import window_index
-from diagnose.pipeline import RunConfig
+from diagnose.pipeline import RunConfig, Runner
 from diagnose.pipeline.plan import (
     eta,
     expected_remaining,
     expected_work,
     node_budget,
     node_costs,
+    plan,
     selection_remaining,
     split,
 )
+from diagnose.tables import read_table
 from diagnose.teachers import engine_teacher
 
 TINY = dict(
@@ -216,3 +218,31 @@ def test_plan_bills_a_shard_and_splits_over_workers():
     workers = json.loads(CliRunner().invoke(app, [*base, "--workers", "2"]).stdout)
     assert (whole["work"]["questions"], shard["work"]["questions"], shard["shard"]) == (5, 3, "0/2")
     assert workers["workers"] == 2 and workers["work"] == whole["work"]
+
+
+EXACT_RUN = dict(engine="exact", student="exact", task="digitsum",
+                 teachers=["model=exact:seed=1", "model=exact:seed=2"],
+                 objectives=["rkl"], questions=4, rollouts=4, max_new_tokens=8, n_boot=10)
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [dict(budget=120), dict(budget=200, allocation="adaptive"), dict(budget=600, budget_unit="tokens"),
+     dict(budget=150, nodes="refine"), dict(budget=40, rollouts=2, top_k=1, continuations=3)],
+    ids=["uniform", "adaptive", "tokens", "refine", "small"],
+)
+def test_the_plans_point_estimates_come_near_the_run(tmp_path, extra):
+    """`diagnose plan`'s point estimates (work.expected: the estimator's selection replayed on the calibration's
+    rollouts, with the candidate-set size it measured) come within 25% of what the run spends, and its
+    calibration samples the run's own rollouts (the same lengths, question by question)."""
+    cfg = RunConfig(**{**EXACT_RUN, **extra, "out": str(tmp_path / "run"), "progress": False})
+    bill = plan(cfg, progress=False)
+    assert not (tmp_path / "run").exists()
+    Runner(cfg, progress=False).run()
+    cost = json.loads((tmp_path / "run" / "cost.json").read_text())
+    rollouts = read_table(tmp_path / "run", "rollouts").sort_values(["question_id", "rollout_idx"])
+    own = [list(g.n_tokens) for _, g in rollouts.groupby("question_id", sort=True)]
+    assert bill.calibration["lengths"] == own
+    e = bill.work["expected"]
+    for key in ("nodes", "continuations", "continuation_tokens"):
+        assert abs(e[key] - cost[key]) <= 0.25 * cost[key], (key, e, cost)

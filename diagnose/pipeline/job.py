@@ -122,7 +122,7 @@ class QuestionJob:
         )
 
     # ---- one question --------------------------------------------------------------------------------
-    def _estimate_question(self, index: int, engine) -> EstimateQuestion:
+    def estimate_question(self, index: int, engine) -> EstimateQuestion:
         q = self.questions[index]
         prompt_ids = render_prompt(engine.tokenizer, q.prompt)
         return EstimateQuestion(id=q.id, prompt_ids=prompt_ids, verify=lambda text, q=q: self.task.verify(q, text))
@@ -136,7 +136,7 @@ class QuestionJob:
         if cached:
             self.cache_root.mkdir(parents=True, exist_ok=True)
             cache = self.cache_root / f"{shard_id(index)}.sqlite"
-        est = Estimator(engine, [self._estimate_question(index, engine)], {}, self.objectives,
+        est = Estimator(engine, [self.estimate_question(index, engine)], {}, self.objectives,
                         self.estimate_config(), cache=cache)
         try:
             return est.sample()
@@ -160,7 +160,7 @@ class QuestionJob:
             rollouts = self.planned_rollouts.pop(index, None)
         q = self.questions[index]
         t0 = time.perf_counter()
-        eq = self._estimate_question(index, engine)
+        eq = self.estimate_question(index, engine)
         summary = None
         if any(tc.context == "summary" for tc in self.teacher_cfgs) and not q.meta.get("summary"):
             if q.solution:

@@ -1,211 +1,41 @@
 """`diagnose plan` / `diagnose run --dry-run`: the bill of a run before it is spent.
 
-`expected_work` is arithmetic on the config (and a mean rollout length): counts that the budget bounds are
-given as [lo, hi] bounds, the rest as estimates. `calibrate` times a short sample and one scoring pass on the
-loaded engine; `plan` loads the models the way the Runner does (so bad input is refused the same way), never
-creates the run directory, and turns both into an ETA range.
+`expected_work` (plan_work.py) is arithmetic on the config and the calibration's rollout lengths: counts that
+the budget bounds are given as [lo, hi] bounds, with point estimates beside them. `calibrate` samples the first
+questions' rollouts as the run does, times one scoring pass and measures the candidate-set size on the loaded
+engine; `plan` loads the models the way the Runner does (so bad input is refused the same way), never creates
+the run directory, and turns both into an ETA range.
 """
 
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import asdict, dataclass, field, replace
 from typing import Mapping, Sequence
 
-from ..engines.base import render_prompt
-from ..estimate.budget import Budget
+from ..errors import DiagnoseError
+from ..estimate.candidates import candidate_sets
 from ..estimate.frontier import plan_budgets
-from ..estimate.nodes import select_nodes, window_index
-from ..estimate.pipeline import REFINE_PASSES
-from ..estimate.pipeline import SELECTION_PASSES as MAX_PASSES
+from ..estimate.nodes import Node
+from ..estimate.pipeline import Estimator
 from ..tables import verdict_note
+from ..teachers.at_nodes import TeacherAtNodes
 from .config import RunConfig
+from .plan_work import (  # noqa: F401 - the plan's arithmetic, importable from here as before
+    budget_model,
+    continuation_bounds,
+    expected_remaining,
+    expected_totals,
+    expected_work,
+    max_passes,
+    node_bounds,
+    node_budget,
+    node_costs,
+    selection_remaining,
+)
 from .runner import Runner
 
 CALIBRATION_ROWS = 32  # rows sampled together in the calibration (fewer when the run has fewer rollouts)
-
-
-# ---- arithmetic on the config ------------------------------------------------------------------------------
-
-
-def budget_model(cfg: RunConfig) -> Budget:
-    """The estimator's own cost model for this run (what a node's first round costs, what selection may spend)."""
-    return Budget(cfg.estimate_config(), len(cfg.teachers))
-
-
-def node_costs(cfg: RunConfig) -> tuple[int, int]:
-    """(fewest, most) continuations a node's first round can cost, by the estimator's Budget: candidate sets
-    hold top_k to 1 + top_k + top_k x teachers tokens (they overlap), each candidate gets `continuations`
-    (adaptive: its pilot's); the most is what selection reserves."""
-    budget = budget_model(cfg)
-    return budget.first_round(max(cfg.top_k, 1)), budget.first_round(budget.nominal_candidates)
-
-
-def node_budget(cfg: RunConfig) -> float:
-    """Continuations node selection may spend on first rounds (adaptive keeps a reserve for planned ones)."""
-    return budget_model(cfg).node_budget
-
-
-def _window_remaining(n: int, w: int, anchor: str) -> float:
-    """Mean tokens left (L - t, the forced token included) over window w of a rollout of n tokens: offsets
-    [2^w - 1, 2^(w+1) - 1) from the anchor, clipped to the rollout."""
-    a, b = 2**w - 1, min(2 ** (w + 1) - 1, n)
-    mean_offset = (a + b - 1) / 2
-    return mean_offset + 1 if anchor == "end" else n - mean_offset
-
-
-def expected_remaining(length: float, strategy: str = "windows") -> float:
-    """Mean tokens left after a node in a rollout of `length` tokens (rounded) when every window gets an equal
-    share of nodes and positions are uniform inside a window (a budget large enough for every window)."""
-    n = int(round(length))
-    if n < 1:
-        return 0.0
-    if strategy in ("uniform", "every"):
-        return (n + 1) / 2
-    anchor = "end" if strategy == "windows_end" else "start"
-    return sum(_window_remaining(n, w, anchor) for w in range(n.bit_length())) / n.bit_length()
-
-
-def selection_remaining(cfg: RunConfig, length: float) -> float:
-    """Mean tokens left after a node where a first selection pass puts nodes (nodes.select_nodes on `rollouts`
-    rollouts of `length` tokens, each node at the most cost): a window whose share buys no node passes it on,
-    so a small budget gathers nodes in the widest windows, late in the response."""
-    n = int(round(length))
-    if n < 1 or cfg.nodes in ("uniform", "every"):
-        return expected_remaining(n, cfg.nodes)
-    anchor = "end" if cfg.nodes == "windows_end" else "start"
-    _, most = node_costs(cfg)
-    strategy = "windows_end" if anchor == "end" else "windows"
-    chosen = select_nodes([n] * cfg.rollouts, node_budget(cfg), lambda r, t: most, strategy, seed=cfg.seed)
-    if not chosen:
-        return expected_remaining(n, cfg.nodes)
-    windows = [window_index(node.position, n, anchor) for node in chosen]
-    return sum(_window_remaining(n, w, anchor) for w in windows) / len(windows)
-
-
-def node_bounds(cfg: RunConfig, positions: int) -> tuple[int, int]:
-    """[lo, hi] nodes of one question: the first pass takes floor(node budget / most cost) nodes (`refine`: of
-    its first share), later passes only add; spend never passes the node budget (the budget, less adaptive's
-    reserve) and each node costs at least the fewest; at most MAX_PASSES passes (not `refine`) each take at
-    most that many. Never beyond `positions`."""
-    least, most = node_costs(cfg)
-    if cfg.nodes == "every":
-        return positions, positions
-    share = cfg.estimate_config().refine_fraction if cfg.nodes == "refine" else 1.0
-    spend = node_budget(cfg)
-    first = math.floor(spend * share + 1e-9) // most
-    hi = min(math.floor(spend + 1e-9) // least, positions)
-    if cfg.nodes != "refine":
-        hi = min(hi, MAX_PASSES * first)
-    return min(first, positions), hi
-
-
-def continuation_bounds(cfg: RunConfig, positions: int) -> tuple[int, int]:
-    """[lo, hi] continuations of one question, at most the budget. Selection ends when what is left of the node
-    budget buys no node at the most cost (spent > node budget - most cost), after MAX_PASSES passes (each
-    adding a node), or when every position is a node: first rounds spend at least the smallest of those three
-    (`refine`: its first-pass nodes). Adaptive's planned continuations come on top, up to the budget."""
-    least, most = node_costs(cfg)
-    adaptive = cfg.allocation == "adaptive"
-    if cfg.nodes == "every":  # every position is a node, whatever its first rounds cost
-        return least * positions, (max if adaptive else min)(cfg.budget, most * positions)
-    first, nodes_hi = node_bounds(cfg, positions)
-    # uniform allocation spends only first rounds, at most the nominal cost per node: few positions cap it
-    hi = cfg.budget if adaptive else min(cfg.budget, most * nodes_hi)
-    if cfg.nodes == "refine":
-        return least * first, hi
-    spend = math.floor(node_budget(cfg) + 1e-9)
-    lo = min(spend - most + 1, least * (first + MAX_PASSES - 1), least * positions)
-    return max(lo, 0), hi
-
-
-def max_passes(cfg: RunConfig, nodes_hi: int) -> int:
-    """Selection passes that score rollouts: each adds a node; at most MAX_PASSES (`refine`: plus its own
-    REFINE_PASSES), one for `every`."""
-    if cfg.nodes == "every":
-        return 1
-    limit = MAX_PASSES + (REFINE_PASSES if cfg.nodes == "refine" else 0)
-    return max(1, min(limit, nodes_hi))
-
-
-def in_continuations(cfg: RunConfig, length: float) -> RunConfig:
-    """The config with a token budget (`--budget-unit tokens`) read as the continuations it buys: the budget
-    over the mean tokens a continuation runs (L - t where selection puts nodes). An estimate, not a bound:
-    the estimator spends a token budget in expectation (its second round plans on what the first one cost).
-    A budget in continuations is returned as it is."""
-    if cfg.budget_unit != "tokens":
-        return cfg
-    as_continuations = replace(cfg, budget_unit="continuations")
-    first = replace(as_continuations, budget=max(1, math.floor(cfg.budget / max(1.0, expected_remaining(length)))))
-    per_continuation = max(1.0, selection_remaining(first, length))
-    return replace(as_continuations, budget=max(1, math.floor(cfg.budget / per_continuation + 1e-9)))
-
-
-def _planned_bounds(cfg: RunConfig, positions: int, budgets: Sequence[float], length: float) -> tuple[list, list]:
-    """[lo, hi] nodes and continuations summed over questions estimated at `budgets` (0: skipped)."""
-    nodes, conts = [0, 0], [0, 0]
-    for b in budgets:
-        if b <= 0:
-            continue
-        one = in_continuations(replace(cfg, budget=b), length)
-        nodes = [x + y for x, y in zip(nodes, node_bounds(one, positions), strict=True)]
-        conts = [x + y for x, y in zip(conts, continuation_bounds(one, positions), strict=True)]
-    return nodes, conts
-
-
-def expected_work(
-    cfg: RunConfig, mean_rollout_tokens: float, mean_prompt_tokens: float = 0.0, budgets: Sequence[float] | None = None
-) -> dict:
-    """What the config asks for, given the mean rollout length L (and prompt length): ranges are [lo, hi];
-    the ones named as bounds hold while each question's rollouts have at least rollouts x L positions.
-    `budgets`: each question's budget under the frontier plan (0: skipped; default: every question at
-    --budget); the per-question figures are those of a question estimated at --budget."""
-    q, r, length = cfg.questions, cfg.rollouts, float(mean_rollout_tokens)
-    rollouts = q * r
-    positions = math.floor(r * length + 1e-9)
-    given = cfg
-    cfg = in_continuations(cfg, length)  # a token budget as the continuations it buys (then all are estimates)
-    least, most = node_costs(cfg)
-    nodes = node_bounds(cfg, positions)
-    conts = continuation_bounds(cfg, positions)
-    planned = [given.budget] * q if budgets is None else budgets
-    total_nodes, total_conts = _planned_bounds(given, positions, planned, length)
-    remaining = selection_remaining(cfg, length)
-    passes = (1, max_passes(cfg, nodes[1]))
-    scored_per_pass = rollouts * (mean_prompt_tokens + length)  # one model's pass over every rollout
-    teachers = len(cfg.teachers)
-    # prefill: each prompt once for its rollouts; each node's prefix once for all its continuations
-    prefill = [q * mean_prompt_tokens + n * (mean_prompt_tokens + length - remaining) for n in total_nodes]
-    generated = [rollouts * length + c * remaining for c in total_conts]
-    scored = [(1 + teachers) * scored_per_pass * p for p in passes]
-    return {
-        "questions": q,
-        "rollouts": rollouts,
-        "rollouts_per_question": r,
-        "mean_rollout_tokens": length,
-        "mean_prompt_tokens": float(mean_prompt_tokens),
-        "rollout_tokens": rollouts * length,
-        "positions_per_question": positions,
-        "budget_unit": given.budget_unit,
-        # a token budget: the continuations it buys per question (~; the node and continuation figures are then
-        # estimates, not bounds)
-        "budget_continuations": cfg.budget,
-        "node_cost_continuations": [least, most],
-        "nodes_per_question": list(nodes),
-        "nodes": total_nodes,
-        "continuations_per_question": list(conts),
-        "continuations": total_conts,
-        "node_selection": cfg.nodes,
-        "mean_remaining_tokens": remaining,
-        "mean_remaining_tokens_equal_shares": expected_remaining(length, cfg.nodes),
-        "continuation_tokens": [c * remaining for c in total_conts],
-        "planned_budgets": None if budgets is None else [float(b) for b in budgets],
-        "selection_passes": list(passes),
-        "teacher_scored_tokens_per_pass": teachers * scored_per_pass,
-        "teacher_scored_tokens": [teachers * scored_per_pass * p for p in passes],
-        "engine_forward_tokens": [g + p + s for g, p, s in zip(generated, prefill, scored, strict=True)],
-    }
 
 
 # ---- measurement on the loaded engine ----------------------------------------------------------------------
@@ -229,46 +59,69 @@ def time_score(engine, prompt_ids: Sequence[int], response_ids: Sequence[int], r
     return best
 
 
+def candidate_size(engine, rollouts, teachers: Mapping, cfg: RunConfig, positions: int = 16) -> float:
+    """Mean candidate-set size (observed token, student top-k, each teacher's top-k, deduplicated: what a node
+    really costs per continuation) at up to `positions` positions spread over the rollout of `rollouts` nearest
+    their mean length, with the estimator's own `candidate_sets` and the run's own teacher functions."""
+    mean = sum(len(r.token_ids) for r in rollouts) / max(1, len(rollouts))
+    index = min(range(len(rollouts)), key=lambda i: abs(len(rollouts[i].token_ids) - mean))
+    ro = rollouts[index]
+    n = len(ro.token_ids)
+    if n < 1:
+        return float(budget_model(cfg).nominal_candidates)
+    pos = sorted({round(i * (n - 1) / max(1, positions - 1)) for i in range(min(positions, n))})
+    nodes = [Node(index, t) for t in pos]
+    cut = len(ro.prompt_ids)
+    z = engine.score([ro.prompt_ids + ro.token_ids], [[cut + t for t in pos]], topk=None)[0].logits
+    payloads = {label: fn(rollouts, nodes) for label, fn in teachers.items()}
+    cands = candidate_sets(z, [ro.token_ids[t] for t in pos], payloads, cfg.top_k, cfg.top_k)
+    return float((cands >= 0).sum(1).float().mean())
+
+
 def calibrate(
-    engine, prompts: Sequence[Sequence[int]], cfg: RunConfig, stop: Sequence[str] = (), teacher_engines=None,
-    verify: Sequence | None = None,
+    engine, questions: Sequence, cfg: RunConfig, stop: Sequence[str] = (), teacher_engines=None,
+    teachers: Mapping | None = None,
 ) -> dict:
-    """Sample the run's rollouts for the first k prompts (k x rollouts = min(32, questions x rollouts) rows)
-    with its sampling settings, then time scoring one of them on the student and on each external teacher.
-    `verify[i](text)`: prompt i's verifier, to report the sample's pass rate and the questions with both
-    verdicts (where g* can be nonzero). Nothing is cached: the run samples its own rollouts."""
-    k = min(len(prompts), max(1, CALIBRATION_ROWS // cfg.rollouts))
-    params = cfg.estimate_config(stop=stop).sampling()
+    """Sample the run's rollouts of its first k questions (k x rollouts = min(32, questions x rollouts) rows)
+    exactly as the run samples them (the estimator's seeds: on an engine with per-request seeds they are the
+    run's own rollouts), then time scoring one of them on the student and on each external teacher.
+    `questions`: the run's EstimateQuestions (their verifiers give the sample's pass rate and the questions with
+    both verdicts, where g* can be nonzero). `teachers`: label -> the run's TeacherFn for the first question, to
+    measure the candidate-set size a node really has (`candidate_size`). Nothing is cached: the run samples its
+    own rollouts."""
+    k = min(len(questions), max(1, CALIBRATION_ROWS // cfg.rollouts))
     start = t0 = time.perf_counter()
-    rows = engine.sample([list(p) for p in prompts[:k]], cfg.rollouts, params)
-    samples = [s for row in rows for s in row]
+    rollouts = Estimator(engine, list(questions[:k]), {}, ["rkl"], cfg.estimate_config(stop=stop)).sample()
     sample_s = time.perf_counter() - t0
-    tokens = sum(len(s.token_ids) for s in samples)
-    mean = tokens / max(1, len(samples))
-    typical = min(samples, key=lambda s: abs(len(s.token_ids) - mean))  # the rollout nearest the mean length
+    rows = [[r for r in rollouts if r.question == i] for i in range(k)]
+    tokens = sum(len(r.token_ids) for r in rollouts)
+    mean = tokens / max(1, len(rollouts))
+    typical = min(rollouts, key=lambda r: abs(len(r.token_ids) - mean))  # the rollout nearest the mean length
     others: Mapping = {m: e for m, e in (teacher_engines or {}).items() if e is not engine}
-    score_s = {"self": time_score(engine, prompts[0], typical.token_ids)}
-    score_s.update({m: time_score(e, prompts[0], typical.token_ids) for m, e in others.items()})
-    verdicts = {}
-    if verify is not None:
-        correct = [[bool(verify[i](s.text)) for s in row] for i, row in enumerate(rows)]
-        flat = [c for row in correct for c in row]
-        verdicts = {
-            "pass_rate": sum(flat) / max(1, len(flat)),
-            "mixed_questions": sum(0 < sum(row) < len(row) for row in correct),
-            "verdicts": correct,
-            "verdict_note": verdict_note(flat, [i for i, row in enumerate(correct) for _ in row]),
-        }
+    score_s = {"self": time_score(engine, typical.prompt_ids, typical.token_ids)}
+    score_s.update({m: time_score(e, typical.prompt_ids, typical.token_ids) for m, e in others.items()})
+    correct = [[bool(r.correct) for r in row] for row in rows]
+    flat = [c for row in correct for c in row]
+    try:
+        candidates, measured = candidate_size(engine, rows[0], teachers or {}, cfg), True
+    except DiagnoseError:  # a teacher that cannot score here (e.g. a context this question lacks): the most
+        candidates, measured = float(budget_model(cfg).nominal_candidates), False
     return {
-        **verdicts,
+        "pass_rate": sum(flat) / max(1, len(flat)),
+        "mixed_questions": sum(0 < sum(row) < len(row) for row in correct),
+        "verdicts": correct,
+        "verdict_note": verdict_note(flat, [i for i, row in enumerate(correct) for _ in row]),
         "prompts": k,
-        "rows": k * cfg.rollouts,
+        "rows": len(rollouts),
         "max_new_tokens": cfg.max_new_tokens,
         "mean_rollout_tokens": mean,
+        "lengths": [[len(r.token_ids) for r in row] for row in rows],
+        "candidates_per_node": candidates,
+        "candidates_measured": measured,
         "generated_tokens": tokens,
         "sample_s": sample_s,
         "tokens_per_s": tokens / max(sample_s, 1e-9),
-        "score_tokens": len(prompts[0]) + len(typical.token_ids),
+        "score_tokens": len(typical.prompt_ids) + len(typical.token_ids),
         "score_s": score_s,
         "seconds": time.perf_counter() - start,  # the whole calibration, scoring included
         "cached": False,
@@ -376,6 +229,7 @@ class Plan:
                 f"x ~{w['mean_remaining_tokens']:.1f} tokens left after a node where {w['node_selection']} "
                 "selection puts them",
             ),
+            *self._expected_lines(),
             _row(
                 "teacher-scored tokens",
                 _span(w["teacher_scored_tokens"], "tokens", "~"),
@@ -387,6 +241,22 @@ class Plan:
                 _span(w["engine_forward_tokens"], "tokens", "~"),
                 "generated + prefill (a prefix once per node) + scored (student and teachers)",
             ),
+        ]
+
+    def _expected_lines(self) -> list[str]:
+        """The point estimates: the estimator's selection replayed on the calibration's rollouts."""
+        e = self.work.get("expected")
+        if not e:
+            return []
+        measured = self.calibration.get("candidates_measured")
+        source = "candidate sets measured there" if measured else "candidate sets at their most (not measured)"
+        return [
+            _row("expected nodes", f"~{_num(e['nodes'])} nodes",
+                 f"point estimates: the selection replayed on the calibration's rollout lengths, {source}"),
+            _row("  continuations", f"~{_num(e['continuations'])} continuations",
+                 f"{e['candidates_per_node']:.1f} candidates per node x continuations per candidate"),
+            _row("  continuation tokens", f"~{_num(e['continuation_tokens'])} tokens",
+                 f"~{e['tokens_per_continuation']:.1f} tokens each (what its rollout had left at the node)"),
         ]
 
     def _eta_lines(self) -> list[str]:
@@ -476,10 +346,12 @@ def plan(cfg: RunConfig, progress: bool = True) -> Plan:
     t0 = time.perf_counter()
     runner.load()
     load_s = time.perf_counter() - t0
-    prompts = [render_prompt(runner.engine.tokenizer, q.prompt) for q in runner.questions]
-    with runner.progress.status("calibrating (a short sample and one scoring pass)"):
-        verify = [lambda text, q=q: runner.task.verify(q, text) for q in runner.questions]
-        calib = calibrate(runner.engine, prompts, cfg, runner.task.stop, runner.teacher_engines, verify)
+    questions = [runner.estimate_question(i, runner.engine) for i in range(len(runner.questions))]
+    prompts = [q.prompt_ids for q in questions]
+    first = runner.questions[0]
+    teachers = {tc.label: TeacherAtNodes(tc, runner.teacher_engines[tc.model], first) for tc in runner.teacher_cfgs}
+    with runner.progress.status("calibrating (the first questions' rollouts, one scoring pass, candidate sets)"):
+        calib = calibrate(runner.engine, questions, cfg, runner.task.stop, runner.teacher_engines, teachers)
     mine, parallel = split(cfg, len(runner.questions))  # a file task may hold fewer than asked for
     mean_prompt = sum(map(len, prompts)) / len(prompts)
     budgets = None
@@ -489,7 +361,8 @@ def plan(cfg: RunConfig, progress: bool = True) -> Plan:
         pattern = [sample[i % len(sample)] for i in range(mine)]
         ids = [q.id for q in runner.questions][:mine]
         budgets = [p.budget for p in plan_budgets(pattern, ids, cfg.budget, cfg.frontier, cfg.seed)]
-    work = expected_work(replace(cfg, questions=mine), calib["mean_rollout_tokens"], mean_prompt, budgets)
+    work = expected_work(replace(cfg, questions=mine), calib["mean_rollout_tokens"], mean_prompt, budgets,
+                         calib["lengths"], calib["candidates_per_node"])
     parts = eta(work, calib, load_s, [tc.model for tc in runner.teacher_cfgs], parallel)
     return Plan(
         student=cfg.student,
